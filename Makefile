@@ -1,0 +1,29 @@
+# `make test` sets up everything on a fresh Debian 12 machine (apt packages, a venv with vfalloc
+# and its test extras) and runs the test suite. `make bench` runs the benchmarks.
+VENV   := $(CURDIR)/.venv
+PY     := $(VENV)/bin/python
+PYTEST := $(PY) -m pytest
+
+.PHONY: test unit setup bench clean
+
+test: setup
+	$(PYTEST) tests --ignore=tests/e2e
+
+unit: setup
+	$(PYTEST) tests --ignore=tests/e2e -m "not libvirt"
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml tools/setup-debian
+	@if [ "$$(id -u)" = 0 ]; then ./tools/setup-debian; \
+	 else echo "make: not root, skipping apt packages (run tools/setup-debian as root once)"; fi
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

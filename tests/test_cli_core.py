@@ -1,0 +1,173 @@
+"""`vfalloc list / pools / alloc / release` through main(argv) and as the installed executable."""
+
+import json
+import os
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from fakehost import connectx, i350
+
+VFALLOC = shutil.which("vfalloc") or os.path.join(os.path.dirname(os.sys.executable), "vfalloc")
+LIST_KEYS = {"vf", "pf", "pf_netdev", "vf_index", "pool", "state", "domain", "domain_uuid", "mac", "vlan",
+             "numa_node", "iommu_group", "driver"}
+
+
+def uuid(n: int) -> str:
+    return f"00000000-0000-0000-0000-{n:012d}"
+
+
+@pytest.fixture
+def i350_host(scratch):
+    i350(scratch.fs)
+    return scratch
+
+
+def test_list_json_keys_and_states(i350_host):
+    s = i350_host
+    s.write_config('[pools.lan0]\npfs = ["enp1s0f0#0-3", "enp1s0f1"]\n')
+    assert s.run("alloc", "--domain", "vm1", "--uuid", uuid(1), "--pool", "lan0").code == 0
+    r = s.run("list", "--json")
+    assert r.code == 0, r.err
+    rows = json.loads(r.out)
+    assert len(rows) == 28 and all(LIST_KEYS <= set(row) for row in rows)
+    by_vf = {row["vf"]: row for row in rows}
+    leased = by_vf["0000:01:10.0"]
+    assert (leased["state"], leased["domain"], leased["domain_uuid"], leased["pool"], leased["pf_netdev"]) == (
+        "leased", "vm1", uuid(1), "lan0", "enp1s0f0")
+    assert by_vf["0000:01:12.0"]["state"] == "unusable"      # VF 4 of port 0 is outside the range
+    assert by_vf["0000:01:10.2"]["state"] == "unusable"      # port 2 is in no pool
+    assert by_vf["0000:01:10.1"]["state"] == "free" and by_vf["0000:01:10.1"]["driver"] == "igbvf"
+
+
+def test_list_table_for_people(i350_host):
+    s = i350_host
+    s.run("alloc", "--domain", "web1", "--uuid", uuid(7), "--pool", "enp1s0f3", "--vlan", "30")
+    r = s.run("list")
+    lines = r.out.splitlines()
+    assert lines[0].split() == ["VF", "PF", "#", "POOL", "STATE", "DOMAIN", "MAC", "VLAN", "NUMA", "GROUP", "DRIVER"]
+    row = next(line for line in lines if "web1" in line).split()
+    assert row[:6] == ["0000:01:10.3", "enp1s0f3", "0", "enp1s0f3", "leased", "web1"] and row[7] == "30"
+
+
+def test_stale_after_reboot_is_shown(i350_host):
+    s = i350_host
+    s.run("alloc", "--domain", "vm1", "--uuid", uuid(1), "--pool", "enp1s0f0")
+    s.set_boot_id("99999999-2222-3333-4444-555555555555")
+    r = s.run("list")
+    assert "stale: 0000:01:10.0 leased to vm1: taken in an earlier boot" in r.out
+    rows = json.loads(s.run("list", "--json").out)
+    assert [row["state"] for row in rows if row["domain"]] == ["stale"]
+
+
+def test_pools_capacity(i350_host):
+    s = i350_host
+    s.write_config('[pools.lan0]\npfs = ["enp1s0f0", "enp1s0f1"]\npolicy = "spread"\n[pools.san]\npfs = ["enp1s0f2#0-1"]\n')
+    for n in range(3):
+        s.run("alloc", "--domain", f"vm{n}", "--uuid", uuid(n), "--pool", "lan0")
+    pools = json.loads(s.run("pools", "--json").out)
+    lan0 = pools[0]
+    assert (lan0["pool"], lan0["total"], lan0["free"], lan0["leased"], lan0["stale"]) == ("lan0", 14, 11, 3, 0)
+    assert [(pf["pf_netdev"], pf["leased"]) for pf in lan0["pfs"]] == [("enp1s0f0", 2), ("enp1s0f1", 1)]
+    assert (pools[1]["pool"], pools[1]["total"]) == ("san", 2)
+    text = s.run("pools").out
+    assert text.splitlines()[0].split() == ["POOL", "PF", "TOTAL", "FREE", "LEASED", "STALE"]
+    assert "lan0  (spread)  14     11    3       0" in text
+
+
+def test_pool_of_pf_without_vfs_is_listed(scratch):
+    scratch.fs.add_pf("0000:02:00.0", netdev="enp2s0", vendor="8086", device="1521", vf_device="1520",
+                      driver="igb", vf_driver="igbvf", totalvfs=7, numvfs=0)
+    pools = json.loads(scratch.run("pools", "--json").out)
+    assert [(p["pool"], p["total"], len(p["pfs"])) for p in pools] == [("enp2s0", 0, 1)]
+    r = scratch.run("alloc", "--domain", "vm1", "--uuid", uuid(1), "--pool", "enp2s0")
+    assert r.code == 1 and "the pool has no VFs" in r.err
+
+
+def test_alloc_is_idempotent_and_release_is_isolated(i350_host):
+    s = i350_host
+    a = json.loads(s.run("alloc", "--domain", "vm1", "--uuid", uuid(1), "--pool", "enp1s0f0", "--json").out)
+    b = json.loads(s.run("alloc", "--domain", "vm1", "--uuid", uuid(1), "--pool", "enp1s0f0", "--json").out)
+    assert a["vf"] == b["vf"]
+    s.run("alloc", "--domain", "vm2", "--uuid", uuid(2), "--pool", "enp1s0f0")
+    r = s.run("release", "--uuid", uuid(1))
+    assert r.out == f"released {a['vf']} from vm1\n"
+    rows = json.loads(s.run("list", "--json").out)
+    assert [row["domain"] for row in rows if row["domain"]] == ["vm2"]
+    assert s.run("release", "--uuid", uuid(1)).out == f"no leases held by {uuid(1)}\n"
+
+
+def _state_bytes(s):
+    return s.state.read_bytes() if s.state.exists() else None
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["alloc", "--domain", "x", "--uuid", "not-a-uuid", "--pool", "enp1s0f0"], "'not-a-uuid' is not a domain UUID"),
+    (["alloc", "--domain", "x", "--uuid", uuid(1), "--pool", "nope"], "no pool named nope for x"),
+    (["alloc", "--domain", "x", "--uuid", uuid(1), "--pool", "enp1s0f0", "--mac", "zz"], "mac='zz' is not a MAC"),
+    (["alloc", "--domain", "x", "--uuid", uuid(1), "--pool", "enp1s0f0", "--mac", "01:00:5e:00:00:01"], "multicast"),
+    (["alloc", "--domain", "x", "--uuid", uuid(1), "--pool", "enp1s0f0", "--vlan", "4095"], "vlan=4095 is out of range"),
+    (["alloc", "--domain", "x", "--uuid", uuid(1), "--pool", "enp1s0f0", "--type", "pci"], "invalid choice: 'pci'"),
+    (["alloc", "--domain", "x"], "the following arguments are required"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["release", "--uuid", "x"], "'x' is not a domain UUID"),
+], ids=["bad-uuid", "unknown-pool", "bad-mac", "multicast-mac", "vlan", "type", "missing-args", "unknown-command",
+        "release-bad-uuid"])
+def test_bad_input_is_one_line_and_changes_nothing(i350_host, argv, message):
+    s = i350_host
+    s.run("alloc", "--domain", "keep", "--uuid", uuid(9), "--pool", "enp1s0f1")
+    before = _state_bytes(s)
+    r = s.run(*argv)
+    assert r.code != 0 and r.out == ""
+    assert r.err.count("\n") == 1 and r.err.startswith("vfalloc: ") and message in r.err
+    assert _state_bytes(s) == before
+
+
+def test_broken_config_is_one_line(i350_host):
+    i350_host.write_config("[pools.x]\npfs = [\"eth7\"]\n")
+    r = i350_host.run("list")
+    assert r.code == 1 and r.err.count("\n") == 1 and "names PF 'eth7'" in r.err
+
+
+def test_broken_state_is_one_line_and_kept(i350_host):
+    i350_host.state.parent.mkdir(parents=True)
+    i350_host.state.write_text("{broken")
+    for argv in (["list"], ["alloc", "--domain", "a", "--uuid", uuid(1), "--pool", "enp1s0f0"]):
+        r = i350_host.run(*argv)
+        assert r.code == 1 and "is not valid JSON" in r.err and r.err.count("\n") == 1
+    assert i350_host.state.read_text() == "{broken"
+
+
+def test_real_executable_with_env(i350_host):
+    env = i350_host.env()
+    r = subprocess.run([VFALLOC, "alloc", "--domain", "vm1", "--uuid", uuid(1), "--pool", "enp1s0f2"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "leased to vm1" in r.stdout
+    r = subprocess.run([VFALLOC, "list", "--json"], env=env, capture_output=True, text=True)
+    assert [row["pool"] for row in json.loads(r.stdout) if row["domain"] == "vm1"] == ["enp1s0f2"]
+    r = subprocess.run([VFALLOC, "alloc", "--pool"], env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+    r = subprocess.run([VFALLOC, "--help"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "list" in r.stdout and "pools" in r.stdout
+
+
+def test_racing_processes_never_share_a_vf(scratch):
+    """Many `vfalloc alloc` processes at once against one state file: every VF once, one refused."""
+    connectx(scratch.fs, numvfs=8)
+    scratch.write_config('[pools.cx]\npfs = ["ens5f0np0", "ens6f0np0"]\n')
+    env = scratch.env()
+
+    def one(n):
+        return subprocess.run([VFALLOC, "alloc", "--domain", f"vm{n}", "--uuid", uuid(n), "--pool", "cx", "--json"],
+                              env=env, capture_output=True, text=True)
+
+    with ThreadPoolExecutor(max_workers=17) as pool:
+        results = list(pool.map(one, range(17)))
+    ok = [json.loads(r.stdout) for r in results if r.returncode == 0]
+    refused = [r for r in results if r.returncode != 0]
+    assert len(ok) == 16 and len({x["vf"] for x in ok}) == 16
+    assert len(refused) == 1 and "no free VF in pool cx" in refused[0].stderr
+    rows = json.loads(subprocess.run([VFALLOC, "list", "--json"], env=env, capture_output=True, text=True).stdout)
+    assert sorted(r["domain_uuid"] for r in rows if r["state"] == "leased") == sorted(x["uuid"] for x in ok)

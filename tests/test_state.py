@@ -1,0 +1,165 @@
+"""The lease table file: versioned, locked, atomic, refused when broken, never overwritten."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vfalloc.errors import StateError
+from vfalloc.model import Lease, LeaseTable
+from vfalloc.state import VERSION, StateStore
+
+
+def lease(vf="0000:01:10.0", uuid="aaaaaaaa-0000-0000-0000-000000000001", domain="vm1"):
+    return Lease(vf=vf, pf="0000:01:00.0", pool="lan0", domain=domain, uuid=uuid, index=0,
+                 mac="52:54:00:00:00:01", vlan=None, since="2026-01-01T00:00:00+00:00",
+                 boot_id="b1", phase="attached")
+
+
+def test_missing_file_is_empty_table(tmp_path):
+    assert StateStore(tmp_path / "state.json").read() == LeaseTable()
+
+
+def test_round_trip_creates_private_dir_and_file(tmp_path):
+    path = tmp_path / "var" / "lib" / "vfalloc" / "state.json"
+    store = StateStore(path)
+    with store.transaction() as txn:
+        txn.table = txn.table.with_leases([lease()])
+    assert store.read().leases == (lease(),)
+    assert store.read().last == {lease().uuid: {"0": lease().vf}}
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(store.lock_path.stat().st_mode) == 0o600
+    data = json.loads(path.read_text())
+    assert data["version"] == VERSION and data["leases"][0]["domain"] == "vm1"
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+def test_unchanged_table_is_not_rewritten(tmp_path):
+    store = StateStore(tmp_path / "state.json")
+    with store.transaction() as txn:
+        txn.table = txn.table.with_leases([lease()])
+    before = store.path.stat().st_mtime_ns
+    time.sleep(0.01)
+    with store.transaction():
+        pass
+    assert store.path.stat().st_mtime_ns == before
+
+
+def test_exception_inside_transaction_writes_nothing(tmp_path):
+    store = StateStore(tmp_path / "state.json")
+    with pytest.raises(RuntimeError):
+        with store.transaction() as txn:
+            txn.table = txn.table.with_leases([lease()])
+            raise RuntimeError("boom")
+    assert not store.path.exists()
+
+
+BROKEN = [
+    (b"", "is empty"),
+    (b'{"version": 1, "leases": [', "is not valid JSON"),
+    (b"not json at all", "is not valid JSON"),
+    (b'{"version": 99, "leases": []}', "has version 99, newer than this vfalloc knows"),
+    (b'{"version": "x"}', "has unknown version 'x'"),
+    (b'[1, 2]', "is not a vfalloc lease table"),
+    (b'{"version": 1, "leases": [{"vf": "x"}]}', "holds a malformed lease"),
+    (b'{"version": 1, "leases": [], "last": 5}', "holds a malformed lease"),
+    (b"\xff\xfe", "is not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("raw,message", BROKEN,
+                         ids=["empty", "truncated", "not-json", "newer", "bad-version", "list", "bad-lease",
+                              "bad-last", "binary"])
+def test_broken_file_is_refused_and_kept(tmp_path, raw, message):
+    path = tmp_path / "state.json"
+    path.write_bytes(raw)
+    os.chmod(path, 0o600)
+    store = StateStore(path)
+    with pytest.raises(StateError) as info:
+        store.read()
+    text = str(info.value)
+    assert message in text and str(path) in text
+    assert "upgrade vfalloc" in text or "mv " in text
+    with pytest.raises(StateError):
+        with store.transaction() as txn:
+            txn.table = txn.table.with_leases([lease()])
+    assert path.read_bytes() == raw
+
+
+def test_symlink_is_not_followed(tmp_path):
+    target = tmp_path / "elsewhere.json"
+    target.write_text('{"version": 1, "leases": []}')
+    (tmp_path / "state.json").symlink_to(target)
+    store = StateStore(tmp_path / "state.json")
+    with pytest.raises(StateError, match="symbolic link"):
+        store.read()
+    with pytest.raises(StateError, match="symbolic link"):
+        with store.transaction() as txn:
+            txn.table = txn.table.with_leases([lease()])
+    assert target.read_text() == '{"version": 1, "leases": []}'
+
+
+def test_planted_lock_symlink_is_refused(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (tmp_path / "state.json.lock").symlink_to(victim)
+    with pytest.raises(StateError, match="symbolic link"):
+        with StateStore(tmp_path / "state.json").transaction():
+            pass
+    assert victim.read_text() == "keep me"
+
+
+def test_world_writable_warns(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text('{"version": 1, "leases": []}')
+    os.chmod(path, 0o666)
+    store = StateStore(path)
+    store.read()
+    assert any("writable by group/others" in w and "chmod 600" in w for w in store.warnings)
+
+
+def test_other_owner_is_refused(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to chown the file to another user")
+    path = tmp_path / "state.json"
+    path.write_text('{"version": 1, "leases": []}')
+    os.chown(path, 65534, 65534)
+    with pytest.raises(StateError, match="owned by uid 65534"):
+        StateStore(path).read()
+
+
+def test_stale_temp_file_is_cleaned(tmp_path):
+    store = StateStore(tmp_path / "state.json")
+    leftover = tmp_path / ".tmp-state.json.99999"
+    leftover.write_text("half a tab")
+    with store.transaction() as txn:
+        txn.table = txn.table.with_leases([lease()])
+    assert not leftover.exists()
+    assert store.read().leases == (lease(),)
+
+
+def test_lock_timeout_is_a_clear_error(tmp_path):
+    store = StateStore(tmp_path / "state.json", lock_timeout=0.3)
+    store.path.parent.mkdir(exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time, filelock; l = filelock.FileLock(sys.argv[1]); l.acquire(); "
+         "print('held', flush=True); time.sleep(30)", str(store.lock_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StateError) as info:
+            with store.transaction():
+                pass
+        assert "locked by another vfalloc for more than 0.3 s" in str(info.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    with store.transaction() as txn:  # the dead holder's lock is gone with it
+        txn.table = txn.table.with_leases([lease()])
+    assert len(store.read().leases) == 1

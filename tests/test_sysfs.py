@@ -1,0 +1,118 @@
+"""Inventory read from real fake sysfs trees of realistic hosts."""
+
+import os
+
+import pytest
+
+from fakehost import FakeSys, connectx, i350, x710
+from vfalloc.errors import SysfsError
+from vfalloc.model import PciAddress
+from vfalloc.sysfs import Sysfs, parse_cpulist
+
+
+@pytest.fixture
+def host_dir(tmp_path):
+    fs = FakeSys(tmp_path / "sys")
+    i350(fs)
+    x710(fs)
+    connectx(fs)
+    fs.add_pf("0000:02:00.0", netdev="enp2s0", vendor="8086", device="1521", vf_device="1520",
+              driver="igb", vf_driver="igbvf", totalvfs=7, numvfs=0)
+    fs.add_pf("0000:81:00.0", netdev=None, vendor="8086", device="1521", vf_device="1520",
+              driver="igb", vf_driver="vfio-pci", totalvfs=7, numvfs=2)
+    return fs
+
+
+def test_every_pf_is_found(host_dir):
+    host = Sysfs(host_dir.root).read_host()
+    names = [pf.name for pf in host.pfs]
+    assert names == ["enp1s0f0", "enp1s0f1", "enp1s0f2", "enp1s0f3", "enp2s0", "ens2f0", "ens2f1",
+                     "ens5f0np0", "0000:81:00.0", "ens6f0np0"]
+
+
+@pytest.mark.parametrize("name,driver,total,num,vendor,device,numa", [
+    ("enp1s0f0", "igb", 7, 7, "8086", "1521", None),
+    ("ens2f1", "i40e", 64, 16, "8086", "1572", 0),
+    ("ens6f0np0", "mlx5_core", 16, 8, "15b3", "1017", 1),
+    ("enp2s0", "igb", 7, 0, "8086", "1521", None),
+], ids=["i350", "x710", "connectx-node1", "numvfs-0"])
+def test_pf_facts(host_dir, name, driver, total, num, vendor, device, numa):
+    pf = Sysfs(host_dir.root).read_host().pf(name)
+    assert (pf.driver, pf.totalvfs, pf.numvfs, pf.vendor, pf.device, pf.numa_node) == (
+        driver, total, num, vendor, device, numa)
+    assert len(pf.vfs) == num
+    assert [vf.index for vf in pf.vfs] == list(range(num))
+    assert pf.link_up is True
+
+
+def test_i350_vf_details(host_dir):
+    pf = Sysfs(host_dir.root).read_host().pf("enp1s0f1")
+    vf = pf.vfs[2]
+    # igb: VF offset 0x80, stride 4 from 01:00.1 -> routing id 0x101 + 0x80 + 8
+    assert str(vf.address) == "0000:01:11.1"
+    assert (vf.pf, vf.vendor, vf.device, vf.driver, vf.netdev) == (
+        PciAddress.parse("0000:01:00.1"), "8086", "1520", "igbvf", "enp1s0f1v2")
+    groups = {v.iommu_group for v in pf.vfs}
+    assert len(groups) == 7 and pf.iommu_group not in groups
+
+
+def test_vfio_bound_vf_has_no_netdev(host_dir):
+    pf = Sysfs(host_dir.root).read_host().pf("0000:81:00.0")
+    assert pf.netdev is None
+    assert [(vf.driver, vf.netdev) for vf in pf.vfs] == [("vfio-pci", None)] * 2
+
+
+def test_only_selected_pfs_are_read(host_dir):
+    wanted = {PciAddress.parse("0000:3b:00.0")}
+    host = Sysfs(host_dir.root).read_host(only=wanted)
+    assert [pf.name for pf in host.pfs] == ["ens2f0"]
+
+
+def test_empty_root_has_no_pfs(tmp_path):
+    assert Sysfs(tmp_path).read_host().pfs == ()
+
+
+def test_unreadable_attribute_is_an_error_not_a_default(host_dir):
+    path = host_dir.root / "bus/pci/devices/0000:01:00.0/sriov_numvfs"
+    os.unlink(os.path.realpath(path))
+    with pytest.raises(SysfsError) as info:
+        Sysfs(host_dir.root).read_host()
+    assert "sriov_numvfs" in str(info.value) and "cannot read" in str(info.value)
+
+
+def test_garbage_number_is_an_error(host_dir):
+    (host_dir.root / "bus/pci/devices/0000:01:00.0/sriov_totalvfs").write_text("seven\n")
+    with pytest.raises(SysfsError, match="'seven', not a number"):
+        Sysfs(host_dir.root).read_host()
+
+
+def test_netdev_lookup_and_upstream(host_dir):
+    sysfs = Sysfs(host_dir.root)
+    assert sysfs.netdev_pci("ens2f0") == PciAddress.parse("0000:3b:00.0")
+    assert sysfs.netdev_pci("nosuch0") is None
+    assert sysfs.upstream(PciAddress.parse("0000:3b:00.0")) == [PciAddress.parse("0000:3a:00.0")]
+
+
+def test_iommu_groups_and_numa(host_dir):
+    sysfs = Sysfs(host_dir.root)
+    groups = sysfs.iommu_groups()
+    vf = sysfs.read_host().pf("enp1s0f0").vfs[0]
+    assert groups[vf.iommu_group] == [vf.address]
+    assert sysfs.node_cpus() == {0: frozenset(range(16)), 1: frozenset(range(16, 32))}
+
+
+def test_write_attr_keeps_errno(host_dir, tmp_path):
+    sysfs = Sysfs(host_dir.root)
+    addr = PciAddress.parse("0000:01:00.0")
+    sysfs.write_attr(addr, "sriov_numvfs", "3")
+    assert sysfs.read_attr(addr, "sriov_numvfs") == "3"
+    with pytest.raises(SysfsError) as info:
+        sysfs.write_attr(addr, "no_such_attr", "1")
+    assert info.value.errno == 2
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("0-3", {0, 1, 2, 3}), ("0-3,^2,8", {0, 1, 3, 8}), ("5", {5}), ("", set()), ("0-1,4-5", {0, 1, 4, 5}),
+], ids=["range", "exclude", "single", "empty", "two-ranges"])
+def test_cpulist(text, expected):
+    assert parse_cpulist(text) == frozenset(expected)

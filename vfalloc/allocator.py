@@ -1,0 +1,170 @@
+"""Pure choice of VFs: which VF a domain gets, which lease a stop gives back, which leases are
+stale. Takes a Host snapshot, the pools and a LeaseTable and returns a new LeaseTable; it does no
+I/O, takes no lock and never reads a clock (callers pass `now` and the boot id).
+
+Choice order for a request: the lease the domain already holds for it (idempotent), then the VF
+it held last if free (sticky), then VFs on the domain's NUMA nodes when it is pinned (preferred,
+not required), then the pool's policy: `pack` fills PFs in the order the pool lists them,
+`spread` takes the PF of the pool with the fewest leases. A VF whose lease comes from an earlier
+boot (a different boot_id) cannot be in use: it is taken over when no truly free VF is left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterable, Sequence
+
+from .errors import PoolExhausted, UnknownPool, VfConflict, AllocationError
+from .model import VF, Host, Lease, LeaseTable, PciAddress, Pool, Request, derive_mac
+
+
+@dataclass(frozen=True)
+class Grant:
+    table: LeaseTable
+    leases: tuple[Lease, ...]          # the domain's leases for the requests, in request order
+    reclaimed: tuple[Lease, ...] = ()  # leases of an earlier boot that were taken over
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A device already in a domain's XML: request `request` on the VF at `address`."""
+
+    request: Request
+    address: PciAddress
+
+
+def allocate(host: Host, pools: Sequence[Pool], table: LeaseTable, *, domain: str, uuid: str,
+             requests: Sequence[Request], boot_id: str, now: str, phase: str,
+             numa_nodes: frozenset[int] = frozenset()) -> Grant:
+    by_name = {p.name: p for p in pools}
+    vfs = host.vf_map()
+    granted: list[Lease] = []
+    reclaimed: list[Lease] = []
+    for request in requests:
+        pool = by_name.get(request.pool)
+        if pool is None:
+            raise UnknownPool(request.pool, domain, tuple(by_name))
+        request = request.with_defaults(pool)
+        held = _held(table, uuid, request.index)
+        if held is not None and held.pool == pool.name and held.vf in vfs:
+            fresh = replace(held, boot_id=boot_id, domain=domain)
+            table = table.replaced(held, fresh)
+            granted.append(fresh)
+            continue
+        if held is not None:
+            table = table.without([held])
+        vf, old = _choose(host, pool, table, uuid, request.index, boot_id, numa_nodes, domain)
+        if old is not None:
+            table = table.without([old])
+            reclaimed.append(old)
+        lease = _lease(vf, pool, request, domain, uuid, boot_id, now, phase)
+        table = table.with_leases([lease])
+        granted.append(lease)
+    return Grant(table, tuple(granted), tuple(reclaimed))
+
+
+def claim(host: Host, pools: Sequence[Pool], table: LeaseTable, *, domain: str, uuid: str,
+          claims: Sequence[Claim], boot_id: str, now: str, phase: str = "attached") -> Grant:
+    """Take exactly the VFs a domain's XML already names (free, of an earlier boot, or already
+    this domain's); refuse when another domain holds one."""
+    vfs = host.vf_map()
+    granted: list[Lease] = []
+    reclaimed: list[Lease] = []
+    for item in claims:
+        address = str(item.address)
+        vf = vfs.get(address)
+        if vf is None:
+            raise AllocationError(f"VF {address} in the XML of {domain} is not a VF on this host; "
+                                  "create it with `vfalloc host numvfs` or remove the device")
+        holder = table.by_vf().get(address)
+        if holder is not None and holder.uuid != uuid and holder.boot_id == boot_id:
+            raise VfConflict(address, domain, holder.domain)
+        if holder is not None and holder.uuid != uuid:
+            reclaimed.append(holder)
+        mine = _held(table, uuid, item.request.index)
+        table = table.without([x for x in (holder, mine) if x is not None])
+        pool = next((p for p in pools if p.admits(vf)), None)
+        request = item.request.with_defaults(pool) if pool and pool.name == item.request.pool else item.request
+        lease = _lease(vf, pool, request, domain, uuid, boot_id, now, phase)
+        if mine is not None and mine.vf == address:
+            lease = replace(lease, since=mine.since)
+        table = table.with_leases([lease])
+        granted.append(lease)
+    return Grant(table, tuple(granted), tuple(reclaimed))
+
+
+def release(table: LeaseTable, uuid: str) -> tuple[LeaseTable, tuple[Lease, ...]]:
+    """Give back every lease of one domain; other domains' leases are untouched."""
+    mine = table.of_domain(uuid)
+    return table.without(mine), mine
+
+
+def set_phase(table: LeaseTable, leases: Iterable[Lease], phase: str) -> LeaseTable:
+    for lease in leases:
+        current = next((x for x in table.leases if x.vf == lease.vf and x.uuid == lease.uuid), None)
+        if current is not None:
+            table = table.replaced(current, replace(current, phase=phase))
+    return table
+
+
+def stale_reason(lease: Lease, vfs: dict[str, VF], boot_id: str) -> str | None:
+    """Why a lease cannot be live, judged from the host alone (not from libvirt)."""
+    if lease.boot_id != boot_id:
+        return "taken in an earlier boot"
+    if lease.vf not in vfs:
+        return "its VF no longer exists"
+    return None
+
+
+def stale(host: Host, table: LeaseTable, boot_id: str) -> list[tuple[Lease, str]]:
+    vfs = host.vf_map()
+    found = []
+    for lease in table.leases:
+        reason = stale_reason(lease, vfs, boot_id)
+        if reason:
+            found.append((lease, reason))
+    return found
+
+
+def _held(table: LeaseTable, uuid: str, index: int) -> Lease | None:
+    return next((x for x in table.leases if x.uuid == uuid and x.index == index), None)
+
+
+def _choose(host: Host, pool: Pool, table: LeaseTable, uuid: str, index: int, boot_id: str,
+            numa_nodes: frozenset[int], domain: str) -> tuple[VF, Lease | None]:
+    members = [vf for vf in host.vfs() if pool.admits(vf)]
+    holders = table.by_vf()
+    free = [vf for vf in members if str(vf.address) not in holders]
+    if not free:
+        free = [vf for vf in members if holders[str(vf.address)].boot_id != boot_id]
+    if not free:
+        names = tuple(holders[str(vf.address)].domain for vf in members)
+        raise PoolExhausted(pool.name, domain, len(members), names)
+    sticky = table.last.get(uuid, {}).get(str(index))
+    chosen = next((vf for vf in free if str(vf.address) == sticky), None)
+    if chosen is None:
+        local = [vf for vf in free if vf.numa_node in numa_nodes]
+        chosen = _by_policy(pool, local or free, table)
+    return chosen, holders.get(str(chosen.address))
+
+
+def _by_policy(pool: Pool, free: list[VF], table: LeaseTable) -> VF:
+    if pool.policy == "spread":
+        load: dict[PciAddress, int] = {}
+        for lease in table.leases:
+            if lease.pool == pool.name:
+                pf = PciAddress.parse(lease.pf)
+                load[pf] = load.get(pf, 0) + 1
+        return min(free, key=lambda vf: (load.get(vf.pf, 0), pool.member_rank(vf), vf.pf, vf.index))
+    return min(free, key=lambda vf: (pool.member_rank(vf), vf.pf, vf.index))
+
+
+def _lease(vf: VF, pool: Pool | None, request: Request, domain: str, uuid: str, boot_id: str,
+           now: str, phase: str) -> Lease:
+    mac = None
+    if request.type == "interface":
+        mac = request.mac or derive_mac(uuid, request.index)
+    return Lease(vf=str(vf.address), pf=str(vf.pf), pool=pool.name if pool else request.pool,
+                 domain=domain, uuid=uuid, index=request.index, mac=mac, vlan=request.vlan,
+                 since=now, boot_id=boot_id, phase=phase, type=request.type, trust=request.trust,
+                 spoofchk=request.spoofchk, required=request.required)

@@ -1,0 +1,246 @@
+"""Settings and pools: what the admin configured, merged with the command line and environment.
+
+Owns the config file format (TOML, default /etc/vfalloc/vfalloc.toml) and the precedence of
+settings: command-line flag, then `VFALLOC_*` environment variable, then the file's
+`[settings]` table, then the default. Pools are parsed from the file without looking at the host,
+then resolved against a `Host` snapshot into `model.Pool` values. Reads only the config file; it
+never touches sysfs or the state file itself.
+
+    [settings]
+    state = "/var/lib/vfalloc/state.json"
+    lock_timeout = 10
+
+    [pools.lan0]
+    pfs = ["enp1s0f0#0-3,6", "0000:01:00.1"]
+    policy = "spread"           # or "pack" (default)
+    vlan = 20                   # defaults for requests of this pool
+    trust = "on"
+    spoofchk = "off"
+    numvfs = 7                  # VFs to create on each PF of the pool (`vfalloc host persist`)
+
+    [pf.enp1s0f2]
+    numvfs = 4                  # per-PF VF count, overrides the pool's
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError, UsageError
+from .model import POLICIES, Host, PciAddress, Pool, PoolMember, parse_vlan
+
+DEFAULT_CONFIG = "/etc/vfalloc/vfalloc.toml"
+DEFAULTS = {
+    "sysfs_root": "/sys",
+    "state": "/var/lib/vfalloc/state.json",
+    "proc_root": "/proc",
+    "libvirt_run": "/run/libvirt/qemu",
+    "lock_timeout": "10",
+}
+ENV = {
+    "config": "VFALLOC_CONFIG",
+    "sysfs_root": "VFALLOC_SYSFS_ROOT",
+    "state": "VFALLOC_STATE",
+    "proc_root": "VFALLOC_PROC_ROOT",
+    "libvirt_run": "VFALLOC_LIBVIRT_RUN",
+    "lock_timeout": "VFALLOC_LOCK_TIMEOUT",
+}
+_POOL_KEYS = {"pfs", "policy", "vlan", "trust", "spoofchk", "numvfs"}
+_TOP_KEYS = {"settings", "pools", "pf"}
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A pool as written in the file: PF references not yet resolved against the host."""
+
+    name: str
+    members: tuple[tuple[str, frozenset[int] | None], ...]
+    policy: str = "pack"
+    vlan: int | None = None
+    trust: str | None = None
+    spoofchk: str | None = None
+    numvfs: int | None = None
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    path: Path
+    exists: bool
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    pools: tuple[PoolSpec, ...] = ()
+    pf_numvfs: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    config: ConfigFile
+    sysfs_root: Path
+    state: Path
+    proc_root: Path
+    libvirt_run: Path
+    lock_timeout: float
+
+
+def load_settings(flags: Mapping[str, str | None] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Merge flags > environment > config file > defaults."""
+    flags = flags or {}
+    environ = os.environ if environ is None else environ
+    explicit = flags.get("config") or environ.get(ENV["config"])
+    config = read_config(Path(explicit or DEFAULT_CONFIG), must_exist=bool(explicit))
+
+    def pick(key: str) -> str:
+        for value in (flags.get(key), environ.get(ENV[key]), config.settings.get(key)):
+            if value not in (None, ""):
+                return str(value)
+        return DEFAULTS[key]
+
+    timeout_text = pick("lock_timeout")
+    try:
+        timeout = float(timeout_text)
+    except ValueError:
+        raise UsageError(f"lock timeout {timeout_text!r} is not a number of seconds") from None
+    if timeout <= 0:
+        raise UsageError(f"lock timeout {timeout_text} must be more than 0 seconds")
+    return Settings(config, Path(pick("sysfs_root")), Path(pick("state")), Path(pick("proc_root")),
+                    Path(pick("libvirt_run")), timeout)
+
+
+def read_config(path: Path, must_exist: bool) -> ConfigFile:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if must_exist:
+            raise ConfigError(path, "does not exist", "create it or point --config at the right file") from None
+        return ConfigFile(path, exists=False)
+    except OSError as exc:
+        raise ConfigError(path, f"cannot be read ({exc.strerror})") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, f"is not valid TOML: {exc}", "fix the line named") from exc
+    return parse_config(path, data)
+
+
+def parse_config(path: Path, data: Mapping[str, Any]) -> ConfigFile:
+    _no_unknown(path, "the top level", data, _TOP_KEYS)
+    settings = data.get("settings", {})
+    _no_unknown(path, "[settings]", settings, set(DEFAULTS))
+    pools_raw = data.get("pools", {})
+    if not isinstance(pools_raw, dict):
+        raise ConfigError(path, "`pools` must be a table of [pools.NAME] sections")
+    pools = tuple(_pool_spec(path, name, body) for name, body in pools_raw.items())
+    pf_numvfs = {}
+    for ref, body in data.get("pf", {}).items():
+        _no_unknown(path, f"[pf.{ref}]", body, {"numvfs"})
+        pf_numvfs[ref] = _count(path, f"[pf.{ref}] numvfs", body.get("numvfs"))
+    return ConfigFile(path, True, settings, pools, pf_numvfs)
+
+
+def _no_unknown(path: Path, where: str, table: Any, allowed: set[str]) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(path, f"{where} must be a table")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(path, f"unknown key {unknown[0]!r} in {where}",
+                          f"allowed keys: {', '.join(sorted(allowed))}")
+
+
+def _pool_spec(path: Path, name: str, body: Any) -> PoolSpec:
+    where = f"[pools.{name}]"
+    _no_unknown(path, where, body, _POOL_KEYS)
+    pfs = body.get("pfs")
+    if not isinstance(pfs, list) or not pfs or not all(isinstance(p, str) for p in pfs):
+        raise ConfigError(path, f"{where} needs pfs = [\"IFNAME\", \"0000:01:00.0#0-3\", ...]")
+    policy = body.get("policy", "pack")
+    if policy not in POLICIES:
+        raise ConfigError(path, f"{where} policy = {policy!r} is unknown", "use \"pack\" or \"spread\"")
+    try:
+        vlan = None if body.get("vlan") is None else parse_vlan(body["vlan"])
+        for key in ("trust", "spoofchk"):
+            if body.get(key) not in (None, "on", "off"):
+                raise UsageError(f"{key} = {body[key]!r} is not valid; use \"on\" or \"off\"")
+    except UsageError as exc:
+        raise ConfigError(path, f"{where} {exc}") from exc
+    members = tuple(parse_member(path, where, text) for text in pfs)
+    numvfs = None if body.get("numvfs") is None else _count(path, f"{where} numvfs", body["numvfs"])
+    return PoolSpec(name, members, policy, vlan, body.get("trust"), body.get("spoofchk"), numvfs)
+
+
+def _count(path: Path, where: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(path, f"{where} = {value!r} must be a whole number of VFs, 0 or more")
+    return value
+
+
+def parse_member(path: Path, where: str, text: str) -> tuple[str, frozenset[int] | None]:
+    """`enp1s0f0` or `0000:01:00.0#0-3,6` -> (PF reference, VF indexes or None for all)."""
+    ref, sep, ranges = text.partition("#")
+    ref = ref.strip()
+    if not ref:
+        raise ConfigError(path, f"{where} pfs entry {text!r} names no PF")
+    if not sep:
+        return ref, None
+    indexes: set[int] = set()
+    for part in ranges.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise ConfigError(path, f"{where} VF range {text!r} is not valid",
+                              "write VF indexes like enp1s0f0#0-3,6")
+        first, last = int(lo), int(hi) if dash else int(lo)
+        if last < first:
+            raise ConfigError(path, f"{where} VF range {part.strip()!r} in {text!r} runs backwards")
+        indexes.update(range(first, last + 1))
+    return ref, frozenset(indexes)
+
+
+def resolve_pools(config: ConfigFile, host: Host) -> tuple[Pool, ...]:
+    """Pools from the file, or with no pools configured one pool per SR-IOV PF."""
+    if not config.pools:
+        return tuple(Pool(pf.name, (PoolMember(pf.address, None, _pf_numvfs(config, pf)),))
+                     for pf in host.pfs)
+    pools = tuple(_resolve(config, spec, host) for spec in config.pools)
+    _check_overlap(config.path, pools)
+    return pools
+
+
+def _pf_numvfs(config: ConfigFile, pf) -> int | None:
+    for ref in (pf.netdev, str(pf.address)):
+        if ref in config.pf_numvfs:
+            return config.pf_numvfs[ref]
+    return None
+
+
+def _resolve(config: ConfigFile, spec: PoolSpec, host: Host) -> Pool:
+    members = []
+    for ref, indexes in spec.members:
+        pf = host.pf(ref)
+        if pf is None:
+            raise ConfigError(config.path, f"[pools.{spec.name}] names PF {ref!r}, which is not an SR-IOV PF on this host",
+                              "check the name with `ip link` or the address with `lspci -D`")
+        if indexes and max(indexes) >= pf.totalvfs:
+            raise ConfigError(config.path, f"[pools.{spec.name}] VF index {max(indexes)} on {ref} is past the PF's "
+                              f"sriov_totalvfs ({pf.totalvfs})", f"use indexes 0-{pf.totalvfs - 1}")
+        numvfs = _pf_numvfs(config, pf)
+        members.append(PoolMember(pf.address, indexes, numvfs if numvfs is not None else spec.numvfs))
+    return Pool(spec.name, tuple(members), spec.policy, spec.vlan, spec.trust, spec.spoofchk)
+
+
+def _check_overlap(path: Path, pools: tuple[Pool, ...]) -> None:
+    seen: dict[tuple[PciAddress, int | None], str] = {}
+    for pool in pools:
+        for m in pool.members:
+            keys = [(m.pf, i) for i in m.indexes] if m.indexes is not None else [(m.pf, None)]
+            for key in keys:
+                clash = seen.get(key) or seen.get((m.pf, None))
+                if clash is None and key[1] is None:
+                    clash = next((p for (pf, i), p in seen.items() if pf == m.pf), None)
+                if clash is not None:
+                    which = f"VF {key[1]} of {m.pf}" if key[1] is not None else f"PF {m.pf} (all its VFs)"
+                    raise ConfigError(path, f"{which} is in pool {clash} and pool {pool.name}",
+                                      "a VF may belong to one pool only")
+                seen[key] = pool.name

@@ -1,0 +1,49 @@
+"""What a command needs, built lazily from the settings: the sysfs view, the host snapshot, the
+pools and the lease store. Entry points make one Context per run; nothing here parses arguments
+or prints."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TextIO
+
+from .config import Settings, resolve_pools
+from .model import Host, Pool
+
+
+@dataclass
+class Context:
+    settings: Settings
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+
+    @cached_property
+    def sysfs(self):
+        from .sysfs import Sysfs
+
+        return Sysfs(self.settings.sysfs_root)
+
+    @cached_property
+    def host(self) -> Host:
+        return self.sysfs.read_host()
+
+    @cached_property
+    def pools(self) -> tuple[Pool, ...]:
+        return resolve_pools(self.settings.config, self.host)
+
+    def pool(self, name: str) -> Pool | None:
+        return next((p for p in self.pools if p.name == name), None)
+
+    @cached_property
+    def store(self):
+        from .state import StateStore
+
+        return StateStore(self.settings.state, self.settings.lock_timeout)
+
+    @cached_property
+    def boot_id(self) -> str:
+        from .procfs import boot_id
+
+        return boot_id(self.settings.proc_root)

@@ -1,0 +1,131 @@
+"""The one exception tree of vfalloc.
+
+Every error vfalloc raises on purpose is a VfallocError. Each class keeps the inputs that caused
+it as attributes and renders one line that names the thing and the fix; entry points (cli, hook)
+print that line and exit non-zero. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+
+class VfallocError(Exception):
+    """Base class: `str(err)` is the one line a user sees."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(VfallocError):
+    """A command line or request value that cannot be used."""
+
+    exit_code = 2
+
+
+class ConfigError(VfallocError):
+    """The config file cannot be read or says something impossible."""
+
+    def __init__(self, path: object, problem: str, fix: str = "") -> None:
+        self.path = path
+        self.problem = problem
+        self.fix = fix
+        tail = f"; {fix}" if fix else ""
+        super().__init__(f"config {path}: {problem}{tail}")
+
+
+class SysfsError(VfallocError):
+    """sysfs could not be read or written where vfalloc needs it; `errno` is the kernel's
+    error number when a write failed."""
+
+    def __init__(self, path: object, problem: str, fix: str = "", errno: int | None = None) -> None:
+        self.path = path
+        self.problem = problem
+        self.fix = fix
+        self.errno = errno
+        tail = f"; {fix}" if fix else ""
+        super().__init__(f"{path}: {problem}{tail}")
+
+
+class StateError(VfallocError):
+    """The lease table cannot be read, locked or written."""
+
+    def __init__(self, path: object, problem: str, fix: str = "") -> None:
+        self.path = path
+        self.problem = problem
+        self.fix = fix
+        tail = f"; {fix}" if fix else ""
+        super().__init__(f"state file {path}: {problem}{tail}")
+
+
+class AllocationError(VfallocError):
+    """A request for VFs cannot be met."""
+
+
+class UnknownPool(AllocationError):
+    def __init__(self, pool: str, domain: str, known: tuple[str, ...]) -> None:
+        self.pool = pool
+        self.domain = domain
+        self.known = known
+        names = ", ".join(known) if known else "none"
+        super().__init__(
+            f"no pool named {pool} for {domain} (pools: {names}); "
+            "fix the request or define the pool in the config file"
+        )
+
+
+class PoolExhausted(AllocationError):
+    def __init__(self, pool: str, domain: str, total: int, holders: tuple[str, ...]) -> None:
+        self.pool = pool
+        self.domain = domain
+        self.total = total
+        self.holders = holders
+        if total == 0:
+            detail = "the pool has no VFs"
+            fix = "create VFs with `vfalloc host numvfs` or add PFs to the pool"
+        else:
+            leased = len(holders)
+            names = _abbreviate(sorted(set(holders)))
+            detail = f"{leased} of {total} leased: {names}"
+            fix = "free one or add VFs to the pool"
+        super().__init__(f"no free VF in pool {pool} for {domain} ({detail}); {fix}")
+
+
+class VfConflict(AllocationError):
+    def __init__(self, vf: str, domain: str, holder: str) -> None:
+        self.vf = vf
+        self.domain = domain
+        self.holder = holder
+        super().__init__(
+            f"VF {vf} wanted by {domain} is leased to {holder}; "
+            f"stop {holder} or remove the VF from {domain}'s XML"
+        )
+
+
+class DomainXMLError(VfallocError):
+    """A domain XML that cannot be parsed or holds a bad vfalloc request."""
+
+    def __init__(self, domain: str, problem: str, fix: str = "") -> None:
+        self.domain = domain
+        self.problem = problem
+        self.fix = fix
+        tail = f"; {fix}" if fix else ""
+        super().__init__(f"domain XML of {domain}: {problem}{tail}")
+
+
+class HostError(VfallocError):
+    """A host prerequisite command failed."""
+
+
+class VirtError(VfallocError):
+    """libvirt refused or failed."""
+
+
+def _abbreviate(names: list[str], limit: int = 6) -> str:
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f", ... ({len(names) - limit} more)"

@@ -1,0 +1,281 @@
+"""The things vfalloc reasons about, as frozen values: PCI addresses, PFs and VFs read from the
+host, pools, requests and leases.
+
+This module is the bottom of the dependency graph: it does no I/O and imports nothing of
+vfalloc but the error tree. Values are validated when they are built, so code above can trust
+them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Mapping
+
+from .errors import UsageError
+
+_PCI_RE = re.compile(
+    r"^(?:(?P<domain>[0-9a-fA-F]{4,8}):)?(?P<bus>[0-9a-fA-F]{2}):"
+    r"(?P<slot>[0-9a-fA-F]{2})\.(?P<function>[0-7])$"
+)
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+ON_OFF = ("on", "off")
+REQUEST_TYPES = ("interface", "hostdev")
+POLICIES = ("pack", "spread")
+
+# Lease phases. "reserved": taken by hand or by `vfalloc start` before the domain runs;
+# "pending-attach": taken by the hook at prepare, device to be hot-plugged after the start;
+# "attached": the device is in the running domain.
+PHASES = ("reserved", "pending-attach", "attached")
+
+
+@dataclass(frozen=True, order=True)
+class PciAddress:
+    domain: int
+    bus: int
+    slot: int
+    function: int
+
+    @classmethod
+    def parse(cls, text: str) -> "PciAddress":
+        m = _PCI_RE.match(text.strip())
+        if not m:
+            raise UsageError(f"{text!r} is not a PCI address; write it as 0000:01:00.0")
+        return cls(
+            int(m["domain"] or "0", 16), int(m["bus"], 16), int(m["slot"], 16), int(m["function"])
+        )
+
+    @staticmethod
+    def looks_like(text: str) -> bool:
+        return bool(_PCI_RE.match(text.strip()))
+
+    def __str__(self) -> str:
+        return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{self.function}"
+
+
+@dataclass(frozen=True)
+class VF:
+    address: PciAddress
+    index: int
+    pf: PciAddress
+    vendor: str
+    device: str
+    driver: str | None
+    netdev: str | None
+    numa_node: int | None
+    iommu_group: int | None
+
+
+@dataclass(frozen=True)
+class PF:
+    address: PciAddress
+    netdev: str | None
+    vendor: str
+    device: str
+    driver: str | None
+    totalvfs: int
+    numvfs: int
+    numa_node: int | None
+    iommu_group: int | None
+    vfs: tuple[VF, ...]
+    link_up: bool | None = None
+
+    @property
+    def name(self) -> str:
+        """The name people know this PF by: its netdev, else its PCI address."""
+        return self.netdev or str(self.address)
+
+
+@dataclass(frozen=True)
+class Host:
+    """A snapshot of the SR-IOV PFs and their VFs, read once from sysfs."""
+
+    pfs: tuple[PF, ...]
+
+    def pf(self, name_or_address: str) -> PF | None:
+        for pf in self.pfs:
+            if pf.netdev == name_or_address or str(pf.address) == name_or_address:
+                return pf
+        if PciAddress.looks_like(name_or_address):
+            wanted = PciAddress.parse(name_or_address)
+            for pf in self.pfs:
+                if pf.address == wanted:
+                    return pf
+        return None
+
+    def vfs(self) -> Iterable[VF]:
+        for pf in self.pfs:
+            yield from pf.vfs
+
+    def vf_map(self) -> dict[str, VF]:
+        return {str(vf.address): vf for vf in self.vfs()}
+
+    def pf_map(self) -> dict[str, PF]:
+        return {str(pf.address): pf for pf in self.pfs}
+
+
+@dataclass(frozen=True)
+class PoolMember:
+    """One PF of a pool, optionally limited to some VF indexes."""
+
+    pf: PciAddress
+    indexes: frozenset[int] | None = None
+    numvfs: int | None = None
+
+    def admits(self, vf: VF) -> bool:
+        return vf.pf == self.pf and (self.indexes is None or vf.index in self.indexes)
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    members: tuple[PoolMember, ...]
+    policy: str = "pack"
+    vlan: int | None = None
+    trust: str | None = None
+    spoofchk: str | None = None
+
+    def admits(self, vf: VF) -> bool:
+        return any(m.admits(vf) for m in self.members)
+
+    def member_rank(self, vf: VF) -> int:
+        for rank, m in enumerate(self.members):
+            if m.admits(vf):
+                return rank
+        return len(self.members)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a domain asks for, one VF per request; `index` is its position in the request list."""
+
+    pool: str
+    index: int = 0
+    mac: str | None = None
+    vlan: int | None = None
+    trust: str | None = None
+    spoofchk: str | None = None
+    type: str = "interface"
+    required: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.pool or not isinstance(self.pool, str):
+            raise UsageError("a VF request needs a pool name; add pool=\"NAME\"")
+        if self.mac is not None:
+            object.__setattr__(self, "mac", normalize_mac(self.mac))
+        if self.vlan is not None:
+            object.__setattr__(self, "vlan", parse_vlan(self.vlan))
+        for key in ("trust", "spoofchk"):
+            value = getattr(self, key)
+            if value is not None and value not in ON_OFF:
+                raise UsageError(f"{key}={value!r} is not valid; use on or off")
+        if self.type not in REQUEST_TYPES:
+            raise UsageError(f"type={self.type!r} is not valid; use interface or hostdev")
+        if self.index < 0:
+            raise UsageError(f"request index {self.index} is negative")
+
+    def with_defaults(self, pool: Pool) -> "Request":
+        """The request with the pool's defaults filled in where it says nothing."""
+        return replace(
+            self,
+            vlan=self.vlan if self.vlan is not None else pool.vlan,
+            trust=self.trust if self.trust is not None else pool.trust,
+            spoofchk=self.spoofchk if self.spoofchk is not None else pool.spoofchk,
+        )
+
+
+@dataclass(frozen=True)
+class Lease:
+    vf: str
+    pf: str
+    pool: str
+    domain: str
+    uuid: str
+    index: int
+    mac: str | None
+    vlan: int | None
+    since: str
+    boot_id: str
+    phase: str
+    type: str = "interface"
+    trust: str | None = None
+    spoofchk: str | None = None
+    required: bool = False
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise UsageError(f"lease phase {self.phase!r} is unknown; expected one of {PHASES}")
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "Lease":
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class LeaseTable:
+    """All leases, plus the VF each domain held last (for sticky allocation)."""
+
+    leases: tuple[Lease, ...] = ()
+    last: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def of_domain(self, uuid: str) -> tuple[Lease, ...]:
+        return tuple(lease for lease in self.leases if lease.uuid == uuid)
+
+    def by_vf(self) -> dict[str, Lease]:
+        return {lease.vf: lease for lease in self.leases}
+
+    def without(self, drop: Iterable[Lease]) -> "LeaseTable":
+        gone = set(drop)
+        return replace(self, leases=tuple(x for x in self.leases if x not in gone))
+
+    def with_leases(self, added: Iterable[Lease]) -> "LeaseTable":
+        added = tuple(added)
+        last = {uuid: dict(m) for uuid, m in self.last.items()}
+        for lease in added:
+            last.setdefault(lease.uuid, {})[str(lease.index)] = lease.vf
+        return LeaseTable(self.leases + added, last)
+
+    def replaced(self, old: Lease, new: Lease) -> "LeaseTable":
+        return replace(self, leases=tuple(new if x == old else x for x in self.leases))
+
+
+def normalize_mac(text: str) -> str:
+    if not isinstance(text, str) or not _MAC_RE.match(text):
+        raise UsageError(f"mac={text!r} is not a MAC address; write it as 52:54:00:12:34:56")
+    mac = text.lower()
+    first = int(mac[:2], 16)
+    if first & 0x01:
+        raise UsageError(f"mac={text} is a multicast address; use a unicast MAC (even first byte)")
+    if mac == "00:00:00:00:00:00":
+        raise UsageError("mac=00:00:00:00:00:00 is not a usable address; pick another MAC")
+    return mac
+
+
+def parse_vlan(value: object) -> int:
+    try:
+        vlan = int(str(value), 10)
+    except ValueError:
+        raise UsageError(f"vlan={value!r} is not a number; use a VLAN id from 1 to 4094") from None
+    if not 1 <= vlan <= 4094:
+        raise UsageError(f"vlan={value} is out of range; use a VLAN id from 1 to 4094")
+    return vlan
+
+
+def check_uuid(text: str) -> str:
+    if not isinstance(text, str) or not _UUID_RE.match(text):
+        raise UsageError(f"{text!r} is not a domain UUID; write it as 8-4-4-4-12 hex digits")
+    return text.lower()
+
+
+def derive_mac(uuid: str, index: int) -> str:
+    """A stable, locally administered unicast MAC for request `index` of domain `uuid`."""
+    digest = hashlib.sha256(f"{uuid.lower()}/{index}".encode()).digest()
+    first = (digest[0] & 0xFC) | 0x02  # unicast, locally administered: never all-zero
+    return ":".join(f"{b:02x}" for b in (first, *digest[1:6]))

@@ -1,0 +1,24 @@
+"""The few facts vfalloc reads from /proc, rooted at a path so tests use scratch trees:
+the boot id (proc/sys/kernel/random/boot_id, a fresh UUID each boot since Linux 2.6) and the
+running kernel's command line (proc/cmdline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import VfallocError
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise VfallocError(f"{path}: cannot read ({exc.strerror}); is --proc-root right?") from exc
+
+
+def boot_id(proc_root: Path) -> str:
+    return _read(Path(proc_root) / "sys" / "kernel" / "random" / "boot_id")
+
+
+def cmdline(proc_root: Path) -> str:
+    return _read(Path(proc_root) / "cmdline")

@@ -1,0 +1,179 @@
+"""The lease table on disk: one versioned JSON file.
+
+Owns the file format, the lock and the atomic write. Every read-modify-write runs inside
+`StateStore.transaction()`, under an exclusive filelock on a sidecar file (`state.json.lock`)
+with a timeout; the new table is written to a temp file in the same directory, fsynced, renamed
+over the old one (rename(2) is atomic within a filesystem), and the directory is fsynced so the
+rename survives a crash. A reader without the lock therefore always sees a whole old or a whole
+new table. A file that does not parse, or has a version this code does not know, is refused and
+never overwritten. This module knows nothing of VFs beyond the Lease values it stores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .errors import StateError
+from .model import Lease, LeaseTable
+
+VERSION = 1
+_TMP_PREFIX = ".tmp-"
+
+
+@dataclass
+class Transaction:
+    """The table being changed; assign a new LeaseTable to `table` to have it written."""
+
+    table: LeaseTable
+
+
+class StateStore:
+    def __init__(self, path: str | os.PathLike[str], lock_timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.lock_timeout = lock_timeout
+        self.warnings: list[str] = []
+
+    # -- reading --
+    def read(self) -> LeaseTable:
+        """The current table, without taking the lock (writes are atomic renames)."""
+        raw = self._read_bytes()
+        return LeaseTable() if raw is None else self._decode(raw)
+
+    def _read_bytes(self) -> bytes | None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._io_error("cannot be opened", exc) from exc
+        try:
+            self._check_owner(os.fstat(fd))
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                return fh.read()
+        except OSError as exc:
+            raise self._io_error("cannot be read", exc) from exc
+        finally:
+            os.close(fd)
+
+    def _check_owner(self, st: os.stat_result) -> None:
+        if not stat.S_ISREG(st.st_mode):
+            raise StateError(self.path, "is not a regular file", "remove it; vfalloc writes a new one")
+        if st.st_uid != os.geteuid():
+            raise StateError(self.path, f"is owned by uid {st.st_uid}, not by the user running vfalloc "
+                             f"(uid {os.geteuid()})", "run vfalloc as the owner (root) or fix the owner with chown")
+        if st.st_mode & (stat.S_IWOTH | stat.S_IWGRP):
+            self.warnings.append(f"state file {self.path} is writable by group/others "
+                                 f"(mode {stat.S_IMODE(st.st_mode):o}); run chmod 600 {self.path}")
+
+    def _io_error(self, what: str, exc: OSError) -> StateError:
+        if exc.errno == getattr(os, "ELOOP", 40):
+            return StateError(self.path, "is a symbolic link, which vfalloc does not follow",
+                              "remove the link; the state file must be a plain file")
+        if isinstance(exc, PermissionError):
+            return StateError(self.path, f"{what} (permission denied)", "run vfalloc as root")
+        return StateError(self.path, f"{what} ({exc.strerror})")
+
+    def _decode(self, raw: bytes) -> LeaseTable:
+        recover = (f"move it aside (mv {self.path} {self.path}.broken) to start an empty table, "
+                   "then run `vfalloc gc` and restart the VMs that hold VFs")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            where = "is empty" if not raw.strip() else f"is not valid JSON ({exc})"
+            raise StateError(self.path, where, recover) from exc
+        if not isinstance(data, dict) or "version" not in data:
+            raise StateError(self.path, "is not a vfalloc lease table (no version)", recover)
+        version = data["version"]
+        if version != VERSION:
+            if isinstance(version, int) and version > VERSION:
+                raise StateError(self.path, f"has version {version}, newer than this vfalloc knows ({VERSION})",
+                                 "upgrade vfalloc; the file is left as it is")
+            raise StateError(self.path, f"has unknown version {version!r}", recover)
+        try:
+            leases = tuple(Lease.from_json(item) for item in data.get("leases", []))
+            last = {str(k): {str(i): str(vf) for i, vf in v.items()} for k, v in data.get("last", {}).items()}
+        except Exception as exc:  # any shape error in a hand-edited file
+            raise StateError(self.path, f"holds a malformed lease ({exc})", recover) from exc
+        return LeaseTable(leases, last)
+
+    # -- writing --
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Lock, read, let the caller change `txn.table`, write it back if it changed."""
+        self._ensure_dir()
+        with self._locked():
+            before = self.read()
+            txn = Transaction(before)
+            yield txn
+            if txn.table != before:
+                self._write(txn.table)
+
+    def _ensure_dir(self) -> None:
+        parent = self.path.parent
+        if parent.is_dir():
+            return
+        try:
+            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(self.path, f"its directory cannot be created ({exc.strerror})",
+                             "run as root or choose another --state path") from exc
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        from filelock import FileLock, Timeout
+
+        if self.lock_path.is_symlink():
+            raise StateError(self.lock_path, "is a symbolic link, which vfalloc does not follow",
+                             "remove the link")
+        lock = FileLock(self.lock_path, timeout=self.lock_timeout, mode=0o600)
+        try:
+            lock.acquire()
+        except Timeout as exc:
+            raise StateError(self.path, f"is locked by another vfalloc for more than {self.lock_timeout:g} s",
+                             f"find the process holding {self.lock_path} (fuser {self.lock_path})") from exc
+        except OSError as exc:
+            raise self._io_error("cannot be locked", exc) from exc
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _write(self, table: LeaseTable) -> None:
+        data = {
+            "version": VERSION,
+            "leases": [lease.to_json() for lease in table.leases],
+            "last": {k: dict(v) for k, v in table.last.items()},
+        }
+        payload = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
+        self._clean_temps()
+        tmp = self.path.with_name(f"{_TMP_PREFIX}{self.path.name}.{os.getpid()}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, payload)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.path)
+            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise self._io_error("cannot be written", exc) from exc
+
+    def _clean_temps(self) -> None:
+        """Remove temp files left by a writer that died before its rename (we hold the lock)."""
+        prefix = f"{_TMP_PREFIX}{self.path.name}."
+        for entry in os.scandir(self.path.parent):
+            if entry.name.startswith(prefix) and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)

@@ -1,0 +1,285 @@
+"""The one module that knows sysfs.
+
+Everything vfalloc reads from or writes to `/sys` goes through `Sysfs`, rooted at a path (default
+`/sys`) so tests build real fake trees of files and symlinks. Reads turn the kernel's layout into
+the frozen values of `model`; callers never see paths. An attribute that must be there and cannot
+be read is a SysfsError naming the file, never a default. This module makes no decisions about
+pools or leases.
+
+Layout relied on (Documentation/ABI/testing/sysfs-bus-pci, Linux 6.x):
+  bus/pci/devices/DBDF -> ../../../devices/pci0000:00/.../DBDF
+  DBDF/{vendor,device,class,numa_node,sriov_totalvfs,sriov_numvfs,sriov_drivers_autoprobe,config}
+  DBDF/virtfnN -> ../VF_DBDF (on a PF), DBDF/physfn -> ../PF_DBDF (on a VF)
+  DBDF/driver -> .../bus/pci/drivers/NAME, DBDF/iommu_group -> .../kernel/iommu_groups/N
+  DBDF/net/IFNAME/ (a netdev on this function), class/net/IFNAME -> .../DBDF/net/IFNAME
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SysfsError
+from .model import PF, VF, Host, PciAddress
+
+DEFAULT_ROOT = "/sys"
+_VIRTFN_RE = re.compile(r"^virtfn(\d+)$")
+
+
+@dataclass(frozen=True)
+class PciDevice:
+    """Any PCI function, for the host checks (IOMMU groups, ACS)."""
+
+    address: PciAddress
+    vendor: str
+    device: str
+    pci_class: str
+    driver: str | None
+    iommu_group: int | None
+    numa_node: int | None
+
+
+class Sysfs:
+    def __init__(self, root: str | os.PathLike[str] = DEFAULT_ROOT) -> None:
+        self.root = Path(root)
+
+    # -- paths (private to this module's users: they get values, not paths) --
+    def _dev(self, address: PciAddress | str) -> Path:
+        return self.root / "bus" / "pci" / "devices" / str(address)
+
+    def describe(self, address: PciAddress | str, attr: str = "") -> str:
+        """The path of a device attribute, for messages."""
+        path = self._dev(address)
+        return str(path / attr) if attr else str(path)
+
+    # -- low-level reads --
+    def _read(self, path: Path) -> str:
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise SysfsError(path, f"cannot read ({exc.strerror})") from exc
+
+    def _read_int(self, path: Path) -> int:
+        text = self._read(path)
+        try:
+            return int(text, 0)
+        except ValueError as exc:
+            raise SysfsError(path, f"holds {text!r}, not a number") from exc
+
+    def _link_name(self, path: Path) -> str | None:
+        try:
+            return os.path.basename(os.readlink(path))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise SysfsError(path, f"cannot read link ({exc.strerror})") from exc
+
+    def _numa(self, dev: Path) -> int | None:
+        path = dev / "numa_node"
+        if not path.exists():
+            return None
+        node = self._read_int(path)
+        return None if node < 0 else node
+
+    def _group(self, dev: Path) -> int | None:
+        name = self._link_name(dev / "iommu_group")
+        return None if name is None else int(name)
+
+    def _netdev(self, dev: Path) -> str | None:
+        try:
+            names = sorted(os.listdir(dev / "net"))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise SysfsError(dev / "net", f"cannot list ({exc.strerror})") from exc
+        return names[0] if names else None
+
+    def _hex_id(self, path: Path) -> str:
+        text = self._read(path)
+        return text[2:] if text.startswith("0x") else text
+
+    # -- inventory --
+    def pci_addresses(self) -> list[PciAddress]:
+        base = self.root / "bus" / "pci" / "devices"
+        try:
+            names = os.listdir(base)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise SysfsError(base, f"cannot list ({exc.strerror})") from exc
+        return sorted(PciAddress.parse(n) for n in names if PciAddress.looks_like(n))
+
+    def is_pf(self, address: PciAddress) -> bool:
+        return (self._dev(address) / "sriov_totalvfs").exists()
+
+    def read_host(self, only: set[PciAddress] | None = None) -> Host:
+        """Every SR-IOV PF (or only those in `only`) with its VFs."""
+        addrs = sorted(only) if only is not None else self.pci_addresses()
+        return Host(tuple(self.read_pf(a) for a in addrs if self.is_pf(a)))
+
+    def read_pf(self, address: PciAddress) -> PF:
+        dev = self._dev(address)
+        if not (dev / "sriov_totalvfs").exists():
+            raise SysfsError(dev, "is not an SR-IOV physical function (no sriov_totalvfs)")
+        netdev = self._netdev(dev)
+        return PF(
+            address=address,
+            netdev=netdev,
+            vendor=self._hex_id(dev / "vendor"),
+            device=self._hex_id(dev / "device"),
+            driver=self._link_name(dev / "driver"),
+            totalvfs=self._read_int(dev / "sriov_totalvfs"),
+            numvfs=self._read_int(dev / "sriov_numvfs"),
+            numa_node=self._numa(dev),
+            iommu_group=self._group(dev),
+            vfs=self._read_vfs(address, dev),
+            link_up=self._link_up(dev, netdev),
+        )
+
+    def _read_vfs(self, pf: PciAddress, dev: Path) -> tuple[VF, ...]:
+        try:
+            names = os.listdir(dev)
+        except OSError as exc:
+            raise SysfsError(dev, f"cannot list ({exc.strerror})") from exc
+        vfs = []
+        for name in names:
+            m = _VIRTFN_RE.match(name)
+            if m:
+                vfs.append(self._read_vf(pf, int(m[1]), dev / name))
+        return tuple(sorted(vfs, key=lambda vf: vf.index))
+
+    def _read_vf(self, pf: PciAddress, index: int, link: Path) -> VF:
+        target = self._link_name(link)
+        if target is None or not PciAddress.looks_like(target):
+            raise SysfsError(link, "does not point to a PCI function")
+        vdev = self._dev(target)
+        return VF(
+            address=PciAddress.parse(target),
+            index=index,
+            pf=pf,
+            vendor=self._hex_id(vdev / "vendor"),
+            device=self._hex_id(vdev / "device"),
+            driver=self._link_name(vdev / "driver"),
+            netdev=self._netdev(vdev),
+            numa_node=self._numa(vdev),
+            iommu_group=self._group(vdev),
+        )
+
+    def _link_up(self, dev: Path, netdev: str | None) -> bool | None:
+        if netdev is None:
+            return None
+        path = dev / "net" / netdev / "operstate"
+        if not path.exists():
+            return None
+        return self._read(path) == "up"
+
+    # -- any PCI function, for host checks --
+    def device(self, address: PciAddress) -> PciDevice:
+        dev = self._dev(address)
+        if not dev.exists():
+            raise SysfsError(dev, "no such PCI device", "check the address with `lspci -D`")
+        return PciDevice(
+            address=address,
+            vendor=self._hex_id(dev / "vendor"),
+            device=self._hex_id(dev / "device"),
+            pci_class=self._hex_id(dev / "class"),
+            driver=self._link_name(dev / "driver"),
+            iommu_group=self._group(dev),
+            numa_node=self._numa(dev),
+        )
+
+    def netdev_pci(self, ifname: str) -> PciAddress | None:
+        """The PCI function behind a network interface name, if any."""
+        link = self.root / "class" / "net" / ifname / "device"
+        if not link.exists():
+            return None
+        name = os.path.basename(os.path.realpath(link))
+        return PciAddress.parse(name) if PciAddress.looks_like(name) else None
+
+    def upstream(self, address: PciAddress) -> list[PciAddress]:
+        """The bridges above a device, nearest first (from its place in /sys/devices)."""
+        try:
+            real = Path(os.path.realpath(self._dev(address)))
+        except OSError as exc:
+            raise SysfsError(self._dev(address), f"cannot resolve ({exc.strerror})") from exc
+        parents = [p.name for p in real.parents if PciAddress.looks_like(p.name)]
+        return [PciAddress.parse(n) for n in parents]
+
+    def config_space(self, address: PciAddress) -> bytes:
+        """The device's PCI config space; 4096 bytes when extended capabilities are readable
+        (root only: unprivileged readers get the first 64 bytes)."""
+        path = self._dev(address) / "config"
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise SysfsError(path, f"cannot read ({exc.strerror})", "run as root") from exc
+
+    def iommu_groups(self) -> dict[int, list[PciAddress]]:
+        base = self.root / "kernel" / "iommu_groups"
+        try:
+            groups = os.listdir(base)
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise SysfsError(base, f"cannot list ({exc.strerror})") from exc
+        result = {}
+        for name in groups:
+            if name.isdigit():
+                members = os.listdir(base / name / "devices")
+                result[int(name)] = sorted(PciAddress.parse(m) for m in members)
+        return dict(sorted(result.items()))
+
+    def pci_driver_exists(self, name: str) -> bool:
+        return (self.root / "bus" / "pci" / "drivers" / name).is_dir()
+
+    def module_loaded(self, name: str) -> bool:
+        return (self.root / "module" / name).is_dir()
+
+    def node_cpus(self) -> dict[int, frozenset[int]]:
+        """CPUs of each NUMA node (devices/system/node/nodeN/cpulist)."""
+        base = self.root / "devices" / "system" / "node"
+        result: dict[int, frozenset[int]] = {}
+        if not base.is_dir():
+            return result
+        for name in os.listdir(base):
+            if name.startswith("node") and name[4:].isdigit():
+                text = self._read(base / name / "cpulist")
+                result[int(name[4:])] = parse_cpulist(text)
+        return result
+
+    def read_attr(self, address: PciAddress, attr: str) -> str:
+        return self._read(self._dev(address) / attr)
+
+    # -- the one seam where vfalloc writes sysfs --
+    def write_attr(self, address: PciAddress, attr: str, value: str) -> None:
+        """Write one attribute of a PCI function. The kernel's errno is kept on the error
+        (`err.errno`) so callers can explain it (e.g. ENOMEM from sriov_numvfs)."""
+        path = self._dev(address) / attr
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, value.encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            reason = exc.strerror or errno.errorcode.get(exc.errno or 0, "unknown error")
+            raise SysfsError(path, f"write of {value!r} failed ({reason})", errno=exc.errno) from exc
+
+
+def parse_cpulist(text: str) -> frozenset[int]:
+    """Parse the kernel/libvirt list syntax "0-3,8,10-11" (libvirt also allows "^2")."""
+    include: set[int] = set()
+    exclude: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        target = exclude if part.startswith("^") else include
+        part = part.lstrip("^")
+        lo, _, hi = part.partition("-")
+        try:
+            first, last = int(lo), int(hi or lo)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a CPU/node list") from None
+        target.update(range(first, last + 1))
+    return frozenset(include - exclude)
