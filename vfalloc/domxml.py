@@ -1,0 +1,405 @@
+"""Conversions between libvirt domain XML and vfalloc's values (lxml only).
+
+Owns: reading a domain XML (or the <domstatus> file of a running domain) into a DomainInfo
+(name, UUID, the VF requests under <metadata> in namespace urn:vfalloc:1, the ua-vfalloc-N
+devices, the NUMA nodes and CPUs the domain is pinned to); rendering the device for a leased
+VF; adding such devices to a domain XML; swapping their host-side source address; the request
+element for libvirt's metadata API.
+
+Must not: choose VFs or apply any policy, read or write files, look at sysfs, talk to libvirt.
+It parses only the bytes it is given, with a hardened parser (no entity expansion, no DTD, no
+network, a size bound) and refuses any DOCTYPE, so an XML bomb or an external entity is refused
+with DomainXMLError before anything is expanded or fetched.
+
+Facts relied on are from libvirt 11.3 (docs/formatdomain.rst, src/conf/, src/util/).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+from lxml import etree
+
+from .errors import DomainXMLError, UsageError
+from .model import PciAddress, Request, normalize_mac
+
+NS = "urn:vfalloc:1"
+ALIAS_PREFIX = "ua-vfalloc-"
+MAX_XML_BYTES = 16 * 1024 * 1024
+
+_Q = "{" + NS + "}"
+_VF_ATTRS = ("pool", "mac", "vlan", "trust", "spoofchk", "type", "required")
+_YES_NO = {"yes": True, "no": False}
+# Spotted before libxml2 sees the bytes (UTF-8/UTF-16); other encodings are caught after the
+# parse through docinfo. libvirt's formatter never writes a DOCTYPE.
+_DOCTYPE_MARKS = tuple("<!DOCTYPE".encode(enc) for enc in ("utf-8", "utf-16-le", "utf-16-be"))
+# cpuset/nodeset bitmaps are at most VIR_DOMAIN_CPUMASK_LEN (16384) bits in libvirt.
+_MAX_BITS = 16384
+_BITMAP_ITEM = re.compile(r"\s*(\^?)([0-9]{1,5})\s*(?:-\s*([0-9]{1,5})\s*)?")
+# virPCIDeviceAddressParseXML reads each attribute with base 0 (0x.. hex, 0.. octal, decimal).
+_C_UINT = re.compile(r"\s*(0[xX][0-9a-fA-F]{1,8}|0[0-7]{0,11}|[1-9][0-9]{0,9})")
+# virPCIDeviceAddressIsValid: bus <= 0xFF, slot <= 0x1F, function <= 7.
+_PCI_LIMITS = {"domain": 0xFFFFFFFF, "bus": 0xFF, "slot": 0x1F, "function": 7}
+_PCI_FORMAT = {"domain": "0x{:04x}", "bus": "0x{:02x}", "slot": "0x{:02x}", "function": "0x{:x}"}
+_ALIAS_RE = re.compile(re.escape(ALIAS_PREFIX) + r"([0-9]{1,6})")
+_ADDRESS_FIX = "write <address type='pci' domain='0x0000' bus='0x01' slot='0x10' function='0x0'/>"
+
+
+@dataclass(frozen=True)
+class VfDevice:
+    """A device vfalloc wrote (alias ua-vfalloc-N, N = request index) found in a domain XML."""
+
+    index: int
+    address: PciAddress
+    type: str  # "interface" or "hostdev", as Request.type
+    mac: str | None  # the interface's <mac address>, lower-case; None for a hostdev
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    uuid: str
+    requests: tuple[Request, ...]
+    devices: tuple[VfDevice, ...]
+    nodeset: frozenset[int]
+    cpuset: frozenset[int]
+
+
+def mentions_vfalloc(xml: bytes) -> bool:
+    """Cheap byte test, no parse: True iff the namespace or the alias prefix occurs."""
+    data = xml.encode("utf-8", "replace") if isinstance(xml, str) else bytes(xml)
+    return NS.encode() in data or ALIAS_PREFIX.encode() in data
+
+
+def read_domain(xml: bytes | str) -> DomainInfo:
+    dom = _domain_element(_parse(xml))
+    name = _name(dom)
+    devices = _device_map(dom, name)
+    return DomainInfo(
+        name=name,
+        uuid=_uuid(dom, name),
+        requests=_metadata_requests(dom, name),
+        devices=tuple(_vf_device(devices[n], n, name) for n in sorted(devices)),
+        # <numatune><memory nodeset> for the whole guest, <memnode nodeset> per guest node
+        nodeset=_union(dom, ("numatune/memory", "numatune/memnode"), "nodeset", name),
+        # <vcpu cpuset> for all vCPUs, <cputune><vcpupin cpuset> for one vCPU each
+        cpuset=_union(dom, ("vcpu", "cputune/vcpupin"), "cpuset", name),
+    )
+
+
+def render_device(request: Request, address: PciAddress, mac: str | None) -> str:
+    """The device XML for one VF, for attach-device; `mac` is unused for a plain hostdev."""
+    el = _device_element(request, address, mac, "?")
+    etree.indent(el, space="  ")
+    return etree.tostring(el, encoding="unicode")
+
+
+def add_devices(
+    xml: bytes | str, devices: Sequence[tuple[Request, PciAddress, str | None]]
+) -> bytes:
+    tree = _parse(xml)
+    dom = _domain_element(tree)
+    name = _name(dom)
+    container = dom.find("devices")
+    if container is None:
+        container = _append(dom, etree.Element("devices"))
+    found = _device_map(dom, name)
+    for request, address, mac in devices:
+        new = _device_element(request, address, mac, name)
+        old = found.get(request.index)
+        if old is None:
+            _append(container, new)
+        else:
+            _replace(old, new)
+        found[request.index] = new
+    return _serialize(tree)
+
+
+def swap_sources(xml: bytes | str, addresses: Mapping[int, PciAddress]) -> bytes:
+    """Only the host-side <source><address> changes; the guest-side <address> (a child of the
+    device itself) stays, as libvirt's guest ABI check on migrate/restore requires."""
+    tree = _parse(xml)
+    dom = _domain_element(tree)
+    name = _name(dom)
+    found = _device_map(dom, name)
+    for index, address in addresses.items():
+        if index not in found:
+            problem = f"no device with alias {ALIAS_PREFIX}{index}"
+            raise DomainXMLError(name, problem, "swap only the devices it has")
+        _vf_device(found[index], index, name)  # the old source must be a readable PCI address
+        source = found[index].find("source/address")
+        for key, fmt in _PCI_FORMAT.items():
+            source.set(key, fmt.format(getattr(address, key)))
+    return _serialize(tree)
+
+
+def requests_xml(requests: Sequence[Request]) -> str:
+    """The <vfalloc:vfs> element, for virDomainSetMetadata(..., key="vfalloc", uri=NS)."""
+    vfs = etree.Element(_Q + "vfs", nsmap={"vfalloc": NS})
+    for position, req in enumerate(requests):
+        if req.index != position:
+            problem = f"request {req.index} is at position {position}"
+            raise DomainXMLError("?", problem, "pass requests in index order")
+        _check_expressible(req, "?")
+        try:
+            etree.SubElement(vfs, _Q + "vf", _request_attrs(req))
+        except ValueError:
+            problem = f"pool {req.pool!r} cannot be written in XML"
+            raise DomainXMLError("?", problem, "use printable characters") from None
+    return etree.tostring(vfs, encoding="unicode")
+
+
+def read_requests_xml(text: str, domain: str = "?") -> tuple[Request, ...]:
+    """Inverse of requests_xml, for the string virDomainGetMetadata returns."""
+    root = _parse(text, domain).getroot()
+    if root.tag != _Q + "vfs":
+        problem = f"metadata element is <{root.tag}>, not <vfs> in {NS}"
+        raise DomainXMLError(domain, problem, "store a <vfalloc:vfs>")
+    return _requests_from(root, domain)
+
+
+def _parse(xml: bytes | str, domain: str = "?") -> etree._ElementTree:
+    data = _to_bytes(xml, domain)
+    doctype = DomainXMLError(domain, "XML has a DOCTYPE (entity or DTD declarations)", "remove it")
+    if any(mark in data for mark in _DOCTYPE_MARKS):
+        raise doctype
+    parser = etree.XMLParser(
+        resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
+        remove_blank_text=False, encoding="utf-8" if isinstance(xml, str) else None,
+    )
+    try:
+        tree = etree.fromstring(data, parser).getroottree()
+    except (etree.LxmlError, ValueError) as err:
+        detail = (str(err).splitlines() or [type(err).__name__])[0]
+        raise DomainXMLError(domain, f"not well-formed XML ({detail})", "fix the XML") from None
+    if tree.docinfo.internalDTD is not None or tree.docinfo.doctype:
+        raise doctype
+    return tree
+
+
+def _to_bytes(xml: bytes | str, domain: str) -> bytes:
+    if isinstance(xml, str) and len(xml) <= MAX_XML_BYTES:
+        xml = xml.encode("utf-8", "surrogatepass")  # a lone surrogate then fails the parse
+    if len(xml) > MAX_XML_BYTES:
+        problem = f"XML is larger than {MAX_XML_BYTES} bytes"
+        raise DomainXMLError(domain, problem, "pass a domain XML")
+    return bytes(xml)
+
+
+def _domain_element(tree: etree._ElementTree) -> etree._Element:
+    root = tree.getroot()
+    # /run/libvirt/qemu/NAME.xml of a running domain is <domstatus> with the live <domain> inside
+    if root.tag == "domstatus":
+        root = root.find("domain")
+        if root is None:
+            raise DomainXMLError("?", "<domstatus> holds no <domain>", "pass a whole status file")
+    if root.tag != "domain":
+        raise DomainXMLError("?", f"root is <{root.tag}>, not <domain>", "pass a domain XML")
+    return root
+
+
+def _name(dom: etree._Element) -> str:
+    name = (dom.findtext("name") or "").strip()
+    if not name:
+        raise DomainXMLError("?", "no <name>", "add <name>NAME</name> to the domain")
+    return name
+
+
+def _uuid(dom: etree._Element, name: str) -> str:
+    text = (dom.findtext("uuid") or "").strip()
+    # virUUIDParse takes the 32 hex digits with or without dashes; libvirt prints 8-4-4-4-12
+    digits = text.replace("-", "").lower()
+    if not re.fullmatch(r"[0-9a-f]{32}", digits):
+        problem = f"<uuid> {text!r} is missing or not a UUID"
+        raise DomainXMLError(name, problem, "write 8-4-4-4-12 hex digits")
+    return "-".join((digits[:8], digits[8:12], digits[12:16], digits[16:20], digits[20:]))
+
+
+def _metadata_requests(dom: etree._Element, name: str) -> tuple[Request, ...]:
+    # One child of <metadata> per application namespace: the metadata API finds only the
+    # first (virXMLFindChildNodeByNs), so a second one in ours would be silently ignored.
+    ours = [el for el in dom.iterfind("metadata/*") if el.tag.startswith(_Q)]
+    if not ours:
+        return ()
+    if len(ours) > 1 or ours[0].tag != _Q + "vfs":
+        problem = f"<metadata> has {len(ours)} element(s) in {NS}"
+        raise DomainXMLError(name, problem, "keep one <vfalloc:vfs>")
+    return _requests_from(ours[0], name)
+
+
+def _requests_from(vfs: etree._Element, domain: str) -> tuple[Request, ...]:
+    if vfs.attrib:
+        raise DomainXMLError(domain, "<vfalloc:vfs> has attributes", "put them on <vfalloc:vf>")
+    out: list[Request] = []
+    for child in vfs.iterchildren(tag=etree.Element):
+        if child.tag != _Q + "vf":
+            problem = f"<vfalloc:vfs> holds <{child.tag}>"
+            raise DomainXMLError(domain, problem, "use only <vfalloc:vf/>")
+        out.append(_request(child, len(out), domain))
+    return tuple(out)
+
+
+def _request(vf: etree._Element, index: int, domain: str) -> Request:
+    where, attrs = f"vfalloc request {index}", dict(vf.attrib)
+    unknown = sorted(set(attrs) - set(_VF_ATTRS))
+    if unknown or len(vf):
+        what = f"unknown attribute {unknown[0]}" if unknown else "child elements"
+        raise DomainXMLError(domain, f"{where} has {what}", f"use only {', '.join(_VF_ATTRS)}")
+    required, vlan = attrs.get("required", "no"), attrs.get("vlan")
+    if required not in _YES_NO:
+        raise DomainXMLError(domain, f"{where}: required={required!r} is not valid", "use yes/no")
+    if vlan is not None and not (vlan.isascii() and vlan.isdigit()):
+        raise DomainXMLError(domain, f"{where}: vlan={vlan!r} is not a number", "use 1 to 4094")
+    try:
+        req = Request(
+            pool=attrs.get("pool", ""), index=index, mac=attrs.get("mac"), vlan=vlan,
+            trust=attrs.get("trust"), spoofchk=attrs.get("spoofchk"),
+            type=attrs.get("type", "interface"), required=_YES_NO[required],
+        )
+    except UsageError as err:
+        problem, _, fix = str(err).partition("; ")
+        raise DomainXMLError(domain, f"{where}: {problem}", fix) from None
+    _check_expressible(req, domain)
+    return req
+
+
+def _check_expressible(req: Request, domain: str) -> None:
+    # libvirt sets a VF's MAC and VLAN only for <interface type='hostdev'>; a plain <hostdev>
+    # has neither element, so such a request could not be honoured.
+    for key in ("mac", "vlan"):
+        if req.type == "hostdev" and getattr(req, key) is not None:
+            problem = f"vfalloc request {req.index}: {key} needs type interface"
+            raise DomainXMLError(domain, problem, f"drop {key}= or use type=\"interface\"")
+
+
+def _request_attrs(req: Request) -> dict[str, str]:
+    values = {k: getattr(req, k) for k in ("pool", "mac", "vlan", "trust", "spoofchk")}
+    values |= {"type": None if req.type == "interface" else req.type}
+    values |= {"required": "yes" if req.required else None}
+    return {k: str(v) for k, v in values.items() if v is not None}
+
+
+def _device_map(dom: etree._Element, domain: str) -> dict[int, etree._Element]:
+    """N -> the child of <devices> whose <alias name> is ua-vfalloc-N."""
+    found: dict[int, etree._Element] = {}
+    for el in dom.iterfind("devices/*"):
+        name = el.find("alias").get("name", "") if el.find("alias") is not None else ""
+        match = _ALIAS_RE.fullmatch(name)
+        if name.startswith(ALIAS_PREFIX) and not match:
+            raise DomainXMLError(domain, f"alias {name!r} lacks an index", "use ua-vfalloc-N")
+        if match and int(match[1]) in found:  # libvirt refuses duplicate aliases too
+            raise DomainXMLError(domain, f"two devices carry alias {name}", "remove one of them")
+        if match:
+            found[int(match[1])] = el
+    return found
+
+
+def _vf_device(el: etree._Element, index: int, domain: str) -> VfDevice:
+    what = f"device {ALIAS_PREFIX}{index}"
+    if el.tag == "interface" and el.get("type") == "hostdev":
+        mac = el.find("mac").get("address") if el.find("mac") is not None else None
+        return VfDevice(index, _source(el, what, domain), "interface", mac.lower() if mac else None)
+    # <hostdev> mode defaults to 'subsystem'; type='pci' names a PCI device by host address
+    mode = el.get("mode", "subsystem")
+    if el.tag == "hostdev" and mode == "subsystem" and el.get("type") == "pci":
+        return VfDevice(index, _source(el, what, domain), "hostdev", None)
+    problem = f"{what} is <{el.tag} type={el.get('type')!r}>, not a PCI VF"
+    raise DomainXMLError(domain, problem, "use <interface type='hostdev'> or <hostdev type='pci'>")
+
+
+def _source(el: etree._Element, what: str, domain: str) -> PciAddress:
+    # virPCIDeviceAddressParseXML: every attribute optional, default 0; domain, bus and slot
+    # all 0 means "no address".
+    addr = el.find("source/address")
+    if addr is None or addr.get("type", "pci") != "pci":
+        raise DomainXMLError(domain, f"{what} has no PCI <source><address>", _ADDRESS_FIX)
+    values = {}
+    for key, limit in _PCI_LIMITS.items():
+        match = _C_UINT.fullmatch(addr.get(key, "0"))
+        values[key] = int(match[1], _c_base(match[1])) if match else limit + 1
+        if values[key] > limit:
+            problem = f"{what}: {key}={addr.get(key)!r} is not valid"
+            raise DomainXMLError(domain, problem, _ADDRESS_FIX)
+    if not (values["domain"] or values["bus"] or values["slot"]):
+        raise DomainXMLError(domain, f"{what} has an empty PCI source address", _ADDRESS_FIX)
+    return PciAddress(**values)
+
+
+def _c_base(digits: str) -> int:
+    return 16 if digits[:2] in ("0x", "0X") else 8 if digits.startswith("0") else 10
+
+
+def _union(dom: etree._Element, paths: Iterable[str], attr: str, domain: str) -> frozenset[int]:
+    bits = 0  # an int as bit set: cost stays linear in the input, whatever the ranges
+    for path in paths:
+        for el in dom.iterfind(f"{path}[@{attr}]"):
+            bits |= _bitmap(el.get(attr), f"<{el.tag} {attr}>", domain)
+    return frozenset(i for i, bit in enumerate(reversed(bin(bits))) if bit == "1")
+
+
+def _bitmap(text: str, what: str, domain: str) -> int:
+    """virBitmapParse: items 'N', 'N-M', '^N', comma-separated, applied left to right ('^N'
+    clears N only if already set; no '^N-M'); one trailing comma is accepted."""
+    items = text.split(",")
+    if len(items) > 1 and not items[-1].strip():
+        items.pop()
+    bits = 0
+    for item in items:
+        m = _BITMAP_ITEM.fullmatch(item)
+        first, last = (int(m[2]), int(m[3] or m[2])) if m else (0, -1)
+        if not m or (m[1] and m[3]) or not first <= last < _MAX_BITS:
+            raise DomainXMLError(domain, f"{what}={text!r} is not valid", "write it like 0-3,^2,8")
+        if m[1]:
+            bits &= ~(1 << first)
+        else:
+            bits |= ((1 << (last + 1 - first)) - 1) << first
+    return bits
+
+
+def _device_element(
+    request: Request, address: PciAddress, mac: str | None, domain: str
+) -> etree._Element:
+    _check_expressible(request, domain)
+    if request.type == "hostdev":
+        # managed='yes': libvirt binds the VF to vfio-pci at start and gives it back at stop
+        el = etree.Element("hostdev", {"mode": "subsystem", "type": "pci", "managed": "yes"})
+    else:
+        # <interface type='hostdev'>: libvirt also sets the VF's MAC and VLAN through the PF
+        el = etree.Element("interface", {"type": "hostdev", "managed": "yes"})
+        if mac is not None:
+            etree.SubElement(el, "mac", {"address": normalize_mac(mac)})
+    attrs = {"type": "pci"} | {k: f.format(getattr(address, k)) for k, f in _PCI_FORMAT.items()}
+    etree.SubElement(etree.SubElement(el, "source"), "address", attrs)
+    if request.type == "interface" and request.vlan is not None:
+        # a single <tag>, no trunk: a VF takes one port VLAN set through the PF
+        etree.SubElement(etree.SubElement(el, "vlan"), "tag", {"id": str(request.vlan)})
+    # user-defined aliases must start with "ua-"; libvirt keeps them in live and saved XML
+    etree.SubElement(el, "alias", {"name": f"{ALIAS_PREFIX}{request.index}"})
+    return el
+
+
+def _pretty(text: str | None) -> bool:
+    return text is not None and "\n" in text and not text.strip()
+
+
+def _append(parent: etree._Element, child: etree._Element) -> etree._Element:
+    """Append `child`, following the parent's indentation when it is pretty-printed."""
+    last = parent[-1] if len(parent) else None
+    if last is not None and _pretty(parent.text) and _pretty(last.tail):
+        etree.indent(child, space="  ", level=sum(1 for _ in parent.iterancestors()) + 1)
+        child.tail, last.tail = last.tail, parent.text
+    parent.append(child)
+    return child
+
+
+def _replace(old: etree._Element, new: etree._Element) -> None:
+    if _pretty(old.tail):
+        etree.indent(new, space="  ", level=sum(1 for _ in old.iterancestors()))
+    new.tail = old.tail
+    old.getparent().replace(old, new)
+
+
+def _serialize(tree: etree._ElementTree) -> bytes:
+    return etree.tostring(tree, encoding="UTF-8", xml_declaration=False)
