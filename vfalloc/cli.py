@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Command groups beyond the core ones; each module has register(subparsers, common).
-COMMAND_MODULES = ("vfalloc.host.commands",)
+COMMAND_MODULES = ("vfalloc.hookcmd", "vfalloc.host.commands")
 
 
 def _command_modules() -> list:

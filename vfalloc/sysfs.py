@@ -115,12 +115,14 @@ class Sysfs:
     def is_pf(self, address: PciAddress) -> bool:
         return (self._dev(address) / "sriov_totalvfs").exists()
 
-    def read_host(self, only: set[PciAddress] | None = None) -> Host:
-        """Every SR-IOV PF (or only those in `only`) with its VFs."""
+    def read_host(self, only: set[PciAddress] | None = None, brief: bool = False) -> Host:
+        """Every SR-IOV PF (or only those in `only`) with its VFs. `brief` reads of each VF only
+        what allocation needs (address, index; the NUMA node is the PF's, as a VF sits on the
+        same device) and leaves driver, netdev, IDs and IOMMU group out: the hook's fast path."""
         addrs = sorted(only) if only is not None else self.pci_addresses()
-        return Host(tuple(self.read_pf(a) for a in addrs if self.is_pf(a)))
+        return Host(tuple(self.read_pf(a, brief) for a in addrs if self.is_pf(a)))
 
-    def read_pf(self, address: PciAddress) -> PF:
+    def read_pf(self, address: PciAddress, brief: bool = False) -> PF:
         dev = self._dev(address)
         if not (dev / "sriov_totalvfs").exists():
             raise SysfsError(dev, "is not an SR-IOV physical function (no sriov_totalvfs)")
@@ -135,26 +137,29 @@ class Sysfs:
             numvfs=self._read_int(dev / "sriov_numvfs"),
             numa_node=self._numa(dev),
             iommu_group=self._group(dev),
-            vfs=self._read_vfs(address, dev),
+            vfs=self._read_vfs(address, dev, brief),
             link_up=self._link_up(dev, netdev),
         )
 
-    def _read_vfs(self, pf: PciAddress, dev: Path) -> tuple[VF, ...]:
+    def _read_vfs(self, pf: PciAddress, dev: Path, brief: bool = False) -> tuple[VF, ...]:
         try:
             names = os.listdir(dev)
         except OSError as exc:
             raise SysfsError(dev, f"cannot list ({exc.strerror})") from exc
         vfs = []
+        numa = self._numa(dev) if brief else None
         for name in names:
             m = _VIRTFN_RE.match(name)
             if m:
-                vfs.append(self._read_vf(pf, int(m[1]), dev / name))
+                vfs.append(self._read_vf(pf, int(m[1]), dev / name, brief, numa))
         return tuple(sorted(vfs, key=lambda vf: vf.index))
 
-    def _read_vf(self, pf: PciAddress, index: int, link: Path) -> VF:
+    def _read_vf(self, pf: PciAddress, index: int, link: Path, brief: bool, numa: int | None) -> VF:
         target = self._link_name(link)
         if target is None or not PciAddress.looks_like(target):
             raise SysfsError(link, "does not point to a PCI function")
+        if brief:
+            return VF(PciAddress.parse(target), index, pf, "", "", None, None, numa, None)
         vdev = self._dev(target)
         return VF(
             address=PciAddress.parse(target),
@@ -198,6 +203,11 @@ class Sysfs:
             return None
         name = os.path.basename(os.path.realpath(link))
         return PciAddress.parse(name) if PciAddress.looks_like(name) else None
+
+    def physfn(self, address: PciAddress) -> PciAddress | None:
+        """The PF of a VF (its `physfn` link), None when it is not a VF or does not exist."""
+        name = self._link_name(self._dev(address) / "physfn")
+        return PciAddress.parse(name) if name and PciAddress.looks_like(name) else None
 
     def upstream(self, address: PciAddress) -> list[PciAddress]:
         """The bridges above a device, nearest first (from its place in /sys/devices)."""

@@ -1,0 +1,242 @@
+"""libvirt's qemu hook: dispatch of `DOMAIN OP SUBOP EXTRA` with the domain XML on stdin.
+
+Facts relied on (libvirt 11.3, src/qemu/qemu_process.c and docs/hooks.rst):
+- libvirt runs /etc/libvirt/hooks/qemu and, since 6.5, every executable in qemu.d/, and waits
+  for them; a hook must never call back into libvirt (the daemon would deadlock).
+- A non-zero exit at prepare/start/started refuses the start and puts the hook's stderr into
+  the error `virsh start` shows. The hook's stdout is ignored for every operation except
+  `migrate begin` and `restore begin`, whose output replaces the domain XML.
+- A start calls prepare, start, started (all `begin`); a stop calls `stopped end` then
+  `release end REASON`; a failed start calls prepare, `stopped end`, `release end failed`;
+  a daemon restart calls `reconnect begin` for every running domain.
+
+This module never imports libvirt. It reads the same settings as the CLI (config file and the
+VFALLOC_* environment), does its work under the lease table's lock, logs one line per call to
+syslog (facility daemon, ident vfalloc) and turns every error into one line on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import BinaryIO, Callable, Mapping, Sequence, TextIO
+
+from . import domxml
+from .errors import DomainXMLError, VfallocError
+
+# Tests and admins may point these at other programs; libvirt gives hooks a minimal environment,
+# so on a real host the defaults apply.
+ENV_HOTPLUG = "VFALLOC_HOTPLUG_CMD"   # the worker started after `started begin`
+ENV_IP = "VFALLOC_IP"                 # the `ip` binary used for trust/spoofchk
+ENV_LOG = "VFALLOC_HOOK_LOG"          # also append each log line to this file
+
+
+@dataclass
+class Call:
+    domain: str
+    op: str
+    subop: str
+    extra: str
+    xml: bytes
+    environ: Mapping[str, str]
+    out: TextIO
+    err: TextIO
+
+    def info(self) -> domxml.DomainInfo:
+        if not self.xml.strip():
+            raise DomainXMLError(self.domain, f"no domain XML on stdin for `{self.op} {self.subop}`",
+                                 "the hook must be run by libvirt (or be given the XML on stdin)")
+        try:
+            return domxml.read_domain(self.xml)
+        except DomainXMLError as exc:
+            if exc.domain != "?":
+                raise
+            raise DomainXMLError(self.domain, exc.problem, exc.fix) from exc
+
+
+def main(argv: Sequence[str], stdin: BinaryIO | None = None, out: TextIO | None = None,
+         err: TextIO | None = None, environ: Mapping[str, str] | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    environ = os.environ if environ is None else environ
+    if len(argv) < 3:
+        err.write("vfalloc hook: expected DOMAIN OPERATION SUB-OPERATION [EXTRA] as libvirt passes them\n")
+        return 2
+    domain, op, subop = argv[0], argv[1], argv[2]
+    extra = argv[3] if len(argv) > 3 else "-"
+    handler = HANDLERS.get((op, subop))
+    if handler is None:
+        return 0
+    stdin = stdin if stdin is not None else sys.stdin.buffer
+    try:
+        xml = stdin.read()
+        call = Call(domain, op, subop, extra, xml, environ, out, err)
+        if not domxml.mentions_vfalloc(xml):
+            if not xml.strip() and op in ("prepare", "migrate", "restore"):
+                call.info()  # raises: these operations need the XML
+            return 0
+        message = handler(call)
+    except VfallocError as exc:
+        err.write(f"vfalloc: {exc}\n")
+        log(environ, f"{domain} {op} {subop}: refused: {exc}")
+        return 1
+    except Exception as exc:  # never a traceback into libvirt's error message
+        err.write(f"vfalloc: internal error in the hook: {type(exc).__name__}: {exc}\n")
+        log(environ, f"{domain} {op} {subop}: internal error: {type(exc).__name__}: {exc}")
+        return 1
+    log(environ, f"{domain} {op} {subop}: {message or 'nothing to do'}")
+    return 0
+
+
+# -- operations --
+
+def on_prepare(call: Call) -> str:
+    from .lease_ops import lease_for_start
+
+    info = call.info()
+    if not info.requests and not info.devices:
+        return ""
+    ctx = _context(call)
+    leases = lease_for_start(ctx, info, now())
+    try:
+        _apply_vf_settings(call, ctx, leases)
+    except VfallocError:
+        from .lease_ops import release_domain
+
+        release_domain(ctx, info.uuid)
+        raise
+    return "leased " + ", ".join(f"{x.vf} ({x.pool}, {x.phase})" for x in leases) if leases else ""
+
+
+def on_started(call: Call) -> str:
+    info = call.info()
+    ctx = _context(call)
+    pending = [x for x in ctx.store.read().of_domain(info.uuid) if x.phase == "pending-attach"]
+    if not pending:
+        return ""
+    pid = spawn_detached(_hotplug_argv(call, info), call.environ)
+    return f"hot-plug of {', '.join(x.vf for x in pending)} handed to process {pid}"
+
+
+def on_release(call: Call) -> str:
+    from .lease_ops import release_domain
+
+    info = call.info()
+    gone = release_domain(_context(call), info.uuid)
+    if not gone:
+        return ""
+    return f"released {', '.join(x.vf for x in gone)} (reason {call.extra})"
+
+
+def on_incoming(call: Call) -> str:
+    """migrate/restore begin: print the XML with each vfalloc device on a VF leased here."""
+    from .lease_ops import lease_for_incoming
+
+    info = call.info()
+    if not info.devices:
+        return ""
+    leases = lease_for_incoming(_context(call), info, now())
+    xml = domxml.swap_sources(call.xml, {x.index: _address(x.vf) for x in leases})
+    call.out.write(xml.decode())
+    call.out.flush()
+    return "sources swapped to " + ", ".join(x.vf for x in leases)
+
+
+def on_reconnect(call: Call) -> str:
+    from .lease_ops import reconcile_running
+
+    info = call.info()
+    kept, dropped = reconcile_running(_context(call), info, now())
+    parts = []
+    if kept:
+        parts.append("holds " + ", ".join(x.vf for x in kept))
+    if dropped:
+        parts.append("dropped " + ", ".join(x.vf for x in dropped))
+    return "; ".join(parts)
+
+
+HANDLERS: dict[tuple[str, str], Callable[[Call], str]] = {
+    ("prepare", "begin"): on_prepare,
+    ("started", "begin"): on_started,
+    ("release", "end"): on_release,
+    ("migrate", "begin"): on_incoming,
+    ("restore", "begin"): on_incoming,
+    ("reconnect", "begin"): on_reconnect,
+}
+
+
+# -- helpers --
+
+def now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _context(call: Call):
+    from .config import load_settings
+    from .context import Context
+
+    return Context(load_settings({}, call.environ), out=call.out, err=call.err)
+
+
+def _address(text: str):
+    from .model import PciAddress
+
+    return PciAddress.parse(text)
+
+
+def _apply_vf_settings(call: Call, ctx, leases) -> None:
+    """Trust and spoof checking are set on the VF through its PF (`ip link set PF vf N ...`,
+    iproute2; the PF's driver must support them) before QEMU starts."""
+    for lease in leases:
+        args = []
+        if lease.trust:
+            args += ["trust", lease.trust]
+        if lease.spoofchk:
+            args += ["spoofchk", lease.spoofchk]
+        if not args:
+            continue
+        pf = ctx.host.pf(lease.pf)
+        vf = ctx.host.vf_map().get(lease.vf)
+        if pf is None or pf.netdev is None or vf is None:
+            raise VfallocError(f"cannot set {' '.join(args)} on VF {lease.vf} for {call.domain}: its PF "
+                               f"{lease.pf} has no network interface; remove trust/spoofchk from the request")
+        cmd = [call.environ.get(ENV_IP, "ip"), "link", "set", "dev", pf.netdev, "vf", str(vf.index), *args]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise VfallocError(f"cannot run `{' '.join(cmd)}` for {call.domain}: {exc}; install iproute2") from exc
+        if done.returncode != 0:
+            why = (done.stderr.strip().splitlines() or ["failed"])[-1]
+            raise VfallocError(f"`{' '.join(cmd)}` failed for {call.domain}: {why}; "
+                               "the PF's driver may not support it: remove trust/spoofchk from the request")
+
+
+def _hotplug_argv(call: Call, info) -> list[str]:
+    custom = call.environ.get(ENV_HOTPLUG)
+    if custom:
+        return [*custom.split(), info.name, info.uuid]
+    return [sys.executable, "-m", "vfalloc.hotplug", info.name, info.uuid]
+
+
+def spawn_detached(argv: list[str], environ: Mapping[str, str]) -> int:
+    """Start a process that outlives the hook: a new session (no controlling terminal, not in
+    libvirt's process group), stdin/stdout/stderr on /dev/null and no other descriptors, so
+    libvirt, which waits for the hook's output to close, is not held up by it."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True,
+                            env=dict(environ), cwd="/")
+    return proc.pid
+
+
+def log(environ: Mapping[str, str], line: str) -> None:
+    import syslog
+
+    syslog.openlog("vfalloc", 0, syslog.LOG_DAEMON)
+    syslog.syslog(syslog.LOG_INFO, line)
+    path = environ.get(ENV_LOG)
+    if path:
+        with open(path, "a") as fh:
+            fh.write(line + "\n")

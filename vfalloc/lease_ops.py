@@ -1,0 +1,146 @@
+"""Lease operations as the hook and the commands run them: read just the PFs a domain's pools
+need, take the lock, let the allocator decide, write the table back.
+
+This is where the pure allocator meets the host and the state file; it holds no policy of its
+own (that is the allocator's) and never talks to libvirt.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from .allocator import Claim, allocate, claim, release
+from .context import Context
+from .domxml import DomainInfo
+from .errors import DomainXMLError, UnknownPool
+from .model import Lease, PciAddress, Request
+
+
+def focus(ctx: Context, domain: str, pool_names: Iterable[str], extra_vfs: Iterable[PciAddress] = ()) -> None:
+    """Narrow the context's host snapshot to the PFs of these pools (and of these VFs), so a
+    start on a host with a thousand VFs reads only what it needs. A pool name that does not
+    exist is refused here, naming the pools that do."""
+    from .config import pf_refs, resolve_pools
+
+    names = set(pool_names)
+    wanted: set[PciAddress] = set()
+    for ref in pf_refs(ctx.settings.config, names):
+        address = PciAddress.parse(ref) if PciAddress.looks_like(ref) else ctx.sysfs.netdev_pci(ref)
+        if address is not None:
+            wanted.add(address)
+    for vf in extra_vfs:
+        pf = ctx.sysfs.physfn(vf)
+        if pf is not None:
+            wanted.add(pf)
+    host = ctx.sysfs.read_host(only=wanted, brief=True)
+    pools = resolve_pools(ctx.settings.config, host, names)
+    unknown = sorted(names - {p.name for p in pools})
+    if unknown:
+        raise UnknownPool(unknown[0], domain, _all_pool_names(ctx))
+    ctx.__dict__["host"] = host
+    ctx.__dict__["pools"] = pools
+
+
+def _all_pool_names(ctx: Context) -> tuple[str, ...]:
+    config = ctx.settings.config
+    if config.pools:
+        return tuple(spec.name for spec in config.pools)
+    return tuple(pf.name for pf in ctx.sysfs.read_host(brief=True).pfs)
+
+
+def numa_nodes(ctx: Context, info: DomainInfo) -> frozenset[int]:
+    """NUMA nodes a domain is pinned to: its <numatune> nodeset, plus the nodes whose CPUs its
+    vCPUs are pinned to."""
+    nodes = set(info.nodeset)
+    if info.cpuset:
+        for node, cpus in ctx.sysfs.node_cpus().items():
+            if cpus & info.cpuset:
+                nodes.add(node)
+    return frozenset(nodes)
+
+
+def _claims(ctx: Context, info: DomainInfo) -> list[Claim]:
+    by_index = {r.index: r for r in info.requests}
+    claims = []
+    for dev in info.devices:
+        request = by_index.get(dev.index)
+        if request is None:
+            pool = next((p.name for p in ctx.pools if any(
+                vf.address == dev.address and p.admits(vf) for vf in ctx.host.vfs())), "pinned")
+            request = Request(pool=pool, index=dev.index, mac=dev.mac, type=dev.type)
+        claims.append(Claim(request, dev.address))
+    return claims
+
+
+def lease_for_start(ctx: Context, info: DomainInfo, now: str) -> tuple[Lease, ...]:
+    """Claim the VFs a domain's XML already names; lease VFs for requests without a device."""
+    present = {d.index for d in info.devices}
+    missing = [r for r in info.requests if r.index not in present]
+    focus(ctx, info.name, {r.pool for r in info.requests}, [d.address for d in info.devices])
+    nodes = numa_nodes(ctx, info) if missing else frozenset()
+    with ctx.store.transaction() as txn:
+        table = txn.table
+        leases: list[Lease] = []
+        if info.devices:
+            grant = claim(ctx.host, ctx.pools, table, domain=info.name, uuid=info.uuid,
+                          claims=_claims(ctx, info), boot_id=ctx.boot_id, now=now, phase="attached")
+            table = grant.table
+            leases += grant.leases
+        if missing:
+            grant = allocate(ctx.host, ctx.pools, table, domain=info.name, uuid=info.uuid, requests=missing,
+                             boot_id=ctx.boot_id, now=now, phase="pending-attach", numa_nodes=nodes)
+            table = grant.table
+            leases += grant.leases
+        txn.table = table
+    return tuple(leases)
+
+
+def release_domain(ctx: Context, uuid: str) -> tuple[Lease, ...]:
+    with ctx.store.transaction() as txn:
+        txn.table, gone = release(txn.table, uuid)
+    return gone
+
+
+def lease_for_incoming(ctx: Context, info: DomainInfo, now: str) -> tuple[Lease, ...]:
+    """A VF here for each vfalloc device of a domain arriving by migration or restore."""
+    by_index = {r.index: r for r in info.requests}
+    requests = []
+    for dev in info.devices:
+        if dev.index not in by_index:
+            raise DomainXMLError(info.name, f"device {domxml_alias(dev.index)} has no vfalloc request "
+                                 f"at position {dev.index} in <metadata>",
+                                 "keep the <vfalloc:vfs> metadata with the domain")
+        requests.append(by_index[dev.index])
+    focus(ctx, info.name, {r.pool for r in requests})
+    with ctx.store.transaction() as txn:
+        grant = allocate(ctx.host, ctx.pools, txn.table, domain=info.name, uuid=info.uuid,
+                         requests=requests, boot_id=ctx.boot_id, now=now, phase="attached",
+                         numa_nodes=numa_nodes(ctx, info))
+        txn.table = grant.table
+    return grant.leases
+
+
+def reconcile_running(ctx: Context, info: DomainInfo, now: str) -> tuple[tuple[Lease, ...], tuple[Lease, ...]]:
+    """Make a running domain's leases match the vfalloc devices in its XML: claim those
+    devices, drop attached leases whose device is gone; pending hot-plugs are kept."""
+    focus(ctx, info.name, {r.pool for r in info.requests}, [d.address for d in info.devices])
+    present = {d.index for d in info.devices}
+    with ctx.store.transaction() as txn:
+        table = txn.table
+        dropped = tuple(x for x in table.of_domain(info.uuid) if x.phase == "attached" and x.index not in present)
+        table = table.without(dropped)
+        kept: tuple[Lease, ...] = ()
+        if info.devices:
+            grant = claim(ctx.host, ctx.pools, table, domain=info.name, uuid=info.uuid,
+                          claims=_claims(ctx, info), boot_id=ctx.boot_id, now=now, phase="attached")
+            table = grant.table
+            kept = grant.leases
+        kept += tuple(x for x in table.of_domain(info.uuid) if x.phase == "pending-attach")
+        txn.table = table
+    return kept, dropped
+
+
+def domxml_alias(index: int) -> str:
+    from .domxml import ALIAS_PREFIX
+
+    return f"{ALIAS_PREFIX}{index}"
