@@ -299,7 +299,10 @@ def test_installed_hook_runs_as_libvirt_runs_it(hook, scratch, tmp_path):
     assert r.code == 0 and "restart libvirt" in r.out
     installed = hooks_dir / "qemu.d" / "vfalloc"
     assert os.access(installed, os.X_OK) and installed.stat().st_mode & 0o022 == 0
+    assert f"os.environ.setdefault(\"VFALLOC_CONFIG\", {str(scratch.config)!r})" in installed.read_text()
     xml = domain_xml(8, '<vfalloc:vf pool="lan0"/>')
+    del hook.env["VFALLOC_CONFIG"]  # the hook finds its config without the environment
+    scratch.write_config(scratch.config.read_text() + f'[settings]\nstate = "{scratch.state}"\n')
     r = hook.run("vm8", "prepare", "begin", xml=xml, argv0=[str(installed)])
     assert r.returncode == 0, r.stderr
     assert [x["domain"] for x in hook.leases()] == ["vm8"]
@@ -339,5 +342,5 @@ def test_repo_hook_matches_the_installed_template():
 
     repo = (REPO / "hooks" / "qemu").read_text().splitlines()
     installed = hook_script("/x/python").splitlines()
-    assert [line for line in repo[1:] if not line.startswith("#")] == \
+    assert [line.split("  #")[0] for line in repo[1:] if not line.startswith("#")] == \
            [line for line in installed[1:] if not line.startswith("#")]

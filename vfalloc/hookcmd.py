@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import UsageError, VfallocError
+from .config import DEFAULT_CONFIG
 from .templates import HOOK_MARKER, hook_script
 
 DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks"
@@ -22,7 +23,8 @@ DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks"
 def register(sub, common) -> None:
     p = sub.add_parser("install-hook", parents=[common], help="install the libvirt qemu hook",
                        description="Install vfalloc's hook as HOOKS_DIR/qemu.d/vfalloc (libvirt >= 6.5), "
-                                   "running the Python vfalloc is installed in.")
+                                   "running the Python vfalloc is installed in. A --config other than the "
+                                   "default is written into the hook (libvirt gives hooks no environment).")
     p.add_argument("--hooks-dir", default=DEFAULT_HOOKS_DIR, help=f"libvirt's hook directory (default {DEFAULT_HOOKS_DIR})")
     p.add_argument("--remove", action="store_true", help="remove the hook vfalloc installed")
     p.add_argument("--dry-run", action="store_true", help="print what would be written, change nothing")
@@ -44,7 +46,9 @@ def cmd_install_hook(args, ctx) -> int:
     path = hook_path(args.hooks_dir)
     if args.remove:
         return _remove(path, args.dry_run, ctx.out)
-    text = hook_script(sys.executable)
+    config = ctx.settings.config
+    text = hook_script(sys.executable, str(config.path.resolve()) if config.exists and
+                       str(config.path) != DEFAULT_CONFIG else None)
     if path.exists() and not is_ours(path):
         raise UsageError(f"{path} exists and was not written by vfalloc; move it away or choose --hooks-dir")
     if args.dry_run:

@@ -22,3 +22,13 @@ def boot_id(proc_root: Path) -> str:
 
 def cmdline(proc_root: Path) -> str:
     return _read(Path(proc_root) / "cmdline")
+
+
+def cpu_vendor(proc_root: Path) -> str | None:
+    """The CPU vendor from proc/cpuinfo (`vendor_id`, x86 only: GenuineIntel, AuthenticAMD,
+    HygonGenuine), None when the file names none (other architectures)."""
+    for line in _read(Path(proc_root) / "cpuinfo").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "vendor_id":
+            return value.strip()
+    return None
