@@ -52,8 +52,12 @@ class PciAddress:
     def looks_like(text: str) -> bool:
         return bool(_PCI_RE.match(text.strip()))
 
+    def __post_init__(self) -> None:
+        # The text form is looked up often (lease table keys); compute it once.
+        object.__setattr__(self, "_text", f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{self.function}")
+
     def __str__(self) -> str:
-        return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{self.function}"
+        return self._text  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -138,14 +142,22 @@ class Pool:
     trust: str | None = None
     spoofchk: str | None = None
 
-    def admits(self, vf: VF) -> bool:
-        return any(m.admits(vf) for m in self.members)
+    def __post_init__(self) -> None:
+        # PF -> (rank, member): admits() runs once per VF of the host, keep it a dict lookup.
+        by_pf: dict[PciAddress, list[tuple[int, PoolMember]]] = {}
+        for rank, m in enumerate(self.members):
+            by_pf.setdefault(m.pf, []).append((rank, m))
+        object.__setattr__(self, "_by_pf", by_pf)
 
     def member_rank(self, vf: VF) -> int:
-        for rank, m in enumerate(self.members):
-            if m.admits(vf):
+        """Position of the member admitting `vf` in the pool's list; len(members) if none."""
+        for rank, m in self._by_pf.get(vf.pf, ()):  # type: ignore[attr-defined]
+            if m.indexes is None or vf.index in m.indexes:
                 return rank
         return len(self.members)
+
+    def admits(self, vf: VF) -> bool:
+        return self.member_rank(vf) < len(self.members)
 
 
 @dataclass(frozen=True)
@@ -259,10 +271,10 @@ def normalize_mac(text: str) -> str:
 
 
 def parse_vlan(value: object) -> int:
-    try:
-        vlan = int(str(value), 10)
-    except ValueError:
-        raise UsageError(f"vlan={value!r} is not a number; use a VLAN id from 1 to 4094") from None
+    text = str(value)
+    if isinstance(value, bool) or not (text.isascii() and text.isdigit()):
+        raise UsageError(f"vlan={value!r} is not a number; use a VLAN id from 1 to 4094")
+    vlan = int(text)
     if not 1 <= vlan <= 4094:
         raise UsageError(f"vlan={value} is out of range; use a VLAN id from 1 to 4094")
     return vlan

@@ -146,20 +146,34 @@ class Sysfs:
             names = os.listdir(dev)
         except OSError as exc:
             raise SysfsError(dev, f"cannot list ({exc.strerror})") from exc
+        if brief:
+            return self._brief_vfs(pf, str(dev), names, self._numa(dev))
         vfs = []
-        numa = self._numa(dev) if brief else None
         for name in names:
             m = _VIRTFN_RE.match(name)
             if m:
-                vfs.append(self._read_vf(pf, int(m[1]), dev / name, brief, numa))
+                vfs.append(self._read_vf(pf, int(m[1]), dev / name))
         return tuple(sorted(vfs, key=lambda vf: vf.index))
 
-    def _read_vf(self, pf: PciAddress, index: int, link: Path, brief: bool, numa: int | None) -> VF:
+    def _brief_vfs(self, pf: PciAddress, dev: str, names: list[str], numa: int | None) -> tuple[VF, ...]:
+        """Only the virtfnN links: plain string paths, one readlink per VF."""
+        vfs = []
+        for name in names:
+            if name.startswith("virtfn") and name[6:].isdigit():
+                link = f"{dev}/{name}"
+                try:
+                    target = os.path.basename(os.readlink(link))
+                except OSError as exc:
+                    raise SysfsError(link, f"cannot read link ({exc.strerror})") from exc
+                if not PciAddress.looks_like(target):
+                    raise SysfsError(link, "does not point to a PCI function")
+                vfs.append(VF(PciAddress.parse(target), int(name[6:]), pf, "", "", None, None, numa, None))
+        return tuple(sorted(vfs, key=lambda vf: vf.index))
+
+    def _read_vf(self, pf: PciAddress, index: int, link: Path) -> VF:
         target = self._link_name(link)
         if target is None or not PciAddress.looks_like(target):
             raise SysfsError(link, "does not point to a PCI function")
-        if brief:
-            return VF(PciAddress.parse(target), index, pf, "", "", None, None, numa, None)
         vdev = self._dev(target)
         return VF(
             address=PciAddress.parse(target),
