@@ -128,6 +128,41 @@ class FakeSys:
             self._write(self.root / "devices" / "system" / "node" / f"node{node}" / "cpulist", cpulist)
 
 
+    # -- added for tests/test_host_*.py: config bytes on any device, and what the kernel does on
+    # a write to sriov_numvfs (remove every VF, then create the new count) --
+    def config(self, bdf: str, data: bytes) -> None:
+        """Put config-space bytes on a device (its sysfs `config` file)."""
+        (self.root / "bus" / "pci" / "devices" / bdf / "config").write_bytes(data)
+
+    def set_vfs(self, bdf: str, count: int, *, vf_device: str, vf_driver: str | None = None) -> None:
+        pf = (self.root / "bus" / "pci" / "devices" / bdf).resolve()
+        for link in sorted(pf.glob("virtfn*")):
+            self._drop_vf(link.resolve())
+            link.unlink()
+        vendor = (pf / "vendor").read_text().strip()[2:]
+        offset, stride = int((pf / "sriov_offset").read_text()), int((pf / "sriov_stride").read_text())
+        domain, bus, slot, fn = int(bdf[:4], 16), int(bdf[5:7], 16), int(bdf[8:10], 16), int(bdf[11])
+        routing = (bus << 8) | (slot << 3) | fn
+        for index in range(count):
+            rid = routing + offset + stride * index
+            vbdf = _bdf(domain, rid >> 8, (rid >> 3) & 0x1F, rid & 0x7)
+            vpath = self._device(pf.parent / vbdf, vbdf, vendor, vf_device, "0x020000", vf_driver, -1, self.group())
+            self._link(vpath / "physfn", pf)
+            self._link(pf / f"virtfn{index}", vpath)
+        self._write(pf / "sriov_numvfs", str(count))
+
+    def _drop_vf(self, vpath: Path) -> None:
+        import shutil
+
+        bdf = vpath.name
+        for link in (self.root / "bus" / "pci" / "devices" / bdf, *self.root.glob(f"kernel/iommu_groups/*/devices/{bdf}"),
+                     *self.root.glob(f"bus/pci/drivers/*/{bdf}")):
+            if link.is_symlink():
+                link.unlink()
+        for net in vpath.glob("net/*"):
+            (self.root / "class" / "net" / net.name).unlink(missing_ok=True)
+        shutil.rmtree(vpath)
+
 # -- realistic hosts --
 
 def i350(fs: FakeSys, numvfs: int = 7, ports: int = 4, bus: int = 1, prefix: str = "enp1s0f") -> list[str]:

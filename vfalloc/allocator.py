@@ -12,7 +12,7 @@ boot (a different boot_id) cannot be in use: it is taken over when no truly free
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from .errors import PoolExhausted, UnknownPool, VfConflict, AllocationError
 from .model import VF, Host, Lease, LeaseTable, PciAddress, Pool, Request, derive_mac

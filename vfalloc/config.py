@@ -28,7 +28,8 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .errors import ConfigError, UsageError
 from .model import POLICIES, Host, PciAddress, Pool, PoolMember, parse_vlan

@@ -18,11 +18,11 @@ syslog (facility daemon, ident vfalloc) and turns every error into one line on s
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import BinaryIO, Callable, Mapping, Sequence, TextIO
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import BinaryIO, TextIO
 
 from . import domxml
 from .errors import DomainXMLError, VfallocError
@@ -171,7 +171,8 @@ HANDLERS: dict[tuple[str, str], Callable[[Call], str]] = {
 # -- helpers --
 
 def now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    """UTC, ISO 8601, as the CLI writes it (time.strftime: datetime costs the hook an import)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
 
 
 def _context(call: Call):
@@ -203,6 +204,8 @@ def _apply_vf_settings(call: Call, ctx, leases) -> None:
         if pf is None or pf.netdev is None or vf is None:
             raise VfallocError(f"cannot set {' '.join(args)} on VF {lease.vf} for {call.domain}: its PF "
                                f"{lease.pf} has no network interface; remove trust/spoofchk from the request")
+        import subprocess
+
         cmd = [call.environ.get(ENV_IP, "ip"), "link", "set", "dev", pf.netdev, "vf", str(vf.index), *args]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
@@ -225,6 +228,8 @@ def spawn_detached(argv: list[str], environ: Mapping[str, str]) -> int:
     """Start a process that outlives the hook: a new session (no controlling terminal, not in
     libvirt's process group), stdin/stdout/stderr on /dev/null and no other descriptors, so
     libvirt, which waits for the hook's output to close, is not held up by it."""
+    import subprocess
+
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True,
                             env=dict(environ), cwd="/")

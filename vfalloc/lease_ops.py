@@ -7,7 +7,7 @@ own (that is the allocator's) and never talks to libvirt.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from .allocator import Claim, allocate, claim, release
 from .context import Context

@@ -8,10 +8,9 @@ them.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from .errors import UsageError
 
@@ -287,7 +286,14 @@ def check_uuid(text: str) -> str:
 
 
 def derive_mac(uuid: str, index: int) -> str:
-    """A stable, locally administered unicast MAC for request `index` of domain `uuid`."""
-    digest = hashlib.sha256(f"{uuid.lower()}/{index}".encode()).digest()
-    first = (digest[0] & 0xFC) | 0x02  # unicast, locally administered: never all-zero
-    return ":".join(f"{b:02x}" for b in (first, *digest[1:6]))
+    """A stable, locally administered unicast MAC for request `index` of domain `uuid`.
+    Two CRC-32s over the pair give 48 well-mixed bits; binascii is built into the interpreter,
+    where hashlib would load OpenSSL on every hook call. Not a security property: only
+    stability and spread matter."""
+    import binascii
+
+    key = f"{uuid.lower()}/{index}".encode()
+    bits = binascii.crc32(b"vfalloc-mac-a:" + key).to_bytes(4, "big") + \
+        binascii.crc32(b"vfalloc-mac-b:" + key).to_bytes(4, "big")
+    first = (bits[0] & 0xFC) | 0x02  # unicast, locally administered: never all-zero
+    return ":".join(f"{b:02x}" for b in (first, *bits[1:6]))

@@ -17,7 +17,7 @@ import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from .errors import StateError
 from .model import Lease, LeaseTable

@@ -10,7 +10,7 @@ A VF's state is one of:
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .allocator import stale_reason
 from .model import Host, LeaseTable, Pool

@@ -1,0 +1,160 @@
+"""vfalloc benchmarks: ratios measured in one run on this machine (`make bench`).
+
+- hook `prepare begin` + `release end` as libvirt runs them, on fake hosts of 8, 128 and 1,024
+  VFs, against the floor `python -c "import lxml.etree"` (the least a Python hook using lxml
+  can cost);
+- in-process allocation at 1,024 VFs;
+- `vfalloc list` at 1,024 VFs;
+- 64 hook processes started at once for 64 domains, against the same 64 run one after another.
+
+Nothing here asserts a time: it prints figures and ratios (and `--json` for scripts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from fakehost import FakeSys, big_host  # noqa: E402
+
+PY = sys.executable
+HOOK = [PY, "-I", str(REPO / "hooks" / "qemu")]
+
+
+def uuid(n: int) -> str:
+    return f"00000000-0000-0000-0000-{n:012d}"
+
+
+def domain_xml(n: int) -> bytes:
+    return (f"<domain type='kvm'><name>vm{n}</name><uuid>{uuid(n)}</uuid><metadata>"
+            "<vfalloc:vfs xmlns:vfalloc='urn:vfalloc:1'><vfalloc:vf pool='all'/></vfalloc:vfs></metadata>"
+            "<memory unit='KiB'>1048576</memory><vcpu>2</vcpu><os><type arch='x86_64' machine='q35'>hvm</type></os>"
+            "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices></domain>").encode()
+
+
+class FakeHost:
+    def __init__(self, base: Path, vfs: int) -> None:
+        self.base = base
+        fs = FakeSys(base / "sys")
+        names = big_host(fs, vfs)
+        proc = base / "proc" / "sys" / "kernel" / "random"
+        proc.mkdir(parents=True)
+        (proc / "boot_id").write_text("5f1e0ad8-0000-4000-8000-000000000000\n")
+        self.config = base / "vfalloc.toml"
+        self.config.write_text("[pools.all]\npfs = [" + ", ".join(f'"{n}"' for n in names) + "]\n")
+        self.env = {**os.environ, "VFALLOC_SYSFS_ROOT": str(base / "sys"), "VFALLOC_STATE": str(base / "state.json"),
+                    "VFALLOC_PROC_ROOT": str(base / "proc"), "VFALLOC_CONFIG": str(self.config)}
+        for key in ("VFALLOC_HOOK_LOG",):
+            self.env.pop(key, None)
+
+
+def timed(cmd: list[str], env: dict, stdin: bytes = b"") -> float:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, input=stdin, env=env, capture_output=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(cmd)} failed: {done.stderr.decode().strip()}")
+    return elapsed
+
+
+def hook_cycle(host: FakeHost, rounds: int) -> tuple[list[float], list[float], list[float]]:
+    """Interleaved so that machine noise hits floor and hook alike."""
+    floor, prepare, release = [], [], []
+    xml = domain_xml(1)
+    for _ in range(rounds):
+        floor.append(timed([PY, "-I", "-c", "import lxml.etree"], host.env))
+        prepare.append(timed([*HOOK, "vm1", "prepare", "begin", "-"], host.env, xml))
+        release.append(timed([*HOOK, "vm1", "release", "end", "destroyed"], host.env, xml))
+    return floor, prepare, release
+
+
+def in_process_allocation(host: FakeHost, rounds: int) -> float:
+    os.environ.update(host.env)
+    from vfalloc.hook import main
+
+    samples = []
+    for n in range(rounds):
+        xml = domain_xml(1000 + n)
+        start = time.perf_counter()
+        main([f"vm{1000 + n}", "prepare", "begin", "-"], io.BytesIO(xml), io.StringIO(), io.StringIO())
+        samples.append(time.perf_counter() - start)
+        main([f"vm{1000 + n}", "release", "end", "-"], io.BytesIO(xml), io.StringIO(), io.StringIO())
+    return statistics.median(samples)
+
+
+def list_time(host: FakeHost, rounds: int) -> float:
+    vfalloc = str(Path(PY).with_name("vfalloc"))
+    return statistics.median(timed([vfalloc, "list"], host.env) for _ in range(rounds))
+
+
+def burst(host: FakeHost, count: int) -> tuple[float, float, int]:
+    def one(n: int) -> int:
+        done = subprocess.run([*HOOK, f"vm{n}", "prepare", "begin", "-"], input=domain_xml(n), env=host.env,
+                              capture_output=True)
+        return done.returncode
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        codes = list(pool.map(one, range(count)))
+    parallel = time.perf_counter() - start
+    served = codes.count(0)
+    for n in range(count):
+        subprocess.run([*HOOK, f"vm{n}", "release", "end", "-"], input=domain_xml(n), env=host.env)
+    start = time.perf_counter()
+    for n in range(count):
+        one(n)
+    sequential = time.perf_counter() - start
+    return parallel, sequential, served
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    results: dict = {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
+                                f"Python {platform.python_version()}"}
+    with tempfile.TemporaryDirectory(prefix="vfalloc-bench-") as tmp:
+        hosts = {n: FakeHost(Path(tmp) / f"h{n}", n) for n in (8, 128, 1024)}
+        for n, host in hosts.items():
+            floor, prepare, release = hook_cycle(host, args.rounds)
+            f, p, r = (statistics.median(x) * 1000 for x in (floor, prepare, release))
+            results[f"hook_{n}"] = {"floor_ms": round(f, 1), "prepare_ms": round(p, 1), "release_ms": round(r, 1),
+                                    "prepare_ratio": round(p / f, 2), "release_ratio": round(r / f, 2)}
+        big = hosts[1024]
+        results["alloc_1024_in_process_ms"] = round(in_process_allocation(big, args.rounds) * 1000, 2)
+        results["list_1024_ms"] = round(list_time(big, max(5, args.rounds // 2)) * 1000, 1)
+        parallel, sequential, served = burst(big, 64)
+        results["burst_64"] = {"parallel_s": round(parallel, 2), "sequential_s": round(sequential, 2),
+                               "ratio": round(parallel / sequential, 2), "served": served}
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    print(f"machine: {results['machine']}")
+    for n in (8, 128, 1024):
+        h = results[f"hook_{n}"]
+        print(f"hook at {n:>5} VFs: floor {h['floor_ms']} ms, prepare begin {h['prepare_ms']} ms "
+              f"({h['prepare_ratio']}x), release end {h['release_ms']} ms ({h['release_ratio']}x)")
+    print(f"allocation at 1024 VFs, in process: {results['alloc_1024_in_process_ms']} ms")
+    print(f"vfalloc list at 1024 VFs: {results['list_1024_ms']} ms")
+    b = results["burst_64"]
+    print(f"64 hooks at once: {b['served']}/64 served in {b['parallel_s']} s vs {b['sequential_s']} s "
+          f"one after another ({b['ratio']}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
