@@ -9,6 +9,7 @@ never touches sysfs or the state file itself.
     [settings]
     state = "/var/lib/vfalloc/state.json"
     lock_timeout = 10
+    hook_log = "/var/log/vfalloc-hook.log"  # optional: hook lines also go here, not only to syslog
 
     [pools.lan0]
     pfs = ["enp1s0f0#0-3,6", "0000:01:00.1"]
@@ -41,6 +42,7 @@ DEFAULTS = {
     "proc_root": "/proc",
     "libvirt_run": "/run/libvirt/qemu",
     "lock_timeout": "10",
+    "hook_log": "",
 }
 ENV = {
     "config": "VFALLOC_CONFIG",
@@ -49,6 +51,7 @@ ENV = {
     "proc_root": "VFALLOC_PROC_ROOT",
     "libvirt_run": "VFALLOC_LIBVIRT_RUN",
     "lock_timeout": "VFALLOC_LOCK_TIMEOUT",
+    "hook_log": "VFALLOC_HOOK_LOG",
 }
 _POOL_KEYS = {"pfs", "policy", "vlan", "trust", "spoofchk", "numvfs"}
 _TOP_KEYS = {"settings", "pools", "pf"}
@@ -84,6 +87,7 @@ class Settings:
     proc_root: Path
     libvirt_run: Path
     lock_timeout: float
+    hook_log: Path | None = None  # the hook and the hot-plug worker also append their log lines here
 
 
 def load_settings(flags: Mapping[str, str | None] | None = None,
@@ -107,8 +111,9 @@ def load_settings(flags: Mapping[str, str | None] | None = None,
         raise UsageError(f"lock timeout {timeout_text!r} is not a number of seconds") from None
     if timeout <= 0:
         raise UsageError(f"lock timeout {timeout_text} must be more than 0 seconds")
+    hook_log = pick("hook_log")
     return Settings(config, Path(pick("sysfs_root")), Path(pick("state")), Path(pick("proc_root")),
-                    Path(pick("libvirt_run")), timeout)
+                    Path(pick("libvirt_run")), timeout, Path(hook_log) if hook_log else None)
 
 
 def read_config(path: Path, must_exist: bool) -> ConfigFile:
@@ -134,12 +139,27 @@ def parse_config(path: Path, data: Mapping[str, Any]) -> ConfigFile:
     pools_raw = data.get("pools", {})
     if not isinstance(pools_raw, dict):
         raise ConfigError(path, "`pools` must be a table of [pools.NAME] sections")
-    pools = tuple(_pool_spec(path, name, body) for name, body in pools_raw.items())
+    pools = tuple(_pool_spec(path, _checked_name(path, "pool", name), body) for name, body in pools_raw.items())
     pf_numvfs = {}
-    for ref, body in data.get("pf", {}).items():
+    pf_tables = data.get("pf", {})
+    _no_unknown(path, "[pf]", pf_tables, set(pf_tables))
+    for ref, body in pf_tables.items():
+        ref = _checked_name(path, "PF", ref)
         _no_unknown(path, f"[pf.{ref}]", body, {"numvfs"})
         pf_numvfs[ref] = _count(path, f"[pf.{ref}] numvfs", body.get("numvfs"))
     return ConfigFile(path, True, settings, pools, pf_numvfs)
+
+
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
+
+
+def _checked_name(path: Path, what: str, name: str) -> str:
+    """Pool names and PF references appear in domain XML, commands and messages: keep them to
+    letters, digits and _ . : -"""
+    if not name or not set(name) <= _NAME_OK or len(name) > 64:
+        raise ConfigError(path, f"{what} name {name!r} is not valid",
+                          "use up to 64 letters, digits and _ . : -")
+    return name
 
 
 def _no_unknown(path: Path, where: str, table: Any, allowed: set[str]) -> None:
@@ -148,7 +168,7 @@ def _no_unknown(path: Path, where: str, table: Any, allowed: set[str]) -> None:
     unknown = sorted(set(table) - allowed)
     if unknown:
         raise ConfigError(path, f"unknown key {unknown[0]!r} in {where}",
-                          f"allowed keys: {', '.join(sorted(allowed))}")
+                          f"allowed keys: {', '.join(sorted(allowed)) or 'none'}")
 
 
 def _pool_spec(path: Path, name: str, body: Any) -> PoolSpec:
@@ -173,6 +193,8 @@ def _pool_spec(path: Path, name: str, body: Any) -> PoolSpec:
 
 
 def _count(path: Path, where: str, value: Any) -> int:
+    if value is None:
+        raise ConfigError(path, f"{where} is missing", "write numvfs = N")
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ConfigError(path, f"{where} = {value!r} must be a whole number of VFs, 0 or more")
     return value
@@ -184,6 +206,7 @@ def parse_member(path: Path, where: str, text: str) -> tuple[str, frozenset[int]
     ref = ref.strip()
     if not ref:
         raise ConfigError(path, f"{where} pfs entry {text!r} names no PF")
+    _checked_name(path, "PF", ref)
     if not sep:
         return ref, None
     indexes: set[int] = set()
