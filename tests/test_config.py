@@ -93,11 +93,11 @@ def test_resolution_errors(tmp_path, host, text, message):
     ('[pools.a\npfs = 1\n', "is not valid TOML"),
     ('[pools.a]\npfs = "enp1s0f0"\n', "[pools.a] needs pfs"),
     ('[pools."lan 0"]\npfs = ["enp1s0f0"]\n', "pool name 'lan 0' is not valid"),
-    ('[pools.a]\npfs = ["enp1s0f0\\n"]\n', "PF name 'enp1s0f0\\n' is not valid"),
+    ('[pools.a]\npfs = ["enp1s0f0;rm"]\n', "PF name 'enp1s0f0;rm' is not valid"),
     ('[pf.enp1s0f0]\n', "[pf.enp1s0f0] numvfs is missing"),
 ], ids=["backwards", "letters", "open-range", "no-pfs", "policy", "vlan", "trust", "unknown-pool-key",
         "unknown-top-key", "unknown-setting", "negative-numvfs", "toml-syntax", "pfs-not-list",
-        "pool-name-space", "pf-name-newline", "pf-without-numvfs"])
+        "pool-name-space", "pf-name-semicolon", "pf-without-numvfs"])
 def test_file_errors(tmp_path, text, message):
     with pytest.raises(ConfigError) as info:
         _config(tmp_path, text)
