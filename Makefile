@@ -4,10 +4,15 @@ VENV   := $(CURDIR)/.venv
 PY     := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: test unit setup bench clean
+.PHONY: test unit e2e setup bench clean
 
+# The unit, hook and libvirt layers, then the end-to-end run on the emulated SR-IOV host.
 test: setup
 	$(PYTEST) tests --ignore=tests/e2e
+	tests/e2e/run
+
+e2e: setup
+	tests/e2e/run
 
 unit: setup
 	$(PYTEST) tests --ignore=tests/e2e -m "not libvirt"

@@ -1,0 +1,38 @@
+"""pytest plumbing of the hardware test layer: the session fixture that boots the rig once,
+and the step timings printed at the end of the run. The tests are in test_e2e.py."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# rig.py and scenario.py are plain modules next to this file (tests/e2e is no package); put
+# them on the path whatever pytest's import mode.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import rig  # noqa: E402
+import scenario  # noqa: E402
+
+_RUN = pytest.StashKey[rig.RigRun]()
+
+
+@pytest.fixture(scope="session")
+def rig_run(request: pytest.FixtureRequest) -> rig.RigRun:
+    """Boot the emulated SR-IOV host once; every step test reads its results."""
+    missing = rig.missing_prerequisites()
+    if missing:
+        pytest.skip("the e2e rig cannot boot here: " + "; ".join(missing))
+    run = rig.run_rig(rig.default_config())
+    request.config.stash[_RUN] = run
+    return run
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    run = config.stash.get(_RUN, None)
+    if run is None:
+        return
+    terminalreporter.section("e2e steps (seconds inside the VM)")
+    for line in rig.format_results(run, scenario.step_names()).splitlines():
+        terminalreporter.write_line(line)
