@@ -27,8 +27,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml tools/setup-debian
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# Benchmarks run vfalloc as users install it (a regular, not an editable, install).
+BENCH_VENV := $(CURDIR)/.bench-venv
 bench: setup
-	$(PY) bench/run.py
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --force-reinstall --no-deps .
+	$(BENCH_VENV)/bin/python -m pip install -q lxml filelock
+	cd /tmp && $(BENCH_VENV)/bin/python $(CURDIR)/bench/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info

@@ -11,6 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests: no per-example deadline (a loaded 2-core CI machine makes timing meaningless)
+# and a fixed seed, so a run in CI is reproducible; speed is measured in bench/, not here.
+settings.register_profile("vfalloc", deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("vfalloc")
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from .errors import SysfsError
 from .model import PF, VF, Host, PciAddress
 
 DEFAULT_ROOT = "/sys"
-_VIRTFN_RE = re.compile(r"^virtfn(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -43,33 +40,38 @@ class PciDevice:
 
 
 class Sysfs:
+    """Paths are plain strings inside this class: a `vfalloc list` on a thousand VFs makes some
+    ten thousand of them, and pathlib objects cost more than the system calls."""
+
     def __init__(self, root: str | os.PathLike[str] = DEFAULT_ROOT) -> None:
-        self.root = Path(root)
+        self._root = os.fspath(root).rstrip("/") or ""
+        self._devices = f"{self._root}/bus/pci/devices"
 
     # -- paths (private to this module's users: they get values, not paths) --
-    def _dev(self, address: PciAddress | str) -> Path:
-        return self.root / "bus" / "pci" / "devices" / str(address)
+    def _dev(self, address: PciAddress | str) -> str:
+        return f"{self._devices}/{address}"
 
     def describe(self, address: PciAddress | str, attr: str = "") -> str:
         """The path of a device attribute, for messages."""
         path = self._dev(address)
-        return str(path / attr) if attr else str(path)
+        return f"{path}/{attr}" if attr else path
 
     # -- low-level reads --
-    def _read(self, path: Path) -> str:
+    def _read(self, path: str) -> str:
         try:
-            return path.read_text().strip()
+            with open(path) as fh:
+                return fh.read().strip()
         except OSError as exc:
             raise SysfsError(path, f"cannot read ({exc.strerror})") from exc
 
-    def _read_int(self, path: Path) -> int:
+    def _read_int(self, path: str) -> int:
         text = self._read(path)
         try:
             return int(text, 0)
         except ValueError as exc:
             raise SysfsError(path, f"holds {text!r}, not a number") from exc
 
-    def _link_name(self, path: Path) -> str | None:
+    def _link_name(self, path: str) -> str | None:
         try:
             return os.path.basename(os.readlink(path))
         except FileNotFoundError:
@@ -77,43 +79,42 @@ class Sysfs:
         except OSError as exc:
             raise SysfsError(path, f"cannot read link ({exc.strerror})") from exc
 
-    def _numa(self, dev: Path) -> int | None:
-        path = dev / "numa_node"
-        if not path.exists():
+    def _numa(self, dev: str) -> int | None:
+        path = f"{dev}/numa_node"
+        if not os.path.exists(path):
             return None
         node = self._read_int(path)
         return None if node < 0 else node
 
-    def _group(self, dev: Path) -> int | None:
-        name = self._link_name(dev / "iommu_group")
+    def _group(self, dev: str) -> int | None:
+        name = self._link_name(f"{dev}/iommu_group")
         return None if name is None else int(name)
 
-    def _netdev(self, dev: Path) -> str | None:
+    def _netdev(self, dev: str) -> str | None:
         try:
-            names = sorted(os.listdir(dev / "net"))
+            names = sorted(os.listdir(f"{dev}/net"))
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise SysfsError(dev / "net", f"cannot list ({exc.strerror})") from exc
+            raise SysfsError(f"{dev}/net", f"cannot list ({exc.strerror})") from exc
         return names[0] if names else None
 
-    def _hex_id(self, path: Path) -> str:
+    def _hex_id(self, path: str) -> str:
         text = self._read(path)
         return text[2:] if text.startswith("0x") else text
 
     # -- inventory --
     def pci_addresses(self) -> list[PciAddress]:
-        base = self.root / "bus" / "pci" / "devices"
         try:
-            names = os.listdir(base)
+            names = os.listdir(self._devices)
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise SysfsError(base, f"cannot list ({exc.strerror})") from exc
+            raise SysfsError(self._devices, f"cannot list ({exc.strerror})") from exc
         return sorted(PciAddress.parse(n) for n in names if PciAddress.looks_like(n))
 
     def is_pf(self, address: PciAddress) -> bool:
-        return (self._dev(address) / "sriov_totalvfs").exists()
+        return os.path.exists(f"{self._dev(address)}/sriov_totalvfs")
 
     def read_host(self, only: set[PciAddress] | None = None, brief: bool = False) -> Host:
         """Every SR-IOV PF (or only those in `only`) with its VFs. `brief` reads of each VF only
@@ -124,125 +125,111 @@ class Sysfs:
 
     def read_pf(self, address: PciAddress, brief: bool = False) -> PF:
         dev = self._dev(address)
-        if not (dev / "sriov_totalvfs").exists():
+        if not os.path.exists(f"{dev}/sriov_totalvfs"):
             raise SysfsError(dev, "is not an SR-IOV physical function (no sriov_totalvfs)")
         netdev = self._netdev(dev)
         return PF(
             address=address,
             netdev=netdev,
-            vendor=self._hex_id(dev / "vendor"),
-            device=self._hex_id(dev / "device"),
-            driver=self._link_name(dev / "driver"),
-            totalvfs=self._read_int(dev / "sriov_totalvfs"),
-            numvfs=self._read_int(dev / "sriov_numvfs"),
+            vendor=self._hex_id(f"{dev}/vendor"),
+            device=self._hex_id(f"{dev}/device"),
+            driver=self._link_name(f"{dev}/driver"),
+            totalvfs=self._read_int(f"{dev}/sriov_totalvfs"),
+            numvfs=self._read_int(f"{dev}/sriov_numvfs"),
             numa_node=self._numa(dev),
             iommu_group=self._group(dev),
             vfs=self._read_vfs(address, dev, brief),
             link_up=self._link_up(dev, netdev),
         )
 
-    def _read_vfs(self, pf: PciAddress, dev: Path, brief: bool = False) -> tuple[VF, ...]:
+    def _read_vfs(self, pf: PciAddress, dev: str, brief: bool = False) -> tuple[VF, ...]:
         try:
             names = os.listdir(dev)
         except OSError as exc:
             raise SysfsError(dev, f"cannot list ({exc.strerror})") from exc
-        if brief:
-            return self._brief_vfs(pf, str(dev), names, self._numa(dev))
-        vfs = []
-        for name in names:
-            m = _VIRTFN_RE.match(name)
-            if m:
-                vfs.append(self._read_vf(pf, int(m[1]), dev / name))
-        return tuple(sorted(vfs, key=lambda vf: vf.index))
-
-    def _brief_vfs(self, pf: PciAddress, dev: str, names: list[str], numa: int | None) -> tuple[VF, ...]:
-        """Only the virtfnN links: plain string paths, one readlink per VF."""
+        numa = self._numa(dev) if brief else None
         vfs = []
         for name in names:
             if name.startswith("virtfn") and name[6:].isdigit():
                 link = f"{dev}/{name}"
-                try:
-                    target = os.path.basename(os.readlink(link))
-                except OSError as exc:
-                    raise SysfsError(link, f"cannot read link ({exc.strerror})") from exc
-                if not PciAddress.looks_like(target):
+                target = self._link_name(link)
+                if target is None or not PciAddress.looks_like(target):
                     raise SysfsError(link, "does not point to a PCI function")
-                vfs.append(VF(PciAddress.parse(target), int(name[6:]), pf, "", "", None, None, numa, None))
+                address = PciAddress.parse(target)
+                if brief:
+                    vfs.append(VF(address, int(name[6:]), pf, "", "", None, None, numa, None))
+                else:
+                    vfs.append(self._read_vf(pf, int(name[6:]), address))
         return tuple(sorted(vfs, key=lambda vf: vf.index))
 
-    def _read_vf(self, pf: PciAddress, index: int, link: Path) -> VF:
-        target = self._link_name(link)
-        if target is None or not PciAddress.looks_like(target):
-            raise SysfsError(link, "does not point to a PCI function")
-        vdev = self._dev(target)
+    def _read_vf(self, pf: PciAddress, index: int, address: PciAddress) -> VF:
+        vdev = self._dev(address)
         return VF(
-            address=PciAddress.parse(target),
+            address=address,
             index=index,
             pf=pf,
-            vendor=self._hex_id(vdev / "vendor"),
-            device=self._hex_id(vdev / "device"),
-            driver=self._link_name(vdev / "driver"),
+            vendor=self._hex_id(f"{vdev}/vendor"),
+            device=self._hex_id(f"{vdev}/device"),
+            driver=self._link_name(f"{vdev}/driver"),
             netdev=self._netdev(vdev),
             numa_node=self._numa(vdev),
             iommu_group=self._group(vdev),
         )
 
-    def _link_up(self, dev: Path, netdev: str | None) -> bool | None:
+    def _link_up(self, dev: str, netdev: str | None) -> bool | None:
         if netdev is None:
             return None
-        path = dev / "net" / netdev / "operstate"
-        if not path.exists():
+        path = f"{dev}/net/{netdev}/operstate"
+        if not os.path.exists(path):
             return None
         return self._read(path) == "up"
 
     # -- any PCI function, for host checks --
     def device(self, address: PciAddress) -> PciDevice:
         dev = self._dev(address)
-        if not dev.exists():
+        if not os.path.exists(dev):
             raise SysfsError(dev, "no such PCI device", "check the address with `lspci -D`")
         return PciDevice(
             address=address,
-            vendor=self._hex_id(dev / "vendor"),
-            device=self._hex_id(dev / "device"),
-            pci_class=self._hex_id(dev / "class"),
-            driver=self._link_name(dev / "driver"),
+            vendor=self._hex_id(f"{dev}/vendor"),
+            device=self._hex_id(f"{dev}/device"),
+            pci_class=self._hex_id(f"{dev}/class"),
+            driver=self._link_name(f"{dev}/driver"),
             iommu_group=self._group(dev),
             numa_node=self._numa(dev),
         )
 
     def netdev_pci(self, ifname: str) -> PciAddress | None:
         """The PCI function behind a network interface name, if any."""
-        link = self.root / "class" / "net" / ifname / "device"
-        if not link.exists():
+        link = f"{self._root}/class/net/{ifname}/device"
+        if "/" in ifname or not os.path.exists(link):
             return None
         name = os.path.basename(os.path.realpath(link))
         return PciAddress.parse(name) if PciAddress.looks_like(name) else None
 
     def physfn(self, address: PciAddress) -> PciAddress | None:
         """The PF of a VF (its `physfn` link), None when it is not a VF or does not exist."""
-        name = self._link_name(self._dev(address) / "physfn")
+        name = self._link_name(f"{self._dev(address)}/physfn")
         return PciAddress.parse(name) if name and PciAddress.looks_like(name) else None
 
     def upstream(self, address: PciAddress) -> list[PciAddress]:
         """The bridges above a device, nearest first (from its place in /sys/devices)."""
-        try:
-            real = Path(os.path.realpath(self._dev(address)))
-        except OSError as exc:
-            raise SysfsError(self._dev(address), f"cannot resolve ({exc.strerror})") from exc
-        parents = [p.name for p in real.parents if PciAddress.looks_like(p.name)]
-        return [PciAddress.parse(n) for n in parents]
+        real = os.path.realpath(self._dev(address))
+        parts = real.split("/")[:-1]
+        return [PciAddress.parse(n) for n in reversed(parts) if PciAddress.looks_like(n)]
 
     def config_space(self, address: PciAddress) -> bytes:
         """The device's PCI config space; 4096 bytes when extended capabilities are readable
         (root only: unprivileged readers get the first 64 bytes)."""
-        path = self._dev(address) / "config"
+        path = f"{self._dev(address)}/config"
         try:
-            return path.read_bytes()
+            with open(path, "rb") as fh:
+                return fh.read()
         except OSError as exc:
             raise SysfsError(path, f"cannot read ({exc.strerror})", "run as root") from exc
 
     def iommu_groups(self) -> dict[int, list[PciAddress]]:
-        base = self.root / "kernel" / "iommu_groups"
+        base = f"{self._root}/kernel/iommu_groups"
         try:
             groups = os.listdir(base)
         except FileNotFoundError:
@@ -252,36 +239,36 @@ class Sysfs:
         result = {}
         for name in groups:
             if name.isdigit():
-                members = os.listdir(base / name / "devices")
+                members = os.listdir(f"{base}/{name}/devices")
                 result[int(name)] = sorted(PciAddress.parse(m) for m in members)
         return dict(sorted(result.items()))
 
     def pci_driver_exists(self, name: str) -> bool:
-        return (self.root / "bus" / "pci" / "drivers" / name).is_dir()
+        return os.path.isdir(f"{self._root}/bus/pci/drivers/{name}")
 
     def module_loaded(self, name: str) -> bool:
-        return (self.root / "module" / name).is_dir()
+        return os.path.isdir(f"{self._root}/module/{name}")
 
     def node_cpus(self) -> dict[int, frozenset[int]]:
         """CPUs of each NUMA node (devices/system/node/nodeN/cpulist)."""
-        base = self.root / "devices" / "system" / "node"
+        base = f"{self._root}/devices/system/node"
         result: dict[int, frozenset[int]] = {}
-        if not base.is_dir():
+        if not os.path.isdir(base):
             return result
         for name in os.listdir(base):
             if name.startswith("node") and name[4:].isdigit():
-                text = self._read(base / name / "cpulist")
+                text = self._read(f"{base}/{name}/cpulist")
                 result[int(name[4:])] = parse_cpulist(text)
         return result
 
     def read_attr(self, address: PciAddress, attr: str) -> str:
-        return self._read(self._dev(address) / attr)
+        return self._read(f"{self._dev(address)}/{attr}")
 
     # -- the one seam where vfalloc writes sysfs --
     def write_attr(self, address: PciAddress, attr: str, value: str) -> None:
         """Write one attribute of a PCI function. The kernel's errno is kept on the error
         (`err.errno`) so callers can explain it (e.g. ENOMEM from sriov_numvfs)."""
-        path = self._dev(address) / attr
+        path = f"{self._dev(address)}/{attr}"
         try:
             fd = os.open(path, os.O_WRONLY)
             try:

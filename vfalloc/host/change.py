@@ -1,0 +1,195 @@
+"""Handlers of the `vfalloc host` commands that change the host: kernel-args, numvfs, persist,
+vf-driver. Every file goes through RootFS (under --root, diff on --dry-run), every sysfs write
+through Sysfs.write_attr, and every command run is printed first.
+Must not: hold the logic of a change (kernelargs, numvfs, persist, vfdriver do)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..errors import HostError, UsageError
+from . import facts, kernelargs, numvfs, persist, vfdriver
+from .facts import boot_id, line, vendor
+from .rootfs import RootFS
+
+
+def cmd_kernel_args(args, ctx) -> int:
+    rootfs = RootFS(args.root, args.dry_run, ctx.out)
+    if args.update and rootfs.root != Path("/"):
+        raise UsageError("--update runs this host's bootloader tool; it works only with --root /")
+    wanted, note = kernelargs.wanted_args(vendor(ctx), args.add, args.acs_override, args.realloc,
+                                          args.assign_busses, not args.no_defaults)
+    before = kernelargs.load(rootfs)
+    plan = kernelargs.plan(before, wanted)
+    eff = before.effective()
+    where = f"{rootfs.shown(eff.file)}:{eff.line}" if eff else f"{rootfs.shown(kernelargs.grub.MAIN)} (no assignment)"
+    line(ctx.out, f"configured ({where}): {' '.join(before.cmdline_tokens()) or '(empty)'}")
+    running = kernelargs.running_tokens(ctx.settings.proc_root, ctx.err)
+    if running is not None:
+        line(ctx.out, f"running (/proc/cmdline): {' '.join(running)}")
+    line(ctx.out, f"wanted: {' '.join(wanted)} ({note})")
+    for file, text in plan.texts.items():
+        rootfs.write(file, text)
+    _report_plan(ctx.out, plan, rootfs, args.dry_run)
+    if args.assign_busses:
+        ctx.err.write("vfalloc: warning: pci=assign-busses lets the kernel renumber buses: PCI addresses "
+                      "may change, so check PF addresses in vfalloc's config after the reboot\n")
+    _next_step(ctx, args, plan, wanted, running)
+    return 0
+
+
+def _report_plan(out, plan: kernelargs.Plan, rootfs: RootFS, dry_run: bool) -> None:
+    if plan.already:
+        line(out, f"already configured: {' '.join(plan.already)}")
+    if plan.cut:
+        line(out, f"{'would remove' if dry_run else 'removed'}: {' '.join(plan.cut)}")
+    if plan.add:
+        line(out, f"{'would add' if dry_run else 'added'}: {' '.join(plan.add)}")
+    if not plan.texts:
+        line(out, "nothing to change")
+    elif not dry_run:
+        line(out, f"wrote {', '.join(rootfs.shown(f) for f in plan.texts)}")
+
+
+def _next_step(ctx, args, plan, wanted, running) -> None:
+    missing = [a for a in wanted if running is not None and not kernelargs.kargs.has(running, a)]
+    cmd = kernelargs.regenerate_command()
+    if args.update:
+        if cmd is None:
+            raise HostError("found none of update-grub, grubby, grub2-mkconfig, grub-mkconfig; regenerate "
+                            "the boot config by hand")
+        full = kernelargs.full_command(cmd, wanted)
+        if args.dry_run:
+            line(ctx.out, f"would run: {' '.join(full)}")
+        else:
+            kernelargs.regenerate(full, ctx.out)
+    elif plan.texts or missing:
+        shown = " ".join(kernelargs.full_command(cmd, wanted)) if cmd else "update-grub (or your distro's tool)"
+        line(ctx.out, f"next: {shown} (or rerun with --update)")
+    if missing:
+        line(ctx.out, f"the running kernel lacks {' '.join(missing)}: reboot after regenerating")
+
+
+# -- numvfs --
+
+def cmd_numvfs(args, ctx) -> int:
+    pf = facts.pf(ctx, args.pf)
+    numvfs.check_request(pf, args.count)
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout {args.timeout:g} must be more than 0 seconds")
+    leases = numvfs.blocking_leases(pf, args.count, ctx.store.read(), boot_id(ctx))
+    if leases and not args.force:
+        raise HostError(numvfs.lease_refusal(pf, args.count, leases))
+    if leases:
+        ctx.err.write(f"vfalloc: warning: --force: {len(leases)} leased VF(s) of {pf.name} are removed\n")
+    autoprobe = None if args.autoprobe is None else args.autoprobe == "on"
+    result = numvfs.set_numvfs(ctx.sysfs, pf, args.count, autoprobe=autoprobe, dry_run=args.dry_run,
+                               timeout=args.timeout)
+    for write in result.writes:
+        line(ctx.out, f"{'would write' if args.dry_run else 'wrote'} {write}")
+    if args.count == result.before and not args.dry_run:
+        line(ctx.out, f"{pf.name}: already {args.count} VFs")
+    elif not args.dry_run:
+        vfs = " ".join(str(vf.address) for vf in result.pf.vfs)
+        line(ctx.out, f"{pf.name}: {len(result.pf.vfs)} VFs (was {result.before}){': ' + vfs if vfs else ''}")
+    return 0
+
+
+# -- persist --
+
+def cmd_persist(args, ctx) -> int:
+    rootfs = RootFS(args.root, args.dry_run, ctx.out)
+    if args.remove:
+        if args.specs or args.enable:
+            raise UsageError("--remove takes no PF=N and no --enable")
+        gone = [p for p in (persist.WANTS_LINK, persist.UNIT_PATH, persist.RULE_PATH) if rootfs.remove(p)]
+        line(ctx.out, f"{'would remove' if args.dry_run else 'removed'} {', '.join(rootfs.shown(p) for p in gone)}"
+              if gone else "nothing to remove")
+        return 0
+    items = persist.targets(ctx.host, ctx.pools, args.specs)
+    autoprobe = None if args.autoprobe is None else args.autoprobe == "on"
+    if args.method == "systemd":
+        exe = persist.check_exe(args.exe or shutil.which("vfalloc") or "/usr/local/bin/vfalloc")
+        path, text, other = persist.UNIT_PATH, persist.render_unit(items, exe, autoprobe), [persist.RULE_PATH]
+    else:
+        if args.enable:
+            raise UsageError("--enable is for --method systemd")
+        path, text, other = persist.RULE_PATH, persist.render_rules(items, autoprobe), [persist.WANTS_LINK, persist.UNIT_PATH]
+    changed = rootfs.write(path, text)
+    for p in other:
+        if rootfs.remove(p):
+            line(ctx.out, f"{'would remove' if args.dry_run else 'removed'} {rootfs.shown(p)} (the other method)")
+    verb = "would write" if args.dry_run else "wrote"
+    line(ctx.out, f"{verb if changed else 'unchanged'} {rootfs.shown(path)}: "
+          + ", ".join(f"{t.netdev or t.address}={t.numvfs}" for t in items))
+    if args.method == "systemd" and args.enable:
+        _enable(ctx, rootfs, args.dry_run)
+    elif args.method == "systemd":
+        line(ctx.out, f"next: systemctl daemon-reload && systemctl enable {persist.UNIT_NAME} (or rerun with --enable)")
+    else:
+        line(ctx.out, "the rules act on the next boot or driver load; `udevadm control --reload` to load them now")
+    return 0
+
+
+def _enable(ctx, rootfs: RootFS, dry_run: bool) -> None:
+    cmd = ["systemctl", *([] if rootfs.root == Path("/") else [f"--root={rootfs.root}"]),
+           "enable", persist.UNIT_NAME]
+    if dry_run:
+        line(ctx.out, f"would run: {' '.join(cmd)}")
+        return
+    if shutil.which("systemctl") is None:
+        raise HostError("systemctl not found; enable the unit by hand: ln -s "
+                        f"{persist.UNIT_PATH} {rootfs.shown(persist.WANTS_LINK)}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise HostError(f"{' '.join(cmd)} failed ({proc.returncode}): {last}")
+    line(ctx.out, f"enabled {persist.UNIT_NAME}")
+
+
+# -- vf-driver --
+
+def cmd_vf_driver(args, ctx) -> int:
+    if args.remove and not args.blacklist:
+        raise UsageError("--remove goes with --blacklist DRIVER")
+    if not args.blacklist and not args.autoprobe:
+        raise UsageError("vf-driver needs --blacklist DRIVER or --autoprobe on|off")
+    if args.pfs and not args.autoprobe:
+        raise UsageError("PF arguments go with --autoprobe")
+    rootfs = RootFS(args.root, args.dry_run, ctx.out)
+    if args.blacklist:
+        _blacklist(ctx, rootfs, args.blacklist, args.remove, args.dry_run)
+    if args.autoprobe:
+        _autoprobe(ctx, args.pfs, args.autoprobe == "on", args.dry_run)
+    return 0
+
+
+def _blacklist(ctx, rootfs: RootFS, driver: str, remove: bool, dry_run: bool) -> None:
+    vfdriver.check_driver(driver, ctx.host)
+    if not remove:
+        for use in vfdriver.users(ctx.sysfs, ctx.host, driver):
+            ctx.err.write(f"vfalloc: warning: the host uses {use.address} with {driver} ({use.what}); "
+                          "the blacklist takes it away at the next boot\n")
+    text = vfdriver.blacklist_text(rootfs.read(vfdriver.BLACKLIST_PATH), driver, remove)
+    path = rootfs.shown(vfdriver.BLACKLIST_PATH)
+    changed = rootfs.remove(vfdriver.BLACKLIST_PATH) if text is None else rootfs.write(vfdriver.BLACKLIST_PATH, text)
+    state = "no longer blacklisted" if remove else "blacklisted"
+    line(ctx.out, f"{driver} {state} in {path}" if changed else f"{path} unchanged ({driver} already {state})")
+    if changed and not remove:
+        line(ctx.out, f"takes effect at the next boot; now: modprobe -r {driver} (unbinds it from every device); "
+                       "if the initramfs carries it: update-initramfs -u (dracut -f)")
+
+
+def _autoprobe(ctx, refs: list[str], on: bool, dry_run: bool) -> None:
+    pool_pfs = [str(m.pf) for p in ctx.pools for m in p.members]
+    value = "1" if on else "0"
+    for pf in vfdriver.autoprobe_pfs(ctx.host, refs, pool_pfs):
+        target = ctx.sysfs.describe(pf.address, "sriov_drivers_autoprobe")
+        if not dry_run:
+            ctx.sysfs.write_attr(pf.address, "sriov_drivers_autoprobe", value)
+        line(ctx.out, f"{'would write' if dry_run else 'wrote'} {target} <- {value}")
+        warning = vfdriver.autoprobe_warning(pf, on)
+        if warning:
+            ctx.err.write(f"vfalloc: warning: {warning}\n")

@@ -1,0 +1,44 @@
+"""Small readers of the Context shared by the `vfalloc host` handlers: facts that may be missing
+on a host (CPU vendor, boot id, pools) become None or an error text instead of an exception, and
+a PF reference becomes a PF or one clear UsageError. Must not: print or write."""
+
+from __future__ import annotations
+
+from .. import procfs
+from ..errors import UsageError, VfallocError
+from ..model import PF
+
+
+def vendor(ctx) -> str | None:
+    try:
+        return procfs.cpu_vendor(ctx.settings.proc_root)
+    except VfallocError:
+        return None
+
+
+def boot_id(ctx) -> str | None:
+    try:
+        return ctx.boot_id
+    except VfallocError:
+        return None
+
+
+def pf(ctx, ref: str) -> PF:
+    found = ctx.host.pf(ref)
+    if found is None:
+        names = ", ".join(p.name for p in ctx.host.pfs) or "none"
+        raise UsageError(f"{ref} is not an SR-IOV PF on this host (PFs: {names})")
+    return found
+
+
+def wanted(ctx) -> tuple[dict[str, int], str | None]:
+    """PF address -> numvfs from the config's pools, and the config error if the pools are bad."""
+    try:
+        pools = ctx.pools
+    except VfallocError as exc:
+        return {}, str(exc)
+    return {str(m.pf): m.numvfs for p in pools for m in p.members if m.numvfs is not None}, None
+
+
+def line(out, text: str) -> None:
+    out.write(text + "\n")

@@ -1,0 +1,264 @@
+"""GRUB's kernel command line as the admin wrote it: /etc/default/grub, then every
+/etc/default/grub.d/*.cfg in glob order (Debian/Ubuntu grub-mkconfig sources them in that order,
+so the last assignment wins). Reads the shell assignments of GRUB_CMDLINE_LINUX (and _DEFAULT),
+evaluates them the way /bin/sh would (quotes, backslashes, $VAR and ${VAR}), and edits them in
+place: new arguments go into the assignment that is in effect, inside its own quotes; arguments
+that undo a wanted one are cut out where they are written literally. Everything else in the files
+stays byte for byte.
+
+Pure text in and out: rootfs reads and writes the files, kernelargs decides what to want. Refuses
+(GrubError) what it cannot evaluate safely: command substitution, backquotes, ${VAR:-...} forms,
+unterminated quotes. Assignments inside `if` blocks are taken as if they all ran.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import HostError
+from . import kargs
+
+MAIN = "/etc/default/grub"
+DROPIN_DIR = "/etc/default/grub.d"
+LINUX, DEFAULT = "GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"
+_ASSIGN = re.compile(r"^[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)=", re.M)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PLAIN = re.compile(r"^[A-Za-z0-9_.,:=/+@-]*$")
+_ENDERS = " \t\n;&|<>()"
+
+
+class GrubError(HostError):
+    def __init__(self, where: str, problem: str) -> None:
+        self.where = where
+        super().__init__(f"{where}: {problem}; edit GRUB_CMDLINE_LINUX by hand")
+
+
+@dataclass(frozen=True)
+class Assignment:
+    file: str
+    var: str
+    line: int
+    start: int     # offset of the value in the file's text
+    end: int
+    raw: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Token:
+    text: str
+    start: int     # offsets in the assignment's raw value
+    end: int
+    literal: bool  # written plainly, so it can be cut out
+
+
+def value_end(text: str, i: int, where: str) -> int:
+    """Where the shell word starting at `i` ends."""
+    while i < len(text) and text[i] not in _ENDERS:
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+        elif ch in "\"'":
+            i = _closing(text, i, where) + 1
+        else:
+            i += 1
+    return min(i, len(text))
+
+
+def _closing(text: str, i: int, where: str) -> int:
+    quote, j = text[i], i + 1
+    while j < len(text) and text[j] != quote:
+        j += 2 if quote == '"' and text[j] == "\\" else 1
+    if j >= len(text):
+        raise GrubError(where, f"unterminated {quote} quote")
+    return j
+
+
+def assignments(file: str, text: str) -> list[Assignment]:
+    found = []
+    for m in _ASSIGN.finditer(text):
+        line = text.count("\n", 0, m.start()) + 1
+        end = value_end(text, m.end(), f"{file}:{line}")
+        found.append(Assignment(file, m[1], line, m.end(), end, text[m.end():end]))
+    return found
+
+
+def evaluate(raw: str, env: dict[str, str], where: str) -> str:
+    """The value /bin/sh assigns for the word `raw` (no field splitting in an assignment)."""
+    out, i, quote = [], 0, None
+    while i < len(raw):
+        ch = raw[i]
+        if quote == "'":
+            if ch == "'":
+                quote = None
+            else:
+                out.append(ch)
+            i += 1
+        elif ch == "\\":
+            nxt = raw[i + 1:i + 2]
+            if quote == '"' and nxt not in ('$', '`', '"', '\\', '\n'):
+                out.append(ch)  # inside "...", a backslash escapes only $ ` " \ and newline
+                i += 1
+                continue
+            if nxt != "\n":
+                out.append(nxt)
+            i += 2
+        elif ch in "\"'" and (quote is None or ch == quote):
+            quote = None if quote else ch
+            i += 1
+        elif ch == "`":
+            raise GrubError(where, "uses backquote command substitution")
+        elif ch == "$":
+            value, i = _expand(raw, i, env, where)
+            out.append(value)
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def _expand(raw: str, i: int, env: dict[str, str], where: str) -> tuple[str, int]:
+    if raw.startswith("${", i):
+        close = raw.find("}", i)
+        name = raw[i + 2:close] if close > 0 else ""
+        if not _NAME.fullmatch(name):
+            raise GrubError(where, f"uses {raw[i:close + 1 if close > 0 else None]}, which vfalloc does not evaluate")
+        return env.get(name, ""), close + 1
+    m = _NAME.match(raw, i + 1)
+    if m:
+        return env.get(m[0], ""), m.end()
+    if raw[i + 1:i + 2] == "(":
+        raise GrubError(where, "uses $(...) command substitution")
+    return "$", i + 1
+
+
+def tokens(raw: str) -> list[Token]:
+    """The kernel arguments inside one assignment's raw value, with their spans. A token is
+    `literal` when its span holds no quote, backslash or $ (so cutting it out is safe)."""
+    found: list[Token] = []
+    start, quote, i = None, None, 0
+    while i <= len(raw):
+        ch = raw[i] if i < len(raw) else " "
+        if ch == "\\" and quote != "'":
+            start = i if start is None else start
+            i += 2
+            continue
+        if ch in "\"'" and quote in (None, ch):
+            quote = None if quote else ch
+        elif ch.isspace() and (quote or i == len(raw)):
+            if start is not None:
+                span = raw[start:i].rstrip("\"'")
+                found.append(Token(span, start, start + len(span), bool(_PLAIN.match(span))))
+                start = None
+        elif start is None and not ch.isspace():
+            start = i
+        i += 1
+    return found
+
+
+@dataclass
+class Grub:
+    """The grub files of a root and the evaluated command line."""
+
+    texts: dict[str, str]
+    found: list[Assignment]
+
+    @classmethod
+    def parse(cls, texts: dict[str, str]) -> "Grub":
+        found = [a for file, text in texts.items() for a in assignments(file, text)]
+        grub = cls(texts, found)
+        grub.values()  # refuse now what cannot be evaluated
+        return grub
+
+    def values(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for a in self.found:
+            env[a.var] = evaluate(a.raw, env, a.where)
+        return {LINUX: env.get(LINUX, ""), DEFAULT: env.get(DEFAULT, "")}
+
+    def cmdline_tokens(self) -> list[str]:
+        vals = self.values()
+        return kargs.split(f"{vals[LINUX]} {vals[DEFAULT]}")
+
+    def effective(self, var: str = LINUX) -> Assignment | None:
+        return next((a for a in reversed(self.found) if a.var == var), None)
+
+
+def edit(grub: Grub, add: list[str], cut: list[str]) -> dict[str, str]:
+    """New texts of the files that change: `cut` tokens removed wherever they are written
+    literally in a GRUB_CMDLINE_LINUX(_DEFAULT) assignment, `add` appended to the effective
+    GRUB_CMDLINE_LINUX (or a new line in /etc/default/grub when none exists)."""
+    edits: dict[str, list[tuple[int, int, str]]] = {}
+    for a in grub.found:
+        if a.var in (LINUX, DEFAULT):
+            for tok in tokens(a.raw):
+                if tok.literal and tok.text in cut:
+                    s, e = _cut_span(a.raw, tok)
+                    edits.setdefault(a.file, []).append((a.start + s, a.start + e, ""))
+    if add:
+        _append(grub, add, edits)
+    return {file: _apply(grub.texts[file], spans) for file, spans in edits.items()}
+
+
+def _cut_span(raw: str, tok: Token) -> tuple[int, int]:
+    s, e = tok.start, tok.end
+    if s > 0 and raw[s - 1] in " \t":
+        while s > 0 and raw[s - 1] in " \t":
+            s -= 1
+    else:
+        while e < len(raw) and raw[e] in " \t":
+            e += 1
+    return s, e
+
+
+def _append(grub: Grub, add: list[str], edits: dict[str, list[tuple[int, int, str]]]) -> None:
+    words = " ".join(add)
+    target = grub.effective(LINUX)
+    if target is None:
+        text = grub.texts.get(MAIN)
+        if text is None:
+            raise GrubError(MAIN, "does not exist (is this a GRUB host, and is --root right?)")
+        sep = "" if text.endswith("\n") or not text else "\n"
+        edits.setdefault(MAIN, []).append((len(text), len(text), f'{sep}{LINUX}="{words}"\n'))
+        return
+    edits.setdefault(target.file, []).append(_append_span(target, words))
+
+
+def _append_span(a: Assignment, words: str) -> tuple[int, int, str]:
+    raw = a.raw
+    if raw == "":
+        return a.start, a.end, f'"{words}"'
+    opening = _last_quoted(raw)
+    if opening is not None:
+        inner = raw[opening + 1:-1]
+        space = "" if inner == "" or inner[-1] in " \t\n" else " "
+        return a.end - 1, a.end - 1, f"{space}{words}"
+    if _PLAIN.match(raw):
+        return a.start, a.end, f'"{raw} {words}"'
+    return a.end, a.end, f'" {words}"'
+
+
+def _last_quoted(raw: str) -> int | None:
+    """Where the quoted part that ends `raw` opens, or None when `raw` does not end in one."""
+    quote, opened, last, i = None, -1, None, 0
+    while i < len(raw):
+        ch = raw[i]
+        if ch == "\\" and quote != "'":
+            i += 2
+            continue
+        if quote is None and ch in "\"'":
+            quote, opened = ch, i
+        elif ch == quote:
+            quote, last = None, (opened if i == len(raw) - 1 else None)
+        i += 1
+    return last
+
+
+def _apply(text: str, spans: list[tuple[int, int, str]]) -> str:
+    for start, end, new in sorted(spans, reverse=True):
+        text = text[:start] + new + text[end:]
+    return text
