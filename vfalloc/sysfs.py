@@ -58,11 +58,17 @@ class Sysfs:
 
     # -- low-level reads --
     def _read(self, path: str) -> str:
+        # os.open/os.read: sysfs attributes are one small read; a text file object per
+        # attribute costs more than the read itself.
         try:
-            with open(path) as fh:
-                return fh.read().strip()
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                data = os.read(fd, 65536)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise SysfsError(path, f"cannot read ({exc.strerror})") from exc
+        return data.decode("utf-8", "replace").strip()
 
     def _read_int(self, path: str) -> int:
         text = self._read(path)

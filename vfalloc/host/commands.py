@@ -8,9 +8,25 @@ below them do).
 
 from __future__ import annotations
 
-from . import doctor, persist
-from .change import cmd_kernel_args, cmd_numvfs, cmd_persist, cmd_vf_driver
-from .show import cmd_acs, cmd_check, cmd_iommu_groups
+from ..hookcmd import DEFAULT_HOOKS_DIR
+from .persist import METHODS
+
+
+def _lazy(module: str, name: str):
+    """The handler `name` of `module`, imported only when its command runs: building the parser
+    for `vfalloc list` must not load the host checks."""
+
+    def handler(args, ctx) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)(args, ctx)
+
+    return handler
+
+
+cmd_check, cmd_iommu_groups, cmd_acs = (_lazy("show", n) for n in ("cmd_check", "cmd_iommu_groups", "cmd_acs"))
+cmd_kernel_args, cmd_numvfs, cmd_persist, cmd_vf_driver = (
+    _lazy("change", n) for n in ("cmd_kernel_args", "cmd_numvfs", "cmd_persist", "cmd_vf_driver"))
 
 SUBCOMMANDS = ("check", "iommu-groups", "acs", "kernel-args", "numvfs", "persist", "vf-driver")
 
@@ -35,7 +51,7 @@ def register(sub, common=None) -> None:
             "The doctor: IOMMU, kernel args, vfio-pci, each PF's VFs, link, IOMMU isolation, VF driver "
             "policy, persistence, the libvirt hook and other owners of numvfs. Exit 1 when a check fails.")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
-    p.add_argument("--hooks-dir", default=doctor.DEFAULT_HOOKS_DIR, help="libvirt's hook directory, under --root")
+    p.add_argument("--hooks-dir", default=DEFAULT_HOOKS_DIR, help="libvirt's hook directory, under --root")
     p.set_defaults(func=cmd_check)
 
     p = add("iommu-groups", "list IOMMU groups and their devices",
@@ -79,7 +95,7 @@ def register(sub, common=None) -> None:
             "Write a oneshot unit (default) or udev rules that create each PF's VFs at boot, from "
             "numvfs in the config or PF=N arguments.", changes=True)
     p.add_argument("specs", nargs="*", metavar="PF=N", help="VF count for a PF (overrides the config)")
-    p.add_argument("--method", choices=persist.METHODS, default="systemd", help="systemd (default) or udev")
+    p.add_argument("--method", choices=METHODS, default="systemd", help="systemd (default) or udev")
     p.add_argument("--autoprobe", choices=("on", "off"), help="also set sriov_drivers_autoprobe at boot")
     p.add_argument("--enable", action="store_true", help="run `systemctl enable` for the unit")
     p.add_argument("--exec", dest="exe", help="vfalloc's absolute path in the unit (default: from PATH)")

@@ -11,13 +11,13 @@ import os
 from dataclasses import asdict, dataclass
 
 from ..errors import VfallocError
+from ..hookcmd import DEFAULT_HOOKS_DIR
 from ..model import PF, Host
 from ..sysfs import Sysfs
 from . import acs, kargs, owners, persist, vfdriver
 from .rootfs import RootFS
 
 OK, WARN, FAIL = "ok", "warn", "fail"
-DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks"
 
 
 @dataclass(frozen=True)
