@@ -27,39 +27,42 @@ class UsageError(VfallocError):
     exit_code = 2
 
 
-class ConfigError(VfallocError):
-    """The config file cannot be read or says something impossible."""
+class _AboutOne(VfallocError):
+    """An error about one thing (a file, a domain), rendered `LABEL: problem; fix`."""
 
-    def __init__(self, path: object, problem: str, fix: str = "") -> None:
-        self.path = path
+    label = "{}"
+
+    def __init__(self, subject: object, problem: str, fix: str = "") -> None:
+        self.subject = subject
         self.problem = problem
         self.fix = fix
         tail = f"; {fix}" if fix else ""
-        super().__init__(f"config {path}: {problem}{tail}")
+        super().__init__(f"{self.label.format(subject)}: {problem}{tail}")
+
+    @property
+    def path(self) -> object:
+        return self.subject
 
 
-class SysfsError(VfallocError):
+class ConfigError(_AboutOne):
+    """The config file cannot be read or says something impossible."""
+
+    label = "config {}"
+
+
+class SysfsError(_AboutOne):
     """sysfs could not be read or written where vfalloc needs it; `errno` is the kernel's
     error number when a write failed."""
 
     def __init__(self, path: object, problem: str, fix: str = "", errno: int | None = None) -> None:
-        self.path = path
-        self.problem = problem
-        self.fix = fix
+        super().__init__(path, problem, fix)
         self.errno = errno
-        tail = f"; {fix}" if fix else ""
-        super().__init__(f"{path}: {problem}{tail}")
 
 
-class StateError(VfallocError):
+class StateError(_AboutOne):
     """The lease table cannot be read, locked or written."""
 
-    def __init__(self, path: object, problem: str, fix: str = "") -> None:
-        self.path = path
-        self.problem = problem
-        self.fix = fix
-        tail = f"; {fix}" if fix else ""
-        super().__init__(f"state file {path}: {problem}{tail}")
+    label = "state file {}"
 
 
 class AllocationError(VfallocError):
@@ -106,15 +109,14 @@ class VfConflict(AllocationError):
         )
 
 
-class DomainXMLError(VfallocError):
+class DomainXMLError(_AboutOne):
     """A domain XML that cannot be parsed or holds a bad vfalloc request."""
 
-    def __init__(self, domain: str, problem: str, fix: str = "") -> None:
-        self.domain = domain
-        self.problem = problem
-        self.fix = fix
-        tail = f"; {fix}" if fix else ""
-        super().__init__(f"domain XML of {domain}: {problem}{tail}")
+    label = "domain XML of {}"
+
+    @property
+    def domain(self) -> str:
+        return str(self.subject)
 
 
 class HostError(VfallocError):
