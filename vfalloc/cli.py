@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Command groups beyond the core ones; each module has register(subparsers, common).
-COMMAND_MODULES = ("vfalloc.hookcmd", "vfalloc.host.commands")
+COMMAND_MODULES = ("vfalloc.hookcmd", "vfalloc.host.commands", "vfalloc.virtcmd")
 
 
 def _command_modules() -> list:
@@ -113,7 +113,8 @@ def make_context(args: argparse.Namespace, out: TextIO, err: TextIO):
 def cmd_list(args, ctx) -> int:
     from .usage import vf_rows
 
-    rows = vf_rows(ctx.host, ctx.pools, ctx.store.read(), ctx.boot_id)
+    table = ctx.store.read()
+    rows = vf_rows(ctx.host, ctx.pools, table, ctx.boot_id, _running(ctx, table))
     _warn(ctx)
     if args.json:
         json.dump(rows, ctx.out, indent=1)
@@ -132,6 +133,16 @@ def cmd_list(args, ctx) -> int:
     return 0
 
 
+def _running(ctx, table):
+    """UUIDs to take as running, so list/pools show what `vfalloc gc` would free (gc.py)."""
+    if not table.leases:
+        return None
+    from .gc import names_of, now_utc, observe, treated_as_running
+
+    seen = observe(ctx.settings.libvirt_run, None, names_of(table))
+    return treated_as_running(table, seen.running, now_utc())
+
+
 def _cell(row, key) -> str:
     value = row.get(key)
     if key == "pf_netdev" and value is None:
@@ -142,7 +153,8 @@ def _cell(row, key) -> str:
 def cmd_pools(args, ctx) -> int:
     from .usage import pool_rows, vf_rows
 
-    rows = pool_rows(ctx.host, ctx.pools, vf_rows(ctx.host, ctx.pools, ctx.store.read(), ctx.boot_id))
+    table = ctx.store.read()
+    rows = pool_rows(ctx.host, ctx.pools, vf_rows(ctx.host, ctx.pools, table, ctx.boot_id, _running(ctx, table)))
     _warn(ctx)
     if args.json:
         json.dump(rows, ctx.out, indent=1)

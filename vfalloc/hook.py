@@ -146,15 +146,22 @@ def on_incoming(call: Call) -> str:
 
 
 def on_reconnect(call: Call) -> str:
+    """The daemon restarted: match this domain's leases to its devices, then free the leases of
+    domains that stopped while nobody watched (judged from libvirt's status files, see gc.py)."""
+    from .gc import collect_offline
     from .lease_ops import reconcile_running
 
     info = call.info()
-    kept, dropped = reconcile_running(_context(call), info, now())
+    ctx = _context(call)
+    kept, dropped = reconcile_running(ctx, info, now())
     parts = []
     if kept:
         parts.append("holds " + ", ".join(x.vf for x in kept))
     if dropped:
         parts.append("dropped " + ", ".join(x.vf for x in dropped))
+    freed = collect_offline(ctx).stale
+    if freed:
+        parts.append("gc freed " + ", ".join(f"{x.vf} of {x.domain} ({why})" for x, why in freed))
     return "; ".join(parts)
 
 
@@ -241,7 +248,17 @@ def log(environ: Mapping[str, str], line: str) -> None:
 
     syslog.openlog("vfalloc", 0, syslog.LOG_DAEMON)
     syslog.syslog(syslog.LOG_INFO, line)
-    path = environ.get(ENV_LOG)
+    path = environ.get(ENV_LOG) or _configured_log(environ)
     if path:
         with open(path, "a") as fh:
             fh.write(line + "\n")
+
+
+def _configured_log(environ: Mapping[str, str]):
+    """`hook_log` from the config file's [settings] (libvirt passes hooks no VFALLOC_* variables)."""
+    from .config import load_settings
+
+    try:
+        return load_settings({}, environ).hook_log
+    except VfallocError:
+        return None

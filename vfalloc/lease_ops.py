@@ -72,8 +72,9 @@ def _claims(ctx: Context, info: DomainInfo) -> list[Claim]:
     return claims
 
 
-def lease_for_start(ctx: Context, info: DomainInfo, now: str) -> tuple[Lease, ...]:
-    """Claim the VFs a domain's XML already names; lease VFs for requests without a device."""
+def lease_for_start(ctx: Context, info: DomainInfo, now: str, phase: str = "pending-attach") -> tuple[Lease, ...]:
+    """Claim the VFs a domain's XML already names; lease VFs for requests without a device, in
+    `phase` ("pending-attach" from the hook, "reserved" from `vfalloc start`)."""
     present = {d.index for d in info.devices}
     missing = [r for r in info.requests if r.index not in present]
     focus(ctx, info.name, {r.pool for r in info.requests}, [d.address for d in info.devices])
@@ -88,7 +89,7 @@ def lease_for_start(ctx: Context, info: DomainInfo, now: str) -> tuple[Lease, ..
             leases += grant.leases
         if missing:
             grant = allocate(ctx.host, ctx.pools, table, domain=info.name, uuid=info.uuid, requests=missing,
-                             boot_id=ctx.boot_id, now=now, phase="pending-attach", numa_nodes=nodes)
+                             boot_id=ctx.boot_id, now=now, phase=phase, numa_nodes=nodes)
             table = grant.table
             leases += grant.leases
         txn.table = table

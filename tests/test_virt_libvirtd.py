@@ -1,0 +1,213 @@
+"""vfalloc against a real libvirt daemon (libvirt 11.3, QEMU 10, TCG) that the tests start
+themselves (tests/libvirtd.py), with vfalloc's hook installed, on a fake SR-IOV host: what
+libvirt hands the hook, refusals, release on every kind of stop, `vfalloc request` and
+`vfalloc start`, the hot-plug worker, and gc across a daemon restart.
+
+libvirt cannot pass the fake VFs through (they are no PCI devices), so every path that ends in
+a VF inside a guest is proven on the emulated SR-IOV host (tests/e2e); here those paths end in
+libvirt's refusal, and what vfalloc does about it is what is checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from libvirtd import lab, libvirt_daemon  # noqa: F401  (fixtures)
+
+from vfalloc import domxml
+
+libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed")
+
+pytestmark = pytest.mark.libvirt
+
+REQ = '<vfalloc:vf pool="lan0"/>'
+FIRST_VF = "0000:01:10.0"  # VF 0 of enp1s0f0, what pool lan0 (pack) hands out first
+
+
+def pinned(vf: str = FIRST_VF, index: int = 0) -> str:
+    dom, bus, rest = vf.split(":")
+    slot, fn = rest.split(".")
+    return (f"<interface type='hostdev' managed='yes'><source><address type='pci' domain='0x{dom}' bus='0x{bus}' "
+            f"slot='0x{slot}' function='0x{fn}'/></source><alias name='ua-vfalloc-{index}'/></interface>")
+
+
+def start(dom) -> None:
+    dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+
+
+def test_the_hook_gets_the_request_and_the_worker_reports_libvirts_refusal(lab):
+    """A plain start: the hook leases at `prepare begin` from the <metadata> libvirt hands it,
+    launches the hot-plug worker at `started begin`; the worker's attach is refused (fake VF),
+    so the VF goes back and the optional request leaves the domain running."""
+    dom = lab.define("plain", REQ)
+    name = dom.name()
+    start(dom)
+    assert lab.calls() == [f"{name} prepare begin -", f"{name} start begin -", f"{name} started begin -"]
+    info = domxml.read_domain(lab.stdin_of("prepare", "begin"))
+    assert (info.name, info.uuid, [r.pool for r in info.requests], info.devices) == (name, dom.UUIDString(), ["lan0"], ())
+    lab.wait_until(lambda: any("hotplug" in line for line in lab.log_lines()), message="the worker logs")
+    log = lab.log_lines()
+    assert log[0] == f"{name} prepare begin: leased {FIRST_VF} (lan0, pending-attach)"
+    assert log[1].startswith(f"{name} started begin: hot-plug of {FIRST_VF} handed to process ")
+    assert log[2].startswith(f"{name} hotplug: cannot hot-plug a VF into {name}: libvirt: ")
+    assert log[2].endswith(f"; VF {FIRST_VF} (lan0) given back")
+    assert lab.leases() == [] and dom.isActive()
+
+
+def test_required_vf_that_cannot_be_hot_plugged_stops_the_domain(lab):
+    dom = lab.define("required", '<vfalloc:vf pool="lan0" required="yes"/>')
+    name = dom.name()
+    start(dom)
+    lab.wait_until(lambda: not dom.isActive(), message="the worker destroys the domain")
+    lab.wait_until(lambda: any(c.startswith(f"{name} release end") for c in lab.calls()),
+                   message="libvirt runs the release hook")
+    assert lab.calls()[-2:] == [f"{name} stopped end -", f"{name} release end destroyed"]
+    destroyed = f'{name} hotplug: request 0 is required="yes": destroyed {name}'
+    lab.wait_until(lambda: destroyed in lab.log_lines(), message="the worker logs the destroy")
+    log = lab.log_lines()
+    assert log[2].startswith(f"{name} hotplug: cannot hot-plug a VF into {name}: libvirt: ")
+    assert log[2].endswith(f"; VF {FIRST_VF} (lan0) given back")
+    assert lab.leases() == []
+
+
+def test_empty_pool_refuses_the_start_with_vfallocs_message(lab):
+    assert lab.vfalloc("alloc", "--domain", "other", "--uuid", "00000000-0000-0000-0000-0000000000aa",
+                       "--pool", "one").code == 0
+    before = lab.leases()
+    dom = lab.define("refused", '<vfalloc:vf pool="one"/>')
+    with pytest.raises(libvirt.libvirtError) as info:
+        start(dom)
+    message = info.value.get_error_message()
+    assert (f"vfalloc: no free VF in pool one for {dom.name()} (1 of 1 leased: other); "
+            "free one or add VFs to the pool") in message
+    assert not dom.isActive() and lab.leases() == before
+    assert lab.calls()[0] == f"{dom.name()} prepare begin -"
+    assert lab.calls()[-1] == f"{dom.name()} release end failed"
+
+
+@pytest.mark.parametrize("how,reason", [
+    ("destroy", "destroyed"),
+    ("qemu-exits", "shutdown"),
+], ids=["destroy", "guest-shutdown"])
+def test_release_frees_the_leases_when_the_domain_stops(lab, how, reason):
+    """A lease reserved by hand stays reserved through the start (no hot-plug, nothing to
+    refuse), so the stop is what frees it. QEMU exits on SIGTERM the way it does when the guest
+    powers off (a SHUTDOWN event, then EOF): libvirt records reason "shutdown"."""
+    dom = lab.define(f"stop-{how}", REQ)
+    assert lab.vfalloc("alloc", "--domain", dom.name(), "--uuid", dom.UUIDString(), "--pool", "lan0").code == 0
+    start(dom)
+    assert [(x["domain"], x["phase"]) for x in lab.leases()] == [(dom.name(), "reserved")]
+    if how == "destroy":
+        dom.destroy()
+    else:
+        pid = int((lab.status_dir / f"{dom.name()}.pid").read_text())
+        os.kill(pid, signal.SIGTERM)
+        lab.wait_until(lambda: not dom.isActive(), message="QEMU exits")
+    lab.wait_until(lambda: any(c.startswith(f"{dom.name()} release end") for c in lab.calls()),
+                   message="the release hook runs")
+    assert lab.calls()[-1] == f"{dom.name()} release end {reason}"
+    assert lab.leases() == []
+    assert lab.log_lines()[-1] == f"{dom.name()} release end: released {FIRST_VF} (reason {reason})"
+    assert not (lab.status_dir / f"{dom.name()}.pid").exists()
+
+
+def test_release_after_a_failed_start_of_a_pinned_vf(lab):
+    """A VF pinned into the saved config is claimed at `prepare begin`; libvirt then fails the
+    start and calls `release end failed`, which gives it back."""
+    dom = lab.define("pinned", REQ, pinned())
+    with pytest.raises(libvirt.libvirtError):
+        start(dom)
+    log = lab.log_lines()
+    assert log[0] == f"{dom.name()} prepare begin: leased {FIRST_VF} (lan0, attached)"
+    assert log[-1] == f"{dom.name()} release end: released {FIRST_VF} (reason failed)"
+    assert lab.calls()[-1] == f"{dom.name()} release end failed" and lab.leases() == []
+
+
+def test_request_round_trips_through_the_metadata_api(lab):
+    dom = lab.define("request")
+    name = dom.name()
+    r = lab.vfalloc("request", name, "--pool", "lan0", "--vlan", "20")
+    assert r.code == 0, r.err
+    r = lab.vfalloc("request", name, "--pool", "qat", "--type", "hostdev", "--required", "yes")
+    assert r.out == f"{name} asks for 2 VFs:\n  ua-vfalloc-0  pool=lan0 vlan=20\n  ua-vfalloc-1  pool=qat type=hostdev required=yes\n"
+    saved = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert [(q.pool, q.vlan, q.type, q.required) for q in domxml.read_domain(saved).requests] == [
+        ("lan0", 20, "interface", False), ("qat", None, "hostdev", True)]
+    assert json.loads(lab.vfalloc("request", name, "--json").out)[1]["alias"] == "ua-vfalloc-1"
+    before = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    r = lab.vfalloc("request", name, "--pool", "nope")
+    assert r.code == 1 and "no pool named nope" in r.err and dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) == before
+    assert lab.vfalloc("request", name, "--clear").out == f"{name} asks for no VFs\n"
+    assert domxml.NS not in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+
+def test_vfalloc_start_failure_gives_the_vfs_back_and_keeps_the_saved_config_clean(lab):
+    dom = lab.define("start", REQ + '<vfalloc:vf pool="qat" type="hostdev"/>')
+    name = dom.name()
+    saved = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    r = lab.vfalloc("start", name, "--paused")
+    assert r.code == 1 and r.out == "" and r.err.count("\n") == 1
+    assert r.err.startswith(f"vfalloc: cannot start {name}: libvirt: ")
+    assert r.err.endswith(f"; VFs {FIRST_VF}, 0000:01:10.3 given back\n")
+    # the hook was handed the live XML with both devices, and claimed them (not leased anew)
+    prepared = domxml.read_domain(lab.stdin_of("prepare", "begin"))
+    assert [(d.index, str(d.address), d.type) for d in prepared.devices] == [
+        (0, FIRST_VF, "interface"), (1, "0000:01:10.3", "hostdev")]
+    assert lab.log_lines()[0] == f"{name} prepare begin: leased {FIRST_VF} (lan0, attached), 0000:01:10.3 (qat, attached)"
+    assert lab.leases() == [] and not dom.isActive()
+    assert dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) == saved
+
+
+def test_vfalloc_start_refuses_a_running_domain(lab):
+    dom = lab.define("running", REQ)
+    assert lab.vfalloc("alloc", "--domain", dom.name(), "--uuid", dom.UUIDString(), "--pool", "lan0").code == 0
+    start(dom)
+    before = lab.leases()
+    r = lab.vfalloc("start", dom.name())
+    assert r.code == 2 and f"{dom.name()} is already running" in r.err and lab.leases() == before
+
+
+def test_gc_after_a_daemon_restart(lab):
+    """libvirtd is killed; meanwhile the table gains a lease for a domain that does not run. The
+    restarted daemon calls `reconnect begin` for the running domain, and the hook frees that
+    lease from libvirt's status files, without asking libvirt. `vfalloc list` / `gc` then agree
+    through libvirt itself."""
+    running = lab.define("alive", REQ)
+    assert lab.vfalloc("alloc", "--domain", running.name(), "--uuid", running.UUIDString(), "--pool", "lan0").code == 0
+    start(running)
+    ghost = lab.define("ghost", REQ)  # defined, never started
+    assert lab.vfalloc("alloc", "--domain", ghost.name(), "--uuid", ghost.UUIDString(), "--pool", "lan0").code == 0
+    table = json.loads(lab.state.read_text())
+    for item in table["leases"]:
+        if item["domain"] == ghost.name():  # as if the hook had attached it and its stop went unseen
+            item.update(phase="attached", since="2026-01-01T00:00:00+00:00")
+    lab.state.write_text(json.dumps(table))
+    ghost_vf = next(x["vf"] for x in table["leases"] if x["domain"] == ghost.name())
+
+    lab.restart_libvirtd()
+    lab.wait_until(lambda: any("reconnect begin:" in line for line in lab.log_lines())
+                   and f"{running.name()} reconnect begin -" in lab.calls(), message="the reconnect hooks")
+    line = next(x for x in lab.log_lines() if "reconnect begin:" in x)
+    assert line == f"{running.name()} reconnect begin: gc freed {ghost_vf} of {ghost.name()} (its domain is not running)"
+    assert [x["domain"] for x in lab.leases()] == [running.name()]
+
+    # the same verdict through libvirt: a second ghost shows as stale in `list`, `gc` frees it
+    table = json.loads(lab.state.read_text())
+    table["leases"].append(dict(table["leases"][0], domain=ghost.name(), uuid=ghost.UUIDString(), vf=ghost_vf,
+                                phase="pending-attach"))
+    lab.state.write_text(json.dumps(table))
+    os.environ["LIBVIRT_DEFAULT_URI"] = lab.uri
+    try:
+        rows = json.loads(lab.vfalloc("list", "--json").out)
+    finally:
+        del os.environ["LIBVIRT_DEFAULT_URI"]
+    assert {r["domain"]: (r["state"], r["reason"]) for r in rows if r["domain"]} == {
+        running.name(): ("leased", None), ghost.name(): ("stale", "its domain is not running")}
+    r = lab.vfalloc("gc")
+    assert r.out == (f"freed {ghost_vf} from {ghost.name()} ({ghost.UUIDString()}, pending-attach): its domain is not running\n"
+                     f"running domains from libvirt at {lab.uri}\n")
+    assert [x["domain"] for x in lab.leases()] == [running.name()]
+    assert lab.conn.lookupByName(running.name()).isActive()
