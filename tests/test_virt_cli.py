@@ -14,12 +14,12 @@ from lxml import etree
 
 from fakehost import i350
 
-import vfalloc.hook
-from vfalloc import domxml, hotplug
-from vfalloc.model import PciAddress
-from vfalloc.virt import DEFAULT_URI, resolve_uri
-
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed")
+
+import vfalloc.hook  # noqa: E402
+from vfalloc import domxml, hotplug  # noqa: E402
+from vfalloc.model import PciAddress  # noqa: E402
+from vfalloc.virt import DEFAULT_URI, resolve_uri  # noqa: E402
 
 TEST_URI = "test:///default"
 NS = domxml.NS

@@ -170,7 +170,7 @@ def test_vfalloc_start_refuses_a_running_domain(lab):
     assert r.code == 2 and f"{dom.name()} is already running" in r.err and lab.leases() == before
 
 
-def test_gc_after_a_daemon_restart(lab):
+def test_gc_after_a_daemon_restart(lab, monkeypatch):
     """libvirtd is killed; meanwhile the table gains a lease for a domain that does not run. The
     restarted daemon calls `reconnect begin` for the running domain, and the hook frees that
     lease from libvirt's status files, without asking libvirt. `vfalloc list` / `gc` then agree
@@ -199,11 +199,8 @@ def test_gc_after_a_daemon_restart(lab):
     table["leases"].append(dict(table["leases"][0], domain=ghost.name(), uuid=ghost.UUIDString(), vf=ghost_vf,
                                 phase="pending-attach"))
     lab.state.write_text(json.dumps(table))
-    os.environ["LIBVIRT_DEFAULT_URI"] = lab.uri
-    try:
-        rows = json.loads(lab.vfalloc("list", "--json").out)
-    finally:
-        del os.environ["LIBVIRT_DEFAULT_URI"]
+    monkeypatch.setenv("LIBVIRT_DEFAULT_URI", lab.uri)  # `vfalloc list` has no --connect
+    rows = json.loads(lab.vfalloc("list", "--json").out)
     assert {r["domain"]: (r["state"], r["reason"]) for r in rows if r["domain"]} == {
         running.name(): ("leased", None), ghost.name(): ("stale", "its domain is not running")}
     r = lab.vfalloc("gc")

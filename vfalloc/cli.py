@@ -135,7 +135,7 @@ def cmd_list(args, ctx) -> int:
 
 def _running(ctx, table):
     """UUIDs to take as running, so list/pools show what `vfalloc gc` would free (gc.py)."""
-    if not table.leases:
+    if all(x.phase == "reserved" for x in table.leases):  # no lease to judge by "not running"
         return None
     from .gc import names_of, now_utc, observe, treated_as_running
 
