@@ -422,7 +422,7 @@ def test_requests_xml_refuses(requests, needle):
 @pytest.mark.parametrize(
     "text, needle",
     [
-        pytest.param("<vfs/>", "not <vfs> in urn:vfalloc:1", id="no-namespace"),
+        pytest.param('<o:vfs xmlns:o="urn:other"/>', "not <vfs> in urn:vfalloc:1", id="other-namespace"),
         pytest.param('<v:vf xmlns:v="urn:vfalloc:1" pool="a"/>', "not <vfs>", id="wrong-root"),
         pytest.param("", "not well-formed", id="empty"),
         pytest.param("<vfalloc:vfs>", "not well-formed", id="unbound-prefix"),
@@ -835,3 +835,16 @@ def test_property_near_valid_domains_only_domain_xml_error(attrs, cpuset, addres
     for device in info.devices:
         swapped = read_domain(swap_sources(xml, {device.index: B}))
         assert swapped.devices == (VfDevice(device.index, B, "interface", None),)
+
+
+def test_metadata_element_for_libvirt_round_trips():
+    """libvirt's metadata API takes and returns the element without its namespace."""
+    from vfalloc.domxml import metadata_element
+
+    requests = (Request(pool="lan0"), Request(pool="san", index=1, vlan=20, mac="52:54:00:aa:bb:cc"),
+                Request(pool="qat", index=2, type="hostdev"))
+    text = metadata_element(requests)
+    root = etree.fromstring(text)
+    assert root.tag == "vfs" and all(el.tag == "vf" for el in root) and "urn:vfalloc:1" not in text
+    assert read_requests_xml(text) == requests
+    assert read_requests_xml(requests_xml(requests)) == requests

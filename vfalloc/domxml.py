@@ -151,13 +151,32 @@ def requests_xml(requests: Sequence[Request]) -> str:
     return etree.tostring(vfs, encoding="unicode")
 
 
+def metadata_element(requests: Sequence[Request]) -> str:
+    """The request element as virDomainSetMetadata(VIR_DOMAIN_METADATA_ELEMENT) takes it: with
+    no namespace. libvirt 11.3 puts the element into `uri` itself (the key as prefix) and
+    refuses one that declares a namespace already; getMetadata hands it back the same way."""
+    root = etree.fromstring(requests_xml(requests))
+    _requalify(root, "")
+    return etree.tostring(root, encoding="unicode")
+
+
 def read_requests_xml(text: str, domain: str = "?") -> tuple[Request, ...]:
-    """Inverse of requests_xml, for the string virDomainGetMetadata returns."""
+    """Inverse of requests_xml and metadata_element: the element in vfalloc's namespace, or
+    without a namespace as virDomainGetMetadata returns it."""
     root = _parse(text, domain).getroot()
+    if root.tag == "vfs":
+        _requalify(root, _Q)
     if root.tag != _Q + "vfs":
         problem = f"metadata element is <{root.tag}>, not <vfs> in {NS}"
         raise DomainXMLError(domain, problem, "store a <vfalloc:vfs>")
     return _requests_from(root, domain)
+
+
+def _requalify(root: etree._Element, prefix: str) -> None:
+    """Move every element of the tree into the namespace `prefix` ("{uri}" or "" for none)."""
+    for el in root.iter(etree.Element):
+        el.tag = prefix + etree.QName(el).localname
+    etree.cleanup_namespaces(root)
 
 
 def _parse(xml: bytes | str, domain: str = "?") -> etree._ElementTree:

@@ -104,11 +104,11 @@ class Domain:
             raise self._fail("read the XML of", exc) from exc
 
     def set_metadata(self, element: str | None, uri: str, key: str) -> None:
-        """Write `element` (an element in namespace `uri`, as domxml.requests_xml renders it),
+        """Write `element` (without a namespace, as domxml.metadata_element renders it),
         or with None remove it, in the SAVED config only: a running domain keeps the devices it
         was started with, and its live XML keeps telling the truth about what it asked for at
         that start. The change applies from the next start."""
-        body = None if element is None else _unqualified(element)
+        body = element
         try:
             self.raw.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, body,
                                  key if body is not None else None, uri,
@@ -164,19 +164,6 @@ class Domain:
             if _code(exc) in (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_NO_DOMAIN):
                 return False
             raise self._fail("destroy", exc) from exc
-
-
-def _unqualified(element: str) -> str:
-    """The same element with every tag out of its namespace: libvirt 11.3 adds the namespace
-    itself (xmlNewNs with the key as prefix) and refuses an element that already declares it.
-    The input is vfalloc's own rendering (domxml.requests_xml), not outside data."""
-    from lxml import etree
-
-    root = etree.fromstring(element.encode())
-    for el in root.iter(etree.Element):
-        el.tag = etree.QName(el).localname
-    etree.cleanup_namespaces(root)
-    return etree.tostring(root, encoding="unicode")
 
 
 class Connection:

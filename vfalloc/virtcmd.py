@@ -140,7 +140,7 @@ def cmd_request(args, ctx) -> int:
         if new is None and not args.clear:
             return _show(ctx, args, dom.name, current, dom.is_active())
         wanted = current + ((replace(new, index=len(current)),) if new else ())
-        element = domxml.requests_xml(wanted) if wanted else None
+        element = domxml.metadata_element(wanted) if wanted else None
         dom.set_metadata(element, domxml.NS, "vfalloc")
         saved = domxml.read_domain(dom.saved_xml()).requests
         if saved != wanted:
