@@ -197,3 +197,17 @@ def test_derived_mac_is_stable_local_unicast():
         first = int(mac[:2], 16)
         assert first & 0x02 and not first & 0x01 and mac != "00:00:00:00:00:00"
     assert derive_mac(uuid(1), 0) == derive_mac(uuid(1).upper(), 0)
+
+
+def test_own_lease_of_an_earlier_boot_starts_afresh(tmp_path, host):
+    pools = pools_of(tmp_path, host, '[pools.lan]\npfs = ["enp1s0f0"]\n')
+    old = allocate(host, pools, LeaseTable(), domain="vm1", uuid=uuid(1), requests=[Request(pool="lan")],
+                   boot_id="old-boot", now="2026-01-01T00:00:00+00:00", phase="attached")
+    new = allocate(host, pools, old.table, domain="vm1", uuid=uuid(1), requests=[Request(pool="lan")],
+                   boot_id=BOOT, now=NOW, phase="pending-attach")
+    (lease,) = new.leases
+    assert lease.vf == old.leases[0].vf  # the same VF: sticky
+    assert (lease.boot_id, lease.since, lease.phase) == (BOOT, NOW, "pending-attach")
+    same = allocate(host, pools, new.table, domain="vm1", uuid=uuid(1), requests=[Request(pool="lan")],
+                    boot_id=BOOT, now="2026-11-26T10:00:00+00:00", phase="pending-attach")
+    assert same.leases == new.leases  # within one boot, asking again changes nothing

@@ -47,7 +47,9 @@ def allocate(host: Host, pools: Sequence[Pool], table: LeaseTable, *, domain: st
         request = request.with_defaults(pool)
         held = _held(table, uuid, request.index)
         if held is not None and held.pool == pool.name and held.vf in vfs:
-            fresh = replace(held, boot_id=boot_id, domain=domain)
+            fresh = replace(held, domain=domain)
+            if held.boot_id != boot_id:  # a lease of an earlier boot starts afresh
+                fresh = replace(fresh, boot_id=boot_id, since=now, phase=phase)
             table = table.replaced(held, fresh)
             granted.append(fresh)
             continue
@@ -86,7 +88,7 @@ def claim(host: Host, pools: Sequence[Pool], table: LeaseTable, *, domain: str, 
         pool = next((p for p in pools if p.admits(vf)), None)
         request = item.request.with_defaults(pool) if pool and pool.name == item.request.pool else item.request
         lease = _lease(vf, pool, request, domain, uuid, boot_id, now, phase)
-        if mine is not None and mine.vf == address:
+        if mine is not None and mine.vf == address and mine.boot_id == boot_id:
             lease = replace(lease, since=mine.since)
         table = table.with_leases([lease])
         granted.append(lease)
