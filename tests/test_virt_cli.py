@@ -323,3 +323,16 @@ def test_worker_without_pending_leases_does_nothing(drv, tmp_path):
 
 def test_worker_usage():
     assert hotplug.main(["only-one"], environ={}) == 2
+
+
+def test_list_asks_libvirt_at_connect_which_domains_run(drv):
+    drv.define(7, '<vfalloc:vf pool="lan0"/>')
+    assert drv.run("start", "vt7").code == 0
+    rows = json.loads(drv.run("list", "--json").out)
+    assert [(r["domain"], r["state"]) for r in rows if r["domain"]] == [("vt7", "leased")]
+    drv.conn.lookupByName("vt7").destroy()  # the test driver runs no hook: the lease stays behind
+    rows = json.loads(drv.run("list", "--json").out)
+    assert [(r["domain"], r["state"], r["reason"]) for r in rows if r["domain"]] == [
+        ("vt7", "stale", "its domain is not running")]
+    pools = json.loads(drv.run("pools", "--json").out)
+    assert [(p["pool"], p["stale"]) for p in pools if p["stale"]] == [("lan0", 1)]

@@ -68,11 +68,13 @@ def _register_core(sub, common) -> None:
     p = sub.add_parser("list", parents=[common], help="show every VF and who holds it",
                        description="One row per VF: its PF, pool, state (free, leased, stale, unusable) and holder.")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    _connect_flag(p)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("pools", parents=[common], help="capacity of each pool and PF",
                        description="Total, free, leased and stale VFs of each pool and of each PF in it.")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    _connect_flag(p)
     p.set_defaults(func=cmd_pools)
 
     p = sub.add_parser("alloc", parents=[common], help="lease a VF to a domain by hand",
@@ -96,6 +98,12 @@ def _register_core(sub, common) -> None:
     p.set_defaults(func=cmd_release)
 
 
+def _connect_flag(p) -> None:
+    p.add_argument("-c", "--connect", metavar="URI",
+                   help="libvirt URI to ask which domains run (default: LIBVIRT_DEFAULT_URI, else "
+                        "qemu:///system; libvirt's status directory when it does not answer)")
+
+
 def now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
@@ -114,7 +122,7 @@ def cmd_list(args, ctx) -> int:
     from .usage import vf_rows
 
     table = ctx.store.read()
-    rows = vf_rows(ctx.host, ctx.pools, table, ctx.boot_id, _running(ctx, table))
+    rows = vf_rows(ctx.host, ctx.pools, table, ctx.boot_id, _running(args, ctx, table))
     _warn(ctx)
     if args.json:
         json.dump(rows, ctx.out, indent=1)
@@ -133,13 +141,13 @@ def cmd_list(args, ctx) -> int:
     return 0
 
 
-def _running(ctx, table):
+def _running(args, ctx, table):
     """UUIDs to take as running, so list/pools show what `vfalloc gc` would free (gc.py)."""
     if all(x.phase == "reserved" for x in table.leases):  # no lease to judge by "not running"
         return None
     from .gc import names_of, now_utc, observe, treated_as_running
 
-    seen = observe(ctx.settings.libvirt_run, None, names_of(table))
+    seen = observe(ctx.settings.libvirt_run, getattr(args, "connect", None), names_of(table))
     return treated_as_running(table, seen.running, now_utc())
 
 
@@ -154,7 +162,7 @@ def cmd_pools(args, ctx) -> int:
     from .usage import pool_rows, vf_rows
 
     table = ctx.store.read()
-    rows = pool_rows(ctx.host, ctx.pools, vf_rows(ctx.host, ctx.pools, table, ctx.boot_id, _running(ctx, table)))
+    rows = pool_rows(ctx.host, ctx.pools, vf_rows(ctx.host, ctx.pools, table, ctx.boot_id, _running(args, ctx, table)))
     _warn(ctx)
     if args.json:
         json.dump(rows, ctx.out, indent=1)

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from datetime import datetime, timezone
 
-from . import domxml
 from .errors import DomainXMLError, UnknownPool, UsageError, VfallocError, VirtError
 from .model import Lease, PciAddress, Request
 
@@ -78,6 +76,8 @@ def _uri(args) -> str:
 
 
 def _now() -> str:
+    from datetime import datetime, timezone
+
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
@@ -112,12 +112,16 @@ def _request_text(req: Request) -> str:
 
 
 def _request_json(req: Request) -> dict:
+    from . import domxml  # lxml: only for the commands that need it
+
     return {"index": req.index, "pool": req.pool, "mac": req.mac, "vlan": req.vlan, "trust": req.trust,
             "spoofchk": req.spoofchk, "type": req.type, "required": req.required,
             "alias": f"{domxml.ALIAS_PREFIX}{req.index}"}
 
 
 def cmd_request(args, ctx) -> int:
+    from . import domxml  # lxml: only for the commands that need it
+
     from .virt import Connection
 
     new = _new_request(args, 0)  # every value checked before libvirt is asked anything
@@ -151,6 +155,8 @@ def cmd_request(args, ctx) -> int:
 
 
 def _show(ctx, args, name: str, requests, active: bool, changed: bool = False) -> int:
+    from . import domxml  # lxml: only for the commands that need it
+
     if args.json:
         json.dump([_request_json(r) for r in requests], ctx.out, indent=1)
         ctx.out.write("\n")
@@ -175,6 +181,8 @@ def _request_of(lease: Lease) -> Request:
 
 
 def cmd_start(args, ctx) -> int:
+    from . import domxml  # lxml: only for the commands that need it
+
     from .allocator import set_phase
     from .lease_ops import lease_for_start, release_domain
     from .virt import Connection
