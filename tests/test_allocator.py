@@ -211,3 +211,14 @@ def test_own_lease_of_an_earlier_boot_starts_afresh(tmp_path, host):
     same = allocate(host, pools, new.table, domain="vm1", uuid=uuid(1), requests=[Request(pool="lan")],
                     boot_id=BOOT, now="2026-11-26T10:00:00+00:00", phase="pending-attach")
     assert same.leases == new.leases  # within one boot, asking again changes nothing
+
+
+@pytest.mark.parametrize("holders,shown", [
+    (7, "vm0, vm1, vm2, vm3, vm4, vm5, vm6"),
+    (8, "vm0, vm1, vm2, vm3, vm4, vm5, vm6, vm7"),
+    (12, "vm0, vm1, vm10, vm11, vm2, vm3, vm4, vm5, ... (4 more)"),
+], ids=["seven", "eight", "twelve"])
+def test_exhaustion_names_the_holders(holders, shown):
+    err = PoolExhausted("lan0", "vmX", holders, tuple(f"vm{n}" for n in range(holders)))
+    assert str(err) == f"no free VF in pool lan0 for vmX ({holders} of {holders} leased: {shown}); " \
+                       "free one or add VFs to the pool"

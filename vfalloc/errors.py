@@ -127,7 +127,7 @@ class VirtError(VfallocError):
     """libvirt refused or failed."""
 
 
-def _abbreviate(names: list[str], limit: int = 6) -> str:
+def _abbreviate(names: list[str], limit: int = 8) -> str:
     if len(names) <= limit:
         return ", ".join(names)
     return ", ".join(names[:limit]) + f", ... ({len(names) - limit} more)"
