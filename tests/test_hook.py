@@ -174,7 +174,10 @@ def test_bad_requests_refuse_the_start(hook, requests, message):
 <domain><name>vm1</name><uuid>00000000-0000-0000-0000-000000000001</uuid><metadata><x xmlns="urn:vfalloc:1">&lol4;</x></metadata></domain>""", ""),
     ("""<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]><domain><name>vm1</name>
 <uuid>00000000-0000-0000-0000-000000000001</uuid><metadata><vfalloc:vfs xmlns:vfalloc="urn:vfalloc:1"><vfalloc:vf pool="&x;"/></vfalloc:vfs></metadata></domain>""", ""),
-], ids=["malformed", "empty", "xml-bomb", "external-entity"])
+    ("<domain><name>vm1</name><uuid>00000000-0000-0000-0000-000000000001</uuid><metadata>"
+     '<vfalloc:vfs xmlns:vfalloc="urn:vfalloc:1"><vfalloc:vf pool="lan0"/></vfalloc:vfs></metadata>'
+     "<description>" + "x" * (17 << 20) + "</description></domain>", "larger than"),
+], ids=["malformed", "empty", "xml-bomb", "external-entity", "huge"])
 def test_unreadable_xml_refused_nothing_changed(hook, xml, message):
     hook.run("keep", "prepare", "begin", xml=domain_xml(9, '<vfalloc:vf pool="qat"/>'))
     before = hook.s.state.read_bytes()
@@ -299,6 +302,7 @@ def test_installed_hook_runs_as_libvirt_runs_it(hook, scratch, tmp_path):
     assert r.code == 0 and "restart libvirt" in r.out
     installed = hooks_dir / "qemu.d" / "vfalloc"
     assert os.access(installed, os.X_OK) and installed.stat().st_mode & 0o022 == 0
+    assert installed.stat().st_uid == os.geteuid()  # root's when root installs it
     assert f"os.environ.setdefault(\"VFALLOC_CONFIG\", {str(scratch.config)!r})" in installed.read_text()
     xml = domain_xml(8, '<vfalloc:vf pool="lan0"/>')
     del hook.env["VFALLOC_CONFIG"]  # the hook finds its config without the environment
