@@ -14,6 +14,12 @@ test: setup
 e2e: setup
 	tests/e2e/run
 
+# vfalloc on a machine without SR-IOV hardware: boots the emulated SR-IOV host of the e2e tests
+# and narrates a short session in it, printing the commands and their real output.
+.PHONY: demo
+demo: setup
+	$(PY) demo/demo.py
+
 unit: setup
 	$(PYTEST) tests --ignore=tests/e2e -m "not libvirt"
 

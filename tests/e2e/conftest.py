@@ -20,11 +20,18 @@ _RUN = pytest.StashKey[rig.RigRun]()
 
 @pytest.fixture(scope="session")
 def rig_run(request: pytest.FixtureRequest) -> rig.RigRun:
-    """Boot the emulated SR-IOV host once; every step test reads its results."""
+    """Run the emulated SR-IOV host once (each of its boots); every step test reads its results."""
     missing = rig.missing_prerequisites()
     if missing:
         pytest.skip("the e2e rig cannot boot here: " + "; ".join(missing))
-    run = rig.run_rig(rig.default_config())
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+
+    def progress(line: str) -> None:
+        """The VM's progress ("e2e step NAME: ok (S s)"), live: a run takes minutes."""
+        with capture.global_and_fixture_disabled():
+            print(f"\n{line}", end="", flush=True)
+
+    run = rig.run_rig(rig.scenario_config(), on_line=progress)
     request.config.stash[_RUN] = run
     return run
 
@@ -34,5 +41,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if run is None:
         return
     terminalreporter.section("e2e steps (seconds inside the VM)")
-    for line in rig.format_results(run, scenario.step_names()).splitlines():
+    for line in rig.format_results(run, scenario.step_boots()).splitlines():
         terminalreporter.write_line(line)

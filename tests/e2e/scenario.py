@@ -2,14 +2,20 @@
 
 stage2.sh (PID 1 of the VM) runs this file with the machine's own Python; only the standard
 library is used. It owns the steps, what each one proves, and the record format: one JSON line
-per step in <results>/steps.jsonl ({"step", "ok", "seconds", "tail", "log"}) plus the step's
-full output in <results>/step-<name>.log. The host side (rig.py, test_e2e.py) imports this
-module for step_names() only; importing it runs nothing.
+per step in <results>/steps.jsonl ({"step", "ok", "seconds", "tail", "log", "boot"}) plus the
+step's full output in <results>/step-<name>.log. The host side (rig.py, test_e2e.py) imports this
+module for step_boots() and DISK_MIB only; importing it runs nothing.
 
-Adding a step: write a function taking the Context, decorate it with @step("name", needs=...),
-place it where it belongs in the file (steps run in the order they are defined), check things
-with expect(), run commands with ctx.run() / ctx.vfalloc() (their output goes into the record)
-and fail by raising StepFailed. A step whose `needs` did not pass is recorded as failed without
+The VM boots twice (rig.py; stage2 passes e2e.boot=N as --boot N): boot 1 sets the host up and
+runs the guests, boot 2 is the same host after a reboot, with what boot 1 left on its disk
+(/dev/vda: vfalloc's config and lease table, libvirt's domains and hooks, the systemd unit) and a
+new kernel boot_id.
+
+Adding a step: write a function taking the Context (inside.py), decorate it with
+@step("name", needs=..., boot=N), place it where it belongs in the file (steps run in the order
+they are defined, boot 1's before boot 2's), check things with expect(), run commands with
+ctx.run() / ctx.vfalloc() (their output goes into the record) and fail by raising StepFailed. A
+step whose `needs` did not pass (in this boot or an earlier one) is recorded as failed without
 running. Each step is bounded by its timeout; commands get what is left of it.
 """
 
@@ -18,34 +24,53 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shlex
+import signal
 import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-REPO = Path(__file__).resolve().parents[2]
-VENV = REPO / ".venv"  # the VM shares this machine's "/", so the project's venv is there too
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-NUM_VFS = 2  # per PF; each VF costs about a second of TCG time to create
-DOMAIN_WITH_VF = "e2e-a"  # started with <interface type='hostdev'> on the first VF of PF 0
-DOMAIN_SPARE = "e2e-b"  # no VF, two free root ports: a target for later steps
-VF_MAC = "52:54:00:e2:e0:a0"
-LIBVIRT_ENV = {"LIBVIRT_DEFAULT_URI": "qemu:///system"}
+from inside import (  # noqa: E402
+    HOST_DIRS, LIBVIRT_ENV, PF, SYS_PCI, VENV, VFALLOC, boot_id, Context, domain_xml, driver_of,
+    expect, group_members, hide_host_files, hostdev_devices, iommu_group_of, libvirtd_pid,
+    metadata_request, module_loaded, qemu_devices, qemu_pid, read_sysfs, read_unit_exec_start,
+    sriov_pfs, start_libvirt, start_libvirtd, StepFailed, vf_macs, vfs_of, write_sysfs,
+)
+
 TAIL_LINES = 30
 
+NUM_VFS = 4  # per PF; each VF costs about half a second of TCG time to create
+# The pool: VFs 0-3 of PF 0 and 0-2 of PF 1, seven VFs over two PFs. VF 3 of PF 1 is in no pool
+# ("unusable" for vfalloc): the raw vfio and libvirt steps use it.
+POOL = "lan"
+POOL_SIZE = 7
+CONFIG = Path("/etc/vfalloc/e2e.toml")  # not the default path: install-hook must write it in
+GUESTS = tuple(f"guest{i}" for i in range(1, 9))
+RACERS = GUESTS[:7]  # started at the same moment; the eighth finds the pool empty
+LATE = GUESTS[7]  # refused first, then started by `vfalloc start` into a freed VF
+DERIVED_MAC_GUEST = "guest5"  # asks for no MAC: vfalloc derives one from its UUID
+VICTIM = "guest2"  # its QEMU dies while libvirtd is down
+DOMAIN_WITH_VF = "e2e-a"  # raw libvirt: <interface type='hostdev'> on VF 3 of PF 1 in its config
+VF_MAC = "52:54:00:e2:e0:a0"
+DISK_MIB = 64  # the host's disk (rig.py); boot 1 formats it
+DISK_DEV = Path("/dev/vda")
+DISK_MOUNT = Path("/mnt/e2e-disk")
+UNIT = Path("/etc/systemd/system/vfalloc-numvfs.service")
+UNIT_WANTS = Path("/etc/systemd/system/multi-user.target.wants/vfalloc-numvfs.service")
+RULES = Path("/etc/udev/rules.d/70-vfalloc-numvfs.rules")
+HOOK = Path("/etc/libvirt/hooks/qemu.d/vfalloc")
 
-class StepFailed(Exception):
-    """A step's check did not hold; the message ends up in the record's tail."""
 
-
-def expect(condition: object, message: str) -> None:
-    if not condition:
-        raise StepFailed(message)
+def guest_mac(name: str) -> str | None:
+    """The MAC a guest asks for (None: derived by vfalloc)."""
+    if name == DERIVED_MAC_GUEST:
+        return None
+    return f"52:54:00:e2:10:{int(name.removeprefix('guest')):02x}"
 
 
 # --- steps and running them -------------------------------------------------------------------
@@ -54,24 +79,28 @@ def expect(condition: object, message: str) -> None:
 @dataclass(frozen=True)
 class Step:
     name: str
-    func: Callable[["Context"], None]
+    func: Callable[[Context], None]
     timeout: float
     needs: tuple[str, ...]
+    boot: int
 
 
 STEPS: list[Step] = []
 
 
-def step(name: str, *, timeout: float = 30, needs: tuple[str, ...] = ()) -> Callable:
-    """Register a step; steps run in the order they are defined."""
+def step(name: str, *, timeout: float = 30, needs: tuple[str, ...] = (),
+         boot: int = 1) -> Callable:
+    """Register a step of boot `boot`; steps run in the order they are defined."""
 
-    def register(func: Callable[["Context"], None]) -> Callable[["Context"], None]:
+    def register(func: Callable[[Context], None]) -> Callable[[Context], None]:
         if any(s.name == name for s in STEPS):
             raise ValueError(f"step {name!r} defined twice")
         unknown = [n for n in needs if n not in {s.name for s in STEPS}]
         if unknown:
             raise ValueError(f"step {name!r} needs {unknown}, which are not defined before it")
-        STEPS.append(Step(name, func, timeout, needs))
+        if STEPS and boot < STEPS[-1].boot:
+            raise ValueError(f"step {name!r} of boot {boot} comes after a step of a later boot")
+        STEPS.append(Step(name, func, timeout, needs, boot))
         return func
 
     return register
@@ -81,107 +110,18 @@ def step_names() -> list[str]:
     return [s.name for s in STEPS]
 
 
-@dataclass
-class Context:
-    """What a running step has: its log, its deadline, and helpers that record into the log."""
-
-    results: Path
-    lines: list[str] = field(default_factory=list)
-    deadline: float = 0.0
-
-    def log(self, text: str) -> None:
-        self.lines.extend(text.rstrip("\n").splitlines() or [""])
-
-    def remaining(self) -> float:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise StepFailed("step timed out")
-        return left
-
-    def run(self, *argv: str, check: bool = True, input: str | None = None,
-            timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a command and record it and its output (stdout and stderr together, in .stdout)
-        in the step's log. check: a non-zero exit fails the step."""
-        self.log(f"$ {shlex.join(argv)}")
-        limit = min(timeout or self.remaining(), self.remaining())
-        try:
-            proc = subprocess.run(
-                argv, input=input, stdin=None if input is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                timeout=limit, env={**os.environ, **LIBVIRT_ENV},
-            )
-        except subprocess.TimeoutExpired as e:
-            self.log(_text(e.output))
-            raise StepFailed(f"{argv[0]} did not finish within {limit:.0f} s") from None
-        except FileNotFoundError:
-            raise StepFailed(f"{argv[0]}: command not found") from None
-        if proc.stdout:
-            self.log(proc.stdout)
-        if proc.returncode != 0:
-            self.log(f"(exit status {proc.returncode})")
-            if check:
-                raise StepFailed(f"{shlex.join(argv)} exited {proc.returncode}")
-        return proc
-
-    def vfalloc(self, *args: str, check: bool = True,
-                input: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run the project's CLI from its venv, recorded like run()."""
-        exe = VENV / "bin" / "vfalloc"
-        expect(exe.exists(), f"{exe} does not exist: the package is not installed in {VENV}")
-        return self.run(str(exe), *args, check=check, input=input)
-
-    def start_daemon(self, *argv: str, env: dict[str, str] | None = None) -> None:
-        """Start a daemon that forks itself away (`-d`). Its output goes to a file in the
-        results dir, not to a pipe: a pipe held open by the daemon would never reach EOF."""
-        log = self.results / f"{Path(argv[0]).name}.out"
-        self.log(f"$ {shlex.join(argv)}  (output: {log.name})")
-        try:
-            with log.open("ab") as out:
-                rc = subprocess.run(
-                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                    timeout=self.remaining(), env={**os.environ, **(env or {})},
-                ).returncode
-        except subprocess.TimeoutExpired:
-            raise StepFailed(f"{argv[0]} did not detach in time; see {log.name}") from None
-        except FileNotFoundError:
-            raise StepFailed(f"{argv[0]}: command not found") from None
-        expect(rc == 0, f"{argv[0]} exited {rc}; see {log.name}")
-
-    def wait_for(
-        self, what: str, probe: Callable[[], object], timeout: float, interval: float = 0.2
-    ) -> object:
-        """Poll probe() until it returns something true; fail the step after timeout seconds."""
-        start = time.monotonic()
-        end = min(start + timeout, self.deadline)
-        while True:
-            value = probe()
-            waited = time.monotonic() - start
-            if value:
-                self.log(f"({what}: after {waited:.1f} s)")
-                return value
-            if time.monotonic() > end:
-                raise StepFailed(f"timed out after {waited:.0f} s waiting for {what}")
-            time.sleep(interval)
-
-    def attach_file(self, path: Path, lines: int = 20) -> None:
-        """Copy the end of a file (a daemon's or a domain's log) into the step's log."""
-        try:
-            text = path.read_text(errors="replace")
-        except OSError as e:
-            self.log(f"({path}: {e.strerror})")
-            return
-        self.log(f"--- last {lines} lines of {path}")
-        self.log("\n".join(text.splitlines()[-lines:]))
+def step_boots() -> list[tuple[str, int]]:
+    """(name, boot) of every step, in order."""
+    return [(s.name, s.boot) for s in STEPS]
 
 
-def _text(output: bytes | str | None) -> str:
-    if isinstance(output, bytes):
-        return output.decode(errors="replace")
-    return output or ""
+def new_context(results: Path, timeout: float, boot: int) -> Context:
+    return Context(results, deadline=time.monotonic() + timeout, boot=boot,
+                   vfalloc_env={"VFALLOC_CONFIG": str(CONFIG)})
 
 
 def run_step(s: Step, results: Path, passed: set[str]) -> dict:
-    ctx = Context(results, deadline=time.monotonic() + s.timeout)
+    ctx = new_context(results, s.timeout, s.boot)
     start = time.monotonic()
     failed_needs = [n for n in s.needs if n not in passed]
     ok = False
@@ -199,7 +139,8 @@ def run_step(s: Step, results: Path, passed: set[str]) -> dict:
     (results / log_name).write_text("\n".join(ctx.lines) + "\n")
     tail = "\n".join(ctx.lines[-TAIL_LINES:])
     seconds = round(time.monotonic() - start, 3)
-    return {"step": s.name, "ok": ok, "seconds": seconds, "tail": tail, "log": log_name}
+    return {"step": s.name, "ok": ok, "seconds": seconds, "tail": tail, "log": log_name,
+            "boot": s.boot}
 
 
 def append_record(results: Path, record: dict) -> None:
@@ -209,9 +150,26 @@ def append_record(results: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def run_all(results: Path) -> int:
-    passed: set[str] = set()
-    for s in STEPS:
+def passed_before(results: Path) -> set[str]:
+    """Steps that passed in earlier boots of this run."""
+    path = results / "steps.jsonl"
+    if not path.exists():
+        return set()
+    passed = set()
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("ok"):
+            passed.add(record["step"])
+    return passed
+
+
+def run_all(results: Path, boot: int = 1) -> int:
+    passed = passed_before(results)
+    mine = [s for s in STEPS if s.boot == boot]
+    for s in mine:
         record = run_step(s, results, passed)
         append_record(results, record)
         if record["ok"]:
@@ -220,134 +178,157 @@ def run_all(results: Path) -> int:
         print(f"e2e step {s.name}: {status} ({record['seconds']:.2f} s)", flush=True)
         if not record["ok"]:
             print("  " + record["tail"].replace("\n", "\n  "), flush=True)
-    return 0 if len(passed) == len(STEPS) else 1
+    return 0 if all(s.name in passed for s in mine) else 1
 
 
-# --- reading the host: sysfs -------------------------------------------------------------------
+# --- facts handed from boot 1 to boot 2 (on the results share) ---------------------------------
 
-SYS_PCI = Path("/sys/bus/pci/devices")
+
+def remember(ctx: Context, key: str, value: object) -> None:
+    path = ctx.results / "facts.json"
+    facts = json.loads(path.read_text()) if path.exists() else {}
+    facts[key] = value
+    path.write_text(json.dumps(facts, indent=1) + "\n")
+
+
+def recall(ctx: Context, key: str) -> object:
+    path = ctx.results / "facts.json"
+    facts = json.loads(path.read_text()) if path.exists() else {}
+    expect(key in facts, f"boot 1 left no {key!r} in {path.name}")
+    return facts[key]
+
+
+# --- vfalloc's view: `vfalloc list` and `vfalloc pools`, human and JSON ---------------------------
 
 
 @dataclass(frozen=True)
-class PF:
-    netdev: str
-    address: str  # PCI address, e.g. 0000:01:00.0
+class Listing:
+    rows: list[dict]  # vfalloc list --json
+    pools: list[dict]  # vfalloc pools --json
+    text: str = ""  # vfalloc list, when asked for
 
-    @property
-    def sysfs(self) -> Path:
-        return SYS_PCI / self.address
+    def pool_rows(self) -> list[dict]:
+        return [r for r in self.rows if r["pool"] == POOL]
 
+    def held(self, state: str = "leased") -> dict[str, str]:
+        """domain -> VF of the pool's rows in that state."""
+        return {r["domain"]: r["vf"] for r in self.pool_rows() if r["state"] == state}
 
-def sriov_pfs() -> list[PF]:
-    """Network devices whose PCI function has the SR-IOV capability (sriov_totalvfs exists)."""
-    pfs = []
-    for total in Path("/sys/class/net").glob("*/device/sriov_totalvfs"):
-        pfs.append(PF(total.parts[4], total.parent.resolve().name))
-    return sorted(pfs, key=lambda p: p.address)
+    def row(self, vf: str) -> dict:
+        found = [r for r in self.rows if r["vf"] == vf]
+        expect(len(found) == 1, f"vfalloc list has {len(found)} rows for {vf}")
+        return found[0]
 
-
-def vfs_of(pf: PF) -> list[str]:
-    """The PF's VFs by VF number: the kernel links virtfn<N> to each (drivers/pci/iov.c)."""
-    links = sorted(pf.sysfs.glob("virtfn*"), key=lambda p: int(p.name.removeprefix("virtfn")))
-    return [link.resolve().name for link in links]
-
-
-def driver_of(address: str) -> str | None:
-    link = SYS_PCI / address / "driver"
-    return link.resolve().name if link.exists() else None
+    def pool(self) -> dict:
+        found = [p for p in self.pools if p["pool"] == POOL]
+        expect(len(found) == 1, f"vfalloc pools has {len(found)} entries for pool {POOL}")
+        return found[0]
 
 
-def iommu_group_of(address: str) -> str | None:
-    link = SYS_PCI / address / "iommu_group"
-    return link.resolve().name if link.exists() else None
-
-
-def group_members(group: str) -> list[str]:
-    return sorted(os.listdir(f"/sys/kernel/iommu_groups/{group}/devices"))
-
-
-def read_sysfs(path: Path) -> str:
-    return path.read_text().strip()
-
-
-def write_sysfs(ctx: Context, path: Path, value: str) -> None:
-    """One write(2) of value, as `echo value > path` does; the kernel's answer is the errno."""
-    shown = value.strip()
-    ctx.log(f"# echo {shown} > {path}" if shown else f"# echo > {path}")
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, value.encode())
-    except OSError as e:
-        raise StepFailed(f"writing {value!r} to {path}: {e.strerror}") from None
-    finally:
-        os.close(fd)
-
-
-def module_loaded(name: str) -> bool:
-    return Path("/sys/module", name).is_dir()
-
-
-# --- reading the host: libvirt and QEMU --------------------------------------------------------
-
-
-def domain_xml(name: str, vf: str | None) -> str:
-    """A tiny q35 guest with no disk: it is only ever started paused. Two pcie-root-ports: on
-    q35 a PCIe device (and any hot-plug) needs a free root port."""
-    interface = ""
-    if vf:
-        domain, bus, slot_fn = vf.split(":")
-        slot, function = slot_fn.split(".")
-        address = f"domain='0x{domain}' bus='0x{bus}' slot='0x{slot}' function='0x{function}'"
-        interface = f"""
-    <interface type='hostdev' managed='yes'>
-      <source><address type='pci' {address}/></source>
-      <mac address='{VF_MAC}'/>
-    </interface>"""
-    return f"""<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='q35'>hvm</type></os>
-  <devices>
-    <controller type='usb' model='none'/>
-    <memballoon model='none'/>
-    <controller type='pci' index='0' model='pcie-root'/>
-    <controller type='pci' index='1' model='pcie-root-port'/>
-    <controller type='pci' index='2' model='pcie-root-port'/>{interface}
-  </devices>
-</domain>
-"""
-
-
-def qemu_pid(domain: str) -> int | None:
-    """libvirt keeps /run/libvirt/qemu/<name>.pid exactly while the domain runs (DESIGN.md)."""
-    try:
-        return int(Path(f"/run/libvirt/qemu/{domain}.pid").read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def qemu_devices(pid: int) -> list[dict[str, str]]:
-    """The -device arguments of a running QEMU, each as a dict. libvirt writes them as JSON
-    (`-device {"driver":"vfio-pci","host":"0000:01:10.0",...}`); the key=value form is read too."""
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    devices = []
-    for flag, value in zip(argv, argv[1:]):
-        if flag != b"-device":
+def columns(text: str) -> list[dict[str, str]]:
+    """The rows of a table vfalloc prints for people (header line, then one line per row, cells
+    without spaces), as dicts; lines after the table (notes) are left out."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return []
+    header = lines[0].split()
+    table = []
+    for line in lines[1:]:
+        cells = line.split()
+        if len(cells) != len(header) or line.startswith(("stale:", "no ")):
             continue
-        text = value.decode(errors="replace")
-        if text.startswith("{"):
-            devices.append({k: str(v) for k, v in json.loads(text).items()})
-        else:
-            driver, *props = text.split(",")
-            devices.append({"driver": driver, **dict(p.partition("=")[::2] for p in props)})
-    return devices
+        table.append(dict(zip(header, cells)))
+    return table
 
 
-def vf_macs(ctx: Context, pf: PF) -> dict[int, str]:
-    """The VFs' MACs as the PF reports them (`ip link show PF`: "vf N ... link/ether MAC")."""
-    out = ctx.run("ip", "link", "show", pf.netdev).stdout
-    return {int(n): mac for n, mac in re.findall(r"vf (\d+)\s+link/ether ([0-9a-f:]{17})", out)}
+def listing(ctx: Context, *, leased: set[str] | None = None, stale: set[str] = frozenset(),
+            free: int | None = None, total: int | None = POOL_SIZE, human: bool = False) -> Listing:
+    """`vfalloc list --json` and `vfalloc pools --json` checked against what the step expects:
+    which domains hold the pool's VFs (leased, stale), how many of its VFs are free, how many
+    it has. human: also `vfalloc list` and `vfalloc pools` as people read them, checked against
+    the JSON (each vfalloc command costs about 2 s of TCG time, so not at every step)."""
+    rows = ctx.vfalloc_json("list")
+    pools = ctx.vfalloc_json("pools")
+    view = Listing(rows, pools)
+    if human:
+        view = Listing(rows, pools, check_tables(ctx, view))
+    counts = {k: view.pool()[k] for k in ("total", "free", "leased", "stale")}
+    ctx.log(f"(pool {POOL}: {counts}; leased: {view.held()}; stale: {view.held('stale')})")
+    check_view(view, leased, stale, free, total)
+    return view
+
+
+def check_tables(ctx: Context, view: Listing) -> str:
+    """`vfalloc list` and `vfalloc pools` say what their --json says; the first's text."""
+    rows = view.rows
+    text = ctx.vfalloc("list", split=True).stdout
+    pools_text = ctx.vfalloc("pools", split=True).stdout
+    # the table for people says what the JSON says
+    shown = {r["VF"]: r for r in columns(text)}
+    for r in rows:
+        line = shown.get(r["vf"])
+        expect(line is not None, f"`vfalloc list` shows no line for {r['vf']}")
+        expect(line["STATE"] == r["state"] and line["DOMAIN"] == (r["domain"] or "-"),
+               f"`vfalloc list` says {line['STATE']}/{line['DOMAIN']} for {r['vf']}, "
+               f"--json says {r['state']}/{r['domain']}")
+    for r in rows:
+        if r["state"] == "stale":
+            expect(f"stale: {r['vf']} leased to {r['domain']}" in text,
+                   f"`vfalloc list` does not explain the stale lease of {r['vf']}")
+    pool = view.pool()
+    line = next((c for c in columns(pools_text) if c["POOL"] == POOL), None)
+    expect(line is not None, f"`vfalloc pools` shows no line for pool {POOL}")
+    for key in ("total", "free", "leased", "stale"):
+        expect(line[key.upper()] == str(pool[key]),
+               f"`vfalloc pools` says {key} {line[key.upper()]}, --json says {pool[key]}")
+    return text
+
+
+def check_view(view: Listing, leased: set[str] | None, stale: set[str], free: int | None,
+               total: int | None) -> None:
+    pool = view.pool()
+    if leased is not None:
+        expect(set(view.held()) == set(leased),
+               f"leased to {sorted(view.held())}, expected {sorted(leased)}")
+        expect(pool["leased"] == len(leased), f"pool {POOL} counts {pool['leased']} leased")
+    expect(set(view.held("stale")) == set(stale),
+           f"stale leases of {sorted(view.held('stale'))}, expected {sorted(stale)}")
+    expect(pool["stale"] == len(stale), f"pool {POOL} counts {pool['stale']} stale")
+    held = [*view.held().values(), *view.held("stale").values()]
+    expect(len(held) == len(set(held)), f"a VF is held twice: {held}")
+    if free is not None:
+        expect(pool["free"] == free, f"pool {POOL} has {pool['free']} free VFs, expected {free}")
+    if total is not None:
+        expect(pool["total"] == total, f"pool {POOL} has {pool['total']} VFs, expected {total}")
+
+
+def quiet_rows() -> list[dict]:
+    """`vfalloc list --json` for polling: not logged (the step logs the listing it ends with)."""
+    proc = subprocess.run([str(VFALLOC), "list", "--json"], capture_output=True, text=True,
+                          timeout=30, env={**os.environ, "VFALLOC_CONFIG": str(CONFIG)})
+    try:
+        return json.loads(proc.stdout) if proc.returncode == 0 else []
+    except json.JSONDecodeError:
+        return []
+
+
+def host_checks(ctx: Context, want_rc: int) -> dict[tuple[str, str], str]:
+    """`vfalloc host check` for people and as JSON: {(check, subject): status}."""
+    proc = ctx.vfalloc("host", "check", check=False)
+    expect(proc.returncode == want_rc, f"vfalloc host check exited {proc.returncode}, "
+                                       f"expected {want_rc}")
+    data = ctx.vfalloc_json("host", "check", check=False)
+    return {(c["check"], c["subject"]): c["status"] for c in data["checks"]}
+
+
+def pf_check(checks: dict[tuple[str, str], str], name: str, pf: PF) -> str | None:
+    return checks.get((name, pf.netdev), checks.get((name, pf.address)))
+
+
+def syslog(ctx: Context) -> str:
+    """What the hook and the hot-plug worker logged in this boot (stage2.sh's syslogd)."""
+    path = ctx.results / f"syslog-boot{ctx.boot}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 # --- steps: the real kernel ---------------------------------------------------------------------
@@ -388,21 +369,123 @@ def pfs_present(ctx: Context) -> None:
     expect(None not in groups and len(set(groups)) == len(pfs), f"PFs share IOMMU groups: {groups}")
 
 
-@step("sriov-numvfs", timeout=60, needs=("pfs",))
-def sriov_numvfs(ctx: Context) -> None:
-    """0 then NUM_VFS into sriov_numvfs on both PFs; the virtfn links appear."""
+def mount_disk(ctx: Context, fresh: bool) -> None:
+    """The host's disk at DISK_MOUNT, and its directories over this machine's vfalloc, libvirt,
+    systemd and udev files (inside.hide_host_files)."""
+    ctx.run("modprobe", "virtio_blk")
+    ctx.wait_for(str(DISK_DEV), DISK_DEV.exists, timeout=10)
+    if fresh:
+        ctx.run("mkfs.ext4", "-q", "-F", "-L", "e2e-disk", str(DISK_DEV))
+    DISK_MOUNT.mkdir(parents=True, exist_ok=True)
+    ctx.run("mount", "-t", "ext4", str(DISK_DEV), str(DISK_MOUNT))
+    hide_host_files(ctx, DISK_MOUNT)
+    mounts = [line for line in Path("/proc/self/mounts").read_text().splitlines()
+              if line.split()[1] in HOST_DIRS or line.split()[1] == str(DISK_MOUNT)]
+    ctx.log("# grep /proc/self/mounts\n" + "\n".join(mounts))
+    ctx.log(f"boot_id {boot_id()}")
+
+
+@step("disk", timeout=60, needs=("vm",))
+def disk(ctx: Context) -> None:
+    """A fresh ext4 disk holds the host's own /etc/vfalloc, /var/lib/vfalloc, /etc/libvirt/qemu,
+    /etc/libvirt/hooks and /etc/systemd/system; nothing of this machine's shows through."""
+    mount_disk(ctx, fresh=True)
+    for path in ("/etc/vfalloc", "/var/lib/vfalloc", "/etc/libvirt/hooks", "/etc/libvirt/qemu"):
+        expect(not os.listdir(path), f"{path} is not empty: this machine's files show through")
+    remember(ctx, "boot_id", boot_id())
+
+
+@step("config", needs=("disk", "pfs"))
+def config(ctx: Context) -> None:
+    """vfalloc's config at a non-default path: one pool of 7 VFs over both PFs, 4 VFs per PF.
+    Before any VF exists, `vfalloc pools` lists the pool and its PFs with nothing in them."""
+    pf0, pf1 = sriov_pfs()
+    text = (
+        "# The e2e host's vfalloc config. Not at the default path on purpose: `vfalloc\n"
+        "# install-hook --config` has to write the path into the hook (libvirt gives hooks\n"
+        "# no environment).\n"
+        "[settings]\n"
+        'state = "/var/lib/vfalloc/state.json"\n'
+        "\n"
+        f"[pools.{POOL}]\n"
+        f'pfs = ["{pf0.netdev}#0-3", "{pf1.netdev}#0-2"]\n'
+        f"numvfs = {NUM_VFS}\n"
+    )
+    CONFIG.write_text(text)
+    ctx.log(f"# cat {CONFIG}\n{text}")
+    view = listing(ctx, leased=set(), free=0, total=0, human=True)
+    pfs = {p["pf_netdev"] for p in view.pool()["pfs"]}
+    expect(pfs == {pf0.netdev, pf1.netdev}, f"pool {POOL} lists PFs {pfs}")
+    expect("no SR-IOV VFs found" in view.text, "`vfalloc list` on a host without VFs does not say so")
+
+
+@step("host-check-before", needs=("config",))
+def host_check_before(ctx: Context) -> None:
+    """`vfalloc host check` on the bare host fails, and says why: no VFs on the PFs the config
+    wants 4 on, no hook; what is already right (IOMMU, links) is ok."""
+    checks = host_checks(ctx, want_rc=1)
+    expect(checks.get(("iommu", "host")) == "ok", "the IOMMU check is not ok")
+    expect(checks.get(("hook", "host")) == "fail", "no hook is installed, yet the check passes")
     for pf in sriov_pfs():
-        write_sysfs(ctx, pf.sysfs / "sriov_numvfs", "0")
+        expect(pf_check(checks, "sr-iov", pf) == "fail", f"{pf.netdev} has no VFs, yet sr-iov passes")
+        expect(pf_check(checks, "link", pf) == "ok", f"{pf.netdev}: link is not ok")
+
+
+@step("persist-udev", timeout=90, needs=("config",))
+def persist_udev(ctx: Context) -> None:
+    """`vfalloc host persist --method udev`: one rule per PF, matched by its PCI address, acting
+    only while the PF has no VFs. `udevadm test` replays the second PF's add event and applies
+    the rules (udev 252 writes the attributes): its own rule, and no other, creates its 4 VFs."""
+    pfs = sriov_pfs()
+    pf = pfs[1]
+    ctx.vfalloc("host", "persist", "--method", "udev")
+    rules = RULES.read_text()
+    ctx.log(f"# cat {RULES}\n{rules}")
+    for each in pfs:
+        expect(f'KERNEL=="{each.address}"' in rules, f"no rule matches {each.address}")
+    expect(rules.count('ATTR{sriov_numvfs}="' + str(NUM_VFS) + '"') == len(pfs),
+           f"the rules do not set sriov_numvfs to {NUM_VFS} on each PF")
+    writes = udev_writes(ctx, pf)
+    expect(len(writes) == 1 and pf.address in writes[0] and f"writing '{NUM_VFS}'" in writes[0],
+           f"udevadm test {pf.address}: the rules wrote {writes}")
+    ctx.wait_for(f"{NUM_VFS} VFs on {pf.netdev}", lambda: len(vfs_of(pf)) == NUM_VFS, timeout=20)
+    ctx.log(f"{pf.netdev}: virtfn -> {vfs_of(pf)}")
+
+
+def udev_writes(ctx: Context, pf: PF) -> list[str]:
+    """`udevadm test` of the PF's add event: the attribute writes of vfalloc's rules."""
+    out = ctx.run("udevadm", "test", "--action=add", f"/sys/bus/pci/devices/{pf.address}",
+                  check=False).stdout
+    return [line for line in out.splitlines() if RULES.name in line and "writing" in line]
+
+
+@step("numvfs", timeout=90, needs=("persist-udev",))
+def numvfs(ctx: Context) -> None:
+    """`vfalloc host numvfs PF 4` on both PFs: the first PF's VFs appear; the second has its 4
+    from the udev rule already, and numvfs says so and changes nothing. The pool's 7 VFs are
+    free in `vfalloc list`, the eighth VF is in no pool."""
+    for pf in sriov_pfs():
         start = time.monotonic()
-        write_sysfs(ctx, pf.sysfs / "sriov_numvfs", str(NUM_VFS))
-        ctx.log(f"{pf.netdev}: {NUM_VFS} VFs in {time.monotonic() - start:.1f} s")
+        ctx.vfalloc("host", "numvfs", pf.netdev, str(NUM_VFS))
+        ctx.log(f"({pf.netdev}: {NUM_VFS} VFs in {time.monotonic() - start:.1f} s)")
         expect(read_sysfs(pf.sysfs / "sriov_numvfs") == str(NUM_VFS), "sriov_numvfs did not take")
         vfs = vfs_of(pf)
         ctx.log(f"{pf.netdev}: virtfn -> {vfs}")
         expect(len(vfs) == NUM_VFS, f"{pf.netdev}: {len(vfs)} virtfn links, expected {NUM_VFS}")
+    view = listing(ctx, leased=set(), free=POOL_SIZE, human=True)
+    unusable = [r["vf"] for r in view.rows if r["state"] == "unusable"]
+    expect(unusable == [spare_vf()], f"VFs in no pool: {unusable}, expected {spare_vf()}")
 
 
-@step("numvfs-busy", needs=("sriov-numvfs",))
+@step("udev-guard", needs=("numvfs",))
+def udev_guard(ctx: Context) -> None:
+    """On a PF that has VFs, vfalloc's udev rule writes nothing (that write would be EBUSY)."""
+    pf = sriov_pfs()[0]
+    writes = udev_writes(ctx, pf)
+    expect(not writes, f"the rule wrote to {pf.netdev}, which has VFs: {writes}")
+
+
+@step("numvfs-busy", needs=("numvfs",))
 def numvfs_busy(ctx: Context) -> None:
     """Changing a non-zero VF count to another non-zero one is refused with EBUSY; it has to go
     through 0 (drivers/pci/iov.c, sriov_numvfs_store). Writing the same count is a no-op."""
@@ -418,7 +501,7 @@ def numvfs_busy(ctx: Context) -> None:
     expect(len(vfs_of(pf)) == NUM_VFS, "the VF count changed")
 
 
-@step("vfs-igbvf", needs=("sriov-numvfs",))
+@step("vfs-igbvf", needs=("numvfs",))
 def vfs_on_igbvf(ctx: Context) -> None:
     """Every VF is bound to igbvf and has a network interface."""
     for pf in sriov_pfs():
@@ -429,7 +512,7 @@ def vfs_on_igbvf(ctx: Context) -> None:
             expect(netdevs, f"{vf} has no network interface")
 
 
-@step("vf-iommu-groups", needs=("sriov-numvfs",))
+@step("vf-iommu-groups", needs=("numvfs",))
 def vf_iommu_groups(ctx: Context) -> None:
     """Each VF sits alone in an IOMMU group of its own (the PFs' root ports have ACS)."""
     seen: dict[str, str] = {}
@@ -444,8 +527,8 @@ def vf_iommu_groups(ctx: Context) -> None:
             seen[group] = vf
 
 
-def vfio_vf() -> str:
-    """The VF the vfio steps move around: the last VF of the second PF."""
+def spare_vf() -> str:
+    """The VF in no pool (VF 3 of PF 1): the raw vfio and libvirt steps use it."""
     return vfs_of(sriov_pfs()[1])[-1]
 
 
@@ -460,7 +543,7 @@ def reprobe(ctx: Context, vf: str) -> None:
 @step("vfio-bind", needs=("vfs-igbvf", "vf-iommu-groups"))
 def vfio_bind(ctx: Context) -> None:
     """driver_override=vfio-pci + reprobe puts a VF on vfio-pci; /dev/vfio/<group> appears."""
-    vf = vfio_vf()
+    vf = spare_vf()
     write_sysfs(ctx, SYS_PCI / vf / "driver_override", "vfio-pci")
     reprobe(ctx, vf)
     ctx.log(f"{vf}: driver={driver_of(vf)}")
@@ -472,79 +555,92 @@ def vfio_bind(ctx: Context) -> None:
 @step("vfio-release", needs=("vfio-bind",))
 def vfio_release(ctx: Context) -> None:
     """Clearing driver_override and reprobing gives the VF back to igbvf."""
-    vf = vfio_vf()
+    vf = spare_vf()
     write_sysfs(ctx, SYS_PCI / vf / "driver_override", "\n")
     reprobe(ctx, vf)
     ctx.wait_for(f"{vf} back on igbvf", lambda: driver_of(vf) == "igbvf", timeout=10)
     expect(read_sysfs(SYS_PCI / vf / "driver_override") == "(null)", "driver_override not cleared")
 
 
-# --- steps: libvirt ----------------------------------------------------------------------------
+# --- steps: making it survive a reboot, the hook, libvirt --------------------------------------
 
 
-def hermetic_libvirt_config(ctx: Context) -> None:
-    """The VM sees this machine's /etc/libvirt: hide its domain definitions (autostart!) and
-    hooks behind empty tmpfs mounts, so only what the scenario puts there exists."""
-    for path in ("/etc/libvirt/qemu", "/etc/libvirt/hooks"):
-        os.makedirs(path, exist_ok=True)
-        ctx.run("mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", path)
+@step("persist-systemd", timeout=60, needs=("udev-guard",))
+def persist_systemd(ctx: Context) -> None:
+    """`vfalloc host persist --enable`: a oneshot unit ordered before libvirtd whose ExecStart
+    lines run `vfalloc host numvfs` for each PF of the config; it replaces the udev rules.
+    The ExecStart lines, run by hand (there is no systemd here), change nothing now: boot 2 runs
+    them for real."""
+    pfs = sriov_pfs()
+    ctx.vfalloc("host", "persist", "--exec", str(VFALLOC), "--enable")
+    unit = UNIT.read_text()
+    ctx.log(f"# cat {UNIT}\n{unit}")
+    expect(not RULES.exists(), f"{RULES} (the other method) is still there")
+    expect(UNIT_WANTS.is_symlink(), f"{UNIT_WANTS} is missing: the unit is not enabled")
+    expect("Before=libvirtd.service" in unit, "the unit is not ordered before libvirtd")
+    execs = read_unit_exec_start(unit)
+    want = [[str(VFALLOC), "host", "numvfs", pf.address, str(NUM_VFS)] for pf in pfs]
+    expect(execs == want, f"ExecStart lines {execs}, expected {want}")
+    ctx.run("systemd-analyze", "verify", str(UNIT), check=False)
+    for argv in execs:
+        ctx.run(*argv)
+    for pf in pfs:
+        expect(len(vfs_of(pf)) == NUM_VFS, f"{pf.netdev}: the VF count changed")
 
 
-def install_hook(ctx: Context, source: Path) -> None:
-    """Make an executable /etc/libvirt/hooks/qemu (a symlink to source). Call it before
-    libvirtd starts: libvirtd looks for hook scripts once, at start (src/util/virhook.c,
-    virHookInitialize; again only on SIGHUP)."""
-    expect(os.access(source, os.X_OK), f"{source} is missing or not executable")
-    target = Path("/etc/libvirt/hooks/qemu")
-    target.symlink_to(source)
-    ctx.log(f"# ln -s {source} {target}")
+@step("install-hook", needs=("config",))
+def install_hook(ctx: Context) -> None:
+    """`vfalloc install-hook --config FILE` before libvirtd starts (libvirtd looks for hooks only
+    at start): qemu.d/vfalloc, executable, running the venv's Python, with the config path in it."""
+    ctx.vfalloc("install-hook", "--config", str(CONFIG))
+    expect(os.access(HOOK, os.X_OK), f"{HOOK} is missing or not executable")
+    text = HOOK.read_text()
+    ctx.log(f"# cat {HOOK}\n{text}")
+    expect(text.startswith(f"#!{VENV}/bin/python"), "the hook does not run vfalloc's Python")
+    expect(str(CONFIG) in text, f"the hook does not name {CONFIG}")
+    again = ctx.vfalloc("install-hook", "--config", str(CONFIG)).stdout
+    expect("already installed" in again, "installing the same hook twice is not a no-op")
 
 
-@step("libvirtd", timeout=120, needs=("vm",))
+@step("libvirtd", timeout=120, needs=("disk",))
 def libvirtd(ctx: Context) -> None:
     """virtlogd and libvirtd started by hand (no systemd here) answer on the unix socket."""
-    hermetic_libvirt_config(ctx)
-    # >>> vfalloc: install the hook here, before libvirtd starts (it looks for hooks only then):
-    # ctx.vfalloc("install-hook", ...), or install_hook(ctx, <an executable hook>).
-    ctx.start_daemon("virtlogd", "-d")
-    # libvirtd's own warnings and errors go to the results share.
-    log_outputs = f"3:file:{ctx.results / 'libvirtd.log'}"
-    ctx.start_daemon("libvirtd", "-d", env={"LIBVIRT_LOG_OUTPUTS": log_outputs})
-
-    def answers() -> bool:
-        try:
-            probe = subprocess.run(["virsh", "version"], capture_output=True, timeout=10,
-                                   env={**os.environ, **LIBVIRT_ENV})
-        except subprocess.TimeoutExpired:
-            return False
-        return probe.returncode == 0
-
-    ctx.wait_for("libvirtd to answer", answers, timeout=100, interval=0.5)
+    start_libvirt(ctx)
     ctx.run("virsh", "version")
+
+
+@step("host-check-after", needs=("libvirtd", "numvfs", "persist-systemd", "install-hook"))
+def host_check_after(ctx: Context) -> None:
+    """After set-up, `vfalloc host check` passes: VFs as configured, each alone in its IOMMU
+    group, the count made at boot, the hook installed (warnings allowed, e.g. no iommu=pt)."""
+    checks = host_checks(ctx, want_rc=0)
+    expect("fail" not in checks.values(), f"failed checks: {checks}")
+    expect(checks.get(("hook", "host")) == "ok", "the hook check is not ok")
+    for pf in sriov_pfs():
+        for name in ("sr-iov", "isolation", "persist", "link"):
+            expect(pf_check(checks, name, pf) == "ok", f"{pf.netdev}: {name} is not ok")
 
 
 @step("define-domains", timeout=60, needs=("libvirtd", "vfs-igbvf"))
 def define_domains(ctx: Context) -> None:
-    """Two tiny q35 domains: e2e-a with <interface type='hostdev' managed='yes'> on the first
-    VF of the first PF, e2e-b with no VF."""
-    vf = vfs_of(sriov_pfs()[0])[0]
-    for name, with_vf in ((DOMAIN_WITH_VF, vf), (DOMAIN_SPARE, None)):
-        path = Path("/tmp") / f"{name}.xml"
-        path.write_text(domain_xml(name, with_vf))
-        ctx.run("virsh", "define", str(path))
+    """e2e-a, a tiny q35 domain with <interface type='hostdev' managed='yes'> on the VF in no
+    pool, and no vfalloc request: plain libvirt, which the hook leaves alone."""
+    path = Path("/tmp") / f"{DOMAIN_WITH_VF}.xml"
+    path.write_text(domain_xml(DOMAIN_WITH_VF, spare_vf(), VF_MAC))
+    ctx.run("virsh", "define", str(path))
     out = ctx.run("virsh", "list", "--all", "--name").stdout
-    expect({DOMAIN_WITH_VF, DOMAIN_SPARE} <= set(out.split()), "domains not defined")
+    expect(DOMAIN_WITH_VF in out.split(), "domain not defined")
 
 
 @step("start-paused", timeout=60, needs=("define-domains",))
 def start_paused(ctx: Context) -> None:
     """`virsh start --paused` with the VF: libvirt moves the VF to vfio-pci and sets its MAC."""
-    vf = vfs_of(sriov_pfs()[0])[0]
+    vf = spare_vf()
     try:
         ctx.run("virsh", "start", "--paused", DOMAIN_WITH_VF)
     except StepFailed:
         ctx.attach_file(Path(f"/var/log/libvirt/qemu/{DOMAIN_WITH_VF}.log"))
-        ctx.attach_file(ctx.results / "libvirtd.log")
+        ctx.attach_file(ctx.results / f"libvirtd-boot{ctx.boot}.log")
         raise
     ctx.run("virsh", "domstate", DOMAIN_WITH_VF)
     expect(driver_of(vf) == "vfio-pci", f"{vf} is on {driver_of(vf)} while {DOMAIN_WITH_VF} runs")
@@ -552,44 +648,348 @@ def start_paused(ctx: Context) -> None:
 
 @step("qemu-cmdline", needs=("start-paused",))
 def qemu_cmdline(ctx: Context) -> None:
-    """The guest's QEMU holds the VF as a vfio-pci device; the PF reports the VF's new MAC."""
-    pf = sriov_pfs()[0]
-    vf = vfs_of(pf)[0]
+    """The guest's QEMU holds the VF as a vfio-pci device; the PF reports the VF's new MAC.
+    vfalloc leased nothing: the domain asks for no VF."""
+    pf = sriov_pfs()[1]
+    vf = spare_vf()
     pid = qemu_pid(DOMAIN_WITH_VF)
     expect(pid, f"no /run/libvirt/qemu/{DOMAIN_WITH_VF}.pid")
     vfio = [d for d in qemu_devices(pid) if d.get("driver") == "vfio-pci"]
     ctx.log(f"QEMU pid {pid}, vfio-pci devices: {vfio}")
     expect([d.get("host") for d in vfio] == [vf], f"expected one vfio-pci device with host={vf}")
     macs = vf_macs(ctx, pf)
-    expect(macs.get(0) == VF_MAC, f"VF 0 MAC is {macs.get(0)}, expected {VF_MAC}")
+    index = vfs_of(pf).index(vf)
+    expect(macs.get(index) == VF_MAC, f"VF {index} MAC is {macs.get(index)}, expected {VF_MAC}")
+    listing(ctx, leased=set(), free=POOL_SIZE)
 
 
 @step("destroy", needs=("start-paused",))
 def destroy(ctx: Context) -> None:
     """After destroy, QEMU is gone and libvirt gives the VF back to igbvf."""
-    vf = vfs_of(sriov_pfs()[0])[0]
+    vf = spare_vf()
     ctx.run("virsh", "destroy", DOMAIN_WITH_VF)
     expect(qemu_pid(DOMAIN_WITH_VF) is None, "the pid file is still there")
     ctx.wait_for(f"{vf} back on igbvf", lambda: driver_of(vf) == "igbvf", timeout=10)
 
 
-# ===============================================================================================
-# >>> vfalloc steps go here. <<<
-#
-# State the steps above leave: libvirtd running (no hook unless install_hook() was added to the
-# libvirtd step); on each PF NUM_VFS VFs, all on igbvf; domains e2e-a (interface VF 0 of PF 0
-# in its config) and e2e-b (no VF, two free pcie-root-ports) defined and shut off.
-# Run the CLI with ctx.vfalloc(...): /work/main/.venv/bin/vfalloc, output recorded. The VM's
-# files are this machine's under a throwaway overlay: hide any vfalloc config or state from
-# the machine the way hermetic_libvirt_config() does for libvirt. Example:
-#
-#   @step("vfalloc-list", needs=("destroy",))
-#   def vfalloc_list(ctx: Context) -> None:
-#       out = ctx.vfalloc("list").stdout
-#       expect(DOMAIN_WITH_VF not in out, "a stopped domain still holds a VF")
-#
-# test_e2e.py picks a new step up by itself (one test per step, in order).
-# ===============================================================================================
+# --- steps: vfalloc hands out VFs ----------------------------------------------------------------
+
+
+@step("define-guests", timeout=90, needs=("libvirtd", "numvfs"))
+def define_guests(ctx: Context) -> None:
+    """Eight tiny q35 guests (two spare pcie-root-ports each), each asking for a VF of the pool,
+    both ways a user can: guests 1-4 with `vfalloc request` (libvirt's metadata API), guests 5-8
+    with the request written into the domain XML they are defined from. Either way the request
+    sits in the saved config's <metadata>, and `vfalloc request NAME` shows it."""
+    by_command, in_xml = GUESTS[:4], GUESTS[4:]
+    commands = []
+    for name in GUESTS:
+        path = Path("/tmp") / f"{name}.xml"
+        metadata = metadata_request(POOL, guest_mac(name)) if name in in_xml else ""
+        path.write_text(domain_xml(name, metadata=metadata))
+        commands.append(f"define {path}")
+    ctx.log(f"# cat /tmp/{in_xml[0]}.xml\n{(Path('/tmp') / f'{in_xml[0]}.xml').read_text()}")
+    ctx.run("virsh", " ; ".join(commands))
+    for name in by_command:
+        mac = guest_mac(name)
+        ctx.vfalloc("request", name, "--pool", POOL, *(["--mac", mac] if mac else []))
+    for name in (by_command[0], in_xml[1]):
+        shown = ctx.vfalloc_json("request", name)
+        expect(len(shown) == 1 and shown[0]["pool"] == POOL and shown[0]["mac"] == guest_mac(name),
+               f"`vfalloc request {name}` shows {shown}")
+        saved = ctx.run("virsh", "dumpxml", "--inactive", name, quiet=True).stdout
+        ctx.log("\n".join(line for line in saved.splitlines() if "vfalloc" in line))
+        expect("urn:vfalloc:1" in saved and f'pool="{POOL}"' in saved.replace("'", '"'),
+               f"{name}: the request is not in the saved config's metadata")
+
+
+@step("race-start", timeout=240, needs=("define-guests", "install-hook"))
+def race_start(ctx: Context) -> None:
+    """Seven plain `virsh start --paused`, let go at the same moment: seven hooks race for the
+    pool's seven VFs under the lease table's lock; every start succeeds with a VF of its own."""
+    read_end, write_end = os.pipe()
+    procs = []
+    for name in RACERS:
+        # Each waits for the pipe to close, then starts its domain: all are let go at once.
+        procs.append((name, subprocess.Popen(
+            ["sh", "-c", 'read _; exec virsh start --paused "$0"', name], stdin=read_end,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, **LIBVIRT_ENV})))
+    os.close(read_end)
+    ctx.log(f"$ virsh start --paused NAME  (for {', '.join(RACERS)}, all at once)")
+    start = time.monotonic()
+    os.close(write_end)
+    failed = []
+    for name, proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=ctx.remaining())
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        ctx.log(f"{name}: exit {proc.returncode} after {time.monotonic() - start:.1f} s: "
+                f"{out.strip()}")
+        if proc.returncode != 0:
+            failed.append(name)
+    expect(not failed, f"starts failed: {failed}")
+    view = listing(ctx, leased=set(RACERS), free=0, human=True)
+    remember(ctx, "vf_of", view.held())
+    running = ctx.run("virsh", "list", "--name").stdout.split()
+    expect(set(RACERS) <= set(running), f"running: {running}")
+
+
+def expected_mac(view: Listing, name: str) -> str:
+    """The MAC a guest asked for, or the one vfalloc derived (locally administered, unicast)."""
+    mac = guest_mac(name)
+    if mac is not None:
+        return mac
+    vf = view.held()[name]
+    derived = view.row(vf)["mac"]
+    expect(derived, f"the lease of {name} has no MAC")
+    first = int(derived.split(":")[0], 16)
+    expect(first & 2 and not first & 1, f"derived MAC {derived} is not locally administered unicast")
+    return derived
+
+
+def qmp(ctx: Context, domain: str, command: str, **arguments: object) -> object:
+    """One QMP command to the domain's QEMU through libvirt; its "return"."""
+    message = {"execute": command, **({"arguments": arguments} if arguments else {})}
+    out = ctx.run("virsh", "qemu-monitor-command", domain, json.dumps(message)).stdout
+    return json.loads(out)["return"]
+
+
+def check_vf_in_guest(ctx: Context, view: Listing, name: str, hotplugged: bool) -> None:
+    """The guest's live XML holds its VF as ua-vfalloc-0 with its MAC, its saved config holds no
+    device, QEMU has it (QMP for a hot-plug, the command line for a start with it), the VF is on
+    vfio-pci and the PF reports the MAC on it."""
+    vf = view.held()[name]
+    row = view.row(vf)
+    mac = expected_mac(view, name)
+    live = hostdev_devices(ctx.run("virsh", "dumpxml", name, quiet=True).stdout)
+    ctx.log(f"{name}: live devices {live}")
+    expect(len(live) == 1, f"{name} has {len(live)} passthrough devices live, expected 1")
+    dev = live[0]
+    expect(dev.kind == "interface" and dev.alias == "ua-vfalloc-0" and dev.vf == vf,
+           f"{name}: live device {dev}, expected interface ua-vfalloc-0 on {vf}")
+    expect(dev.mac == mac, f"{name}: live MAC {dev.mac}, expected {mac}")
+    saved = hostdev_devices(ctx.run("virsh", "dumpxml", "--inactive", name, quiet=True).stdout)
+    expect(not saved, f"{name}: the saved config holds {saved}")
+    if hotplugged:
+        # QMP: the device QEMU created by the hot-plug, its type and its host VF. (query-pci does
+        # not show it: no firmware ran in a paused guest, so its root ports have no bus numbers.)
+        peripherals = qmp(ctx, name, "qom-list", path="/machine/peripheral")
+        kinds = {p["name"]: p["type"] for p in peripherals}
+        expect(kinds.get("ua-vfalloc-0") == "child<vfio-pci>",
+               f"{name}: QEMU has no vfio-pci device ua-vfalloc-0 ({kinds})")
+        host = qmp(ctx, name, "qom-get", path="/machine/peripheral/ua-vfalloc-0", property="host")
+        expect(host == vf, f"{name}: QEMU's ua-vfalloc-0 is VF {host}, not {vf}")
+    else:
+        pid = qemu_pid(name)
+        expect(pid, f"no /run/libvirt/qemu/{name}.pid")
+        vfio = [d for d in qemu_devices(pid) if d.get("driver") == "vfio-pci"]
+        ctx.log(f"{name}: QEMU pid {pid}, vfio-pci devices on its command line: {vfio}")
+        expect([(d.get("host"), d.get("id")) for d in vfio] == [(vf, "ua-vfalloc-0")],
+               f"{name}: QEMU's command line does not hold {vf} as ua-vfalloc-0")
+    expect(driver_of(vf) == "vfio-pci", f"{vf} is on {driver_of(vf)}")
+    pf = next(p for p in sriov_pfs() if p.address == row["pf"])
+    macs = vf_macs(ctx, pf)
+    expect(macs.get(row["vf_index"]) == mac,
+           f"{pf.netdev} vf {row['vf_index']} has MAC {macs.get(row['vf_index'])}, expected {mac}")
+
+
+@step("hotplug", timeout=240, needs=("race-start",))
+def hotplug(ctx: Context) -> None:
+    """The hot-plug worker each hook launched at `started begin` puts each VF into its running
+    guest: lease phase "attached", the VF in the live XML and in QEMU, the MAC set as asked."""
+
+    def all_attached() -> bool:
+        rows = [r for r in quiet_rows() if r["domain"] in RACERS]
+        return len(rows) == len(RACERS) and all(r["phase"] == "attached" for r in rows)
+
+    try:
+        ctx.wait_for("every lease attached", all_attached, timeout=180, interval=2)
+    finally:
+        ctx.log("--- syslog (hook and hot-plug worker):")
+        ctx.log(syslog(ctx) or "(empty)")
+    view = listing(ctx, leased=set(RACERS), free=0)
+    for name in RACERS:
+        check_vf_in_guest(ctx, view, name, hotplugged=True)
+
+
+@step("eighth-refused", timeout=60, needs=("race-start",))
+def eighth_refused(ctx: Context) -> None:
+    """The eighth guest's start is refused with vfalloc's message, which names the pool."""
+    proc = ctx.run("virsh", "start", "--paused", LATE, check=False)
+    expect(proc.returncode != 0, f"{LATE} started with the pool empty")
+    message = f"no free VF in pool {POOL} for {LATE}"
+    expect(message in proc.stdout, f"the error does not say {message!r}")
+    state = ctx.run("virsh", "domstate", LATE).stdout.strip()
+    expect(state == "shut off", f"{LATE} is {state}")
+    listing(ctx, leased=set(RACERS), free=0)
+
+
+@step("numvfs-leased", timeout=60, needs=("race-start",))
+def numvfs_leased(ctx: Context) -> None:
+    """`vfalloc host numvfs` refuses to remove VFs that guests hold; nothing changes."""
+    pf = sriov_pfs()[0]
+    proc = ctx.vfalloc("host", "numvfs", pf.netdev, "2", check=False)
+    expect(proc.returncode != 0, "numvfs removed leased VFs")
+    expect("leased" in proc.stdout, "the refusal does not say the VFs are leased")
+    expect(len(vfs_of(pf)) == NUM_VFS, f"{pf.netdev} has {len(vfs_of(pf))} VFs now")
+
+
+@step("destroy-frees", timeout=60, needs=("hotplug",))
+def destroy_frees(ctx: Context) -> None:
+    """`virsh destroy`: the hook's `release end` gives the VF back; it is free in `vfalloc list`
+    and libvirt returns it to igbvf."""
+    name = RACERS[0]
+    vf = recall(ctx, "vf_of")[name]
+    ctx.run("virsh", "destroy", name)
+    view = listing(ctx, leased=set(RACERS) - {name}, free=1, human=True)
+    expect(view.row(vf)["state"] == "free", f"{vf} is {view.row(vf)['state']}")
+    ctx.wait_for(f"{vf} back on igbvf", lambda: driver_of(vf) == "igbvf", timeout=15)
+    log = syslog(ctx)
+    expect(f"{name} release end: released {vf}" in log, "the hook logged no release")
+
+
+@step("vfalloc-start", timeout=90, needs=("destroy-frees", "eighth-refused"))
+def vfalloc_start(ctx: Context) -> None:
+    """`vfalloc start` starts the refused guest with the freed VF in its live XML and on QEMU's
+    command line; `virsh dumpxml --inactive` still has no device, only the request."""
+    freed = recall(ctx, "vf_of")[RACERS[0]]
+    out = ctx.vfalloc("start", LATE, "--paused").stdout
+    expect(freed in out, f"`vfalloc start` does not name {freed}")
+    view = listing(ctx, leased=(set(RACERS) - {RACERS[0]}) | {LATE}, free=0)
+    expect(view.held()[LATE] == freed, f"{LATE} holds {view.held()[LATE]}, not {freed}")
+    expect(view.row(freed)["phase"] == "attached", f"phase {view.row(freed)['phase']}")
+    check_vf_in_guest(ctx, view, LATE, hotplugged=False)
+    saved = ctx.run("virsh", "dumpxml", "--inactive", LATE, quiet=True).stdout
+    expect("urn:vfalloc:1" in saved, "the saved config lost the request")
+
+
+@step("daemon-restart", timeout=180, needs=("vfalloc-start",))
+def daemon_restart(ctx: Context) -> None:
+    """libvirtd stops; one guest's QEMU dies while it is down; libvirtd starts again. The hook's
+    `reconnect begin` keeps the leases of the guests that run, and the dead guest's VF is given
+    back."""
+    before = listing(ctx, leased=(set(RACERS) - {RACERS[0]}) | {LATE}, free=0).held()
+    pid = libvirtd_pid()
+    expect(pid, "libvirtd is not running")
+    ctx.log(f"# kill {pid}  (libvirtd)")
+    os.kill(pid, signal.SIGTERM)
+    ctx.wait_for("libvirtd to exit", lambda: not Path(f"/proc/{pid}").exists(), timeout=30)
+    victim_pid = qemu_pid(VICTIM)
+    expect(victim_pid, f"{VICTIM} is not running")
+    ctx.log(f"# kill -9 {victim_pid}  (QEMU of {VICTIM}, while libvirtd is down)")
+    os.kill(victim_pid, signal.SIGKILL)
+    ctx.wait_for(f"QEMU of {VICTIM} to die",
+                 lambda: not Path(f"/proc/{victim_pid}").exists(), timeout=15)
+    start_libvirtd(ctx)
+    alive = set(before) - {VICTIM}
+    ctx.wait_for("a reconnect line for each running guest", lambda: all(
+        f"{name} reconnect begin: holds {before[name]}" in syslog(ctx) for name in alive),
+        timeout=60, interval=1)
+    ctx.wait_for(f"the lease of {VICTIM} to go", lambda: VICTIM not in
+                 {r["domain"] for r in quiet_rows()}, timeout=60, interval=1)
+    ctx.log("--- syslog (hook):")
+    ctx.log("\n".join(line for line in syslog(ctx).splitlines() if "reconnect" in line or
+                      VICTIM in line))
+    view = listing(ctx, leased=alive, free=1, human=True)
+    expect({n: view.held()[n] for n in alive} == {n: before[n] for n in alive},
+           "a running guest's VF changed over the restart")
+    vf = before[VICTIM]
+    ctx.wait_for(f"{vf} back on igbvf", lambda: driver_of(vf) == "igbvf", timeout=15)
+    running = set(ctx.run("virsh", "list", "--name").stdout.split())
+    expect(running == alive, f"running after the restart: {sorted(running)}")
+    remember(ctx, "held_at_power_off", view.held())
+
+
+# --- steps: the same host after a reboot (boot 2) -----------------------------------------------
+
+
+@step("disk-again", timeout=60, needs=("disk",), boot=2)
+def disk_again(ctx: Context) -> None:
+    """The second boot mounts what the first left on the disk; the kernel's boot_id is new."""
+    mount_disk(ctx, fresh=False)
+    old = recall(ctx, "boot_id")
+    expect(boot_id() != old, f"boot_id {old} did not change")
+    expect(CONFIG.exists() and UNIT.exists() and HOOK.exists(), "boot 1's files are not on the disk")
+
+
+@step("reboot-no-vfs", needs=("disk-again", "daemon-restart"), boot=2)
+def reboot_no_vfs(ctx: Context) -> None:
+    """Right after the reboot the PFs have no VFs (systemd would run the unit now): `vfalloc
+    host check` fails on that, and `vfalloc list` reports boot 1's leases as stale."""
+    held = recall(ctx, "held_at_power_off")
+    for pf in sriov_pfs():
+        expect(read_sysfs(pf.sysfs / "sriov_numvfs") == "0", f"{pf.netdev} has VFs at boot")
+    checks = host_checks(ctx, want_rc=1)
+    for pf in sriov_pfs():
+        expect(pf_check(checks, "sr-iov", pf) == "fail", f"{pf.netdev}: no VFs, yet sr-iov passes")
+    view = listing(ctx, leased=set(), stale=set(held), free=0, total=None, human=True)
+    expect(view.held("stale") == held, f"stale leases {view.held('stale')}, expected {held}")
+
+
+@step("persist-at-boot", timeout=90, needs=("disk-again",), boot=2)
+def persist_at_boot(ctx: Context) -> None:
+    """The unit boot 1 wrote, its ExecStart lines run as systemd runs them at boot (before
+    libvirtd): both PFs get their 4 VFs back, on igbvf."""
+    unit = UNIT.read_text()
+    ctx.log(f"# cat {UNIT}\n{unit}")
+    execs = read_unit_exec_start(unit)
+    expect(len(execs) == 2, f"ExecStart lines: {execs}")
+    for argv in execs:
+        ctx.run(*argv)
+    for pf in sriov_pfs():
+        vfs = vfs_of(pf)
+        expect(len(vfs) == NUM_VFS, f"{pf.netdev}: {len(vfs)} VFs after the unit ran")
+        for vf in vfs:
+            ctx.wait_for(f"{vf} on igbvf", lambda: driver_of(vf) == "igbvf", timeout=10)
+
+
+@step("stale-listed", needs=("persist-at-boot", "reboot-no-vfs"), boot=2)
+def stale_listed(ctx: Context) -> None:
+    """With the VFs back, boot 1's leases are stale ("taken in an earlier boot") on the very VFs
+    they held; the VF given back in boot 1 is free."""
+    held = recall(ctx, "held_at_power_off")
+    view = listing(ctx, leased=set(), stale=set(held), free=POOL_SIZE - len(held), human=True)
+    expect(view.held("stale") == held, f"stale leases {view.held('stale')}, expected {held}")
+    for vf in held.values():
+        reason = view.row(vf)["reason"] or ""
+        expect("earlier boot" in reason, f"{vf}: stale because {reason!r}")
+
+
+@step("gc", timeout=60, needs=("stale-listed",), boot=2)
+def gc(ctx: Context) -> None:
+    """`vfalloc gc --dry-run` names every stale lease and frees none; `vfalloc gc` frees them,
+    one line each; then every VF of the pool is free and a second gc finds nothing."""
+    held = recall(ctx, "held_at_power_off")
+    dry = ctx.vfalloc("gc", "--dry-run").stdout
+    for name, vf in held.items():
+        expect(f"would free {vf} from {name}" in dry, f"the dry run does not name {vf} of {name}")
+    listing(ctx, leased=set(), stale=set(held), free=POOL_SIZE - len(held))
+    out = ctx.vfalloc("gc").stdout
+    for name, vf in held.items():
+        expect(f"freed {vf} from {name}" in out, f"gc does not report freeing {vf} of {name}")
+    listing(ctx, leased=set(), free=POOL_SIZE, human=True)
+    again = ctx.vfalloc("gc").stdout
+    expect("no stale leases" in again, "a second gc still found stale leases")
+
+
+@step("start-after-reboot", timeout=180, needs=("gc", "libvirtd"), boot=2)
+def start_after_reboot(ctx: Context) -> None:
+    """libvirtd comes up with boot 1's domains and hook from the disk; a plain start of a guest
+    gets the VF it held before the reboot (sticky), hot-plugged; `vfalloc host check` passes."""
+    name = RACERS[2]
+    before = recall(ctx, "vf_of")[name]
+    start_libvirt(ctx)
+    ctx.run("virsh", "start", "--paused", name)
+    ctx.wait_for(f"the lease of {name} attached", lambda: any(
+        r["domain"] == name and r["phase"] == "attached" for r in quiet_rows()),
+        timeout=90, interval=2)
+    view = listing(ctx, leased={name}, free=POOL_SIZE - 1)
+    expect(view.held()[name] == before, f"{name} got {view.held()[name]}, held {before} before")
+    check_vf_in_guest(ctx, view, name, hotplugged=True)
+    host_checks(ctx, want_rc=0)
 
 
 def inside_the_rig() -> bool:
@@ -600,11 +1000,12 @@ def inside_the_rig() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, required=True, help="the results share")
+    parser.add_argument("--boot", type=int, default=1, help="which boot of the VM this is")
     args = parser.parse_args(argv)
     if not inside_the_rig():
         print("scenario.py runs only inside the e2e VM (see rig.py); refusing", file=sys.stderr)
         return 2
-    return run_all(args.results)
+    return run_all(args.results, args.boot)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,17 @@ mount_base() {
     mount -t cgroup2 cgroup2 /sys/fs/cgroup
     mkdir -p "$RESULTS"
     mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results "$RESULTS"
+    # libvirt's QEMU capability cache, kept by rig.py across runs (probing costs ~25 s per boot
+    # under TCG; libvirt itself checks that each entry still matches).
+    mkdir -p /var/cache/libvirt/qemu
+    mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 cache /var/cache/libvirt/qemu ||
+        say "no libvirt cache share: libvirtd will probe QEMU again"
+}
+
+# syslog (the vfalloc hook and its hot-plug worker log there, facility daemon) goes to the
+# results share, one file per boot.
+start_syslog() {
+    busybox syslogd -O "$RESULTS/syslog-boot$(cmdline_value e2e.boot).log" || say "syslogd failed"
 }
 
 # Without udev nothing loads drivers on its own. igbvf and vfio-pci go first so that VFs get
@@ -61,6 +72,7 @@ pf_links_up() {
 mount_base
 exec </dev/null >/dev/console 2>&1
 hostname e2e-host
+start_syslog
 say "kernel $(uname -r), userspace up"
 load_drivers
 pf_links_up
@@ -68,5 +80,5 @@ pf_links_up
 python=$(cmdline_value e2e.python)
 scenario=$(cmdline_value e2e.scenario)
 say "running $python $scenario"
-"$python" "$scenario" --results "$RESULTS"
+"$python" "$scenario" --results "$RESULTS" --boot "$(cmdline_value e2e.boot)"
 say "scenario exited $?"
