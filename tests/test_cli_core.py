@@ -171,3 +171,14 @@ def test_racing_processes_never_share_a_vf(scratch):
     assert len(refused) == 1 and "no free VF in pool cx" in refused[0].stderr
     rows = json.loads(subprocess.run([VFALLOC, "list", "--json"], env=env, capture_output=True, text=True).stdout)
     assert sorted(r["domain_uuid"] for r in rows if r["state"] == "leased") == sorted(x["uuid"] for x in ok)
+
+
+def test_lease_of_a_vanished_vf_is_listed_stale_without_a_vf_index(i350_host):
+    s = i350_host
+    s.run("alloc", "--domain", "vm1", "--uuid", uuid(1), "--pool", "enp1s0f0", "--index", "2")
+    vf0 = s.sysfs / "bus/pci/devices/0000:01:00.0/virtfn0"
+    vf0.unlink()  # the kernel removed VF 0 (e.g. numvfs changed behind vfalloc's back)
+    rows = json.loads(s.run("list", "--json").out)
+    gone = [r for r in rows if r["vf"] == "0000:01:10.0"]
+    assert [(r["state"], r["reason"], r["vf_index"], r["domain"]) for r in gone] == [
+        ("stale", "its VF no longer exists", None, "vm1")]

@@ -50,9 +50,10 @@ def test_unit_carries_one_execstart_per_configured_pf(host):
     res = run(host)
     assert res.code == 0, res.err
     text = (host.target / UNIT).read_text()
+    # the scratch config is not the default one: the unit names it (units get no VFALLOC_* env)
     assert re.findall(r"^ExecStart=.*$", text, re.M) == [
-        f"ExecStart={host.exe} host numvfs 0000:01:00.0 7",
-        f"ExecStart={host.exe} host numvfs 0000:01:00.1 4"]
+        f"ExecStart={host.exe} host numvfs 0000:01:00.0 7 --config {host.config}",
+        f"ExecStart={host.exe} host numvfs 0000:01:00.1 4 --config {host.config}"]
     assert "After=network-pre.target NetworkManager.service networking.service systemd-networkd.service" in text
     assert "Before=libvirtd.service virtqemud.service" in text
     assert "After=sys-subsystem-net-devices-enp1s0f0.device sys-subsystem-net-devices-enp1s0f1.device" in text

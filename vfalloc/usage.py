@@ -56,8 +56,7 @@ def _apply_lease(row: dict, lease, vfs, boot_id: str, running: set[str] | None) 
     if reason is None and running is not None and lease.uuid not in running and lease.phase != "reserved":
         reason = "its domain is not running"
     row.update(state="stale" if reason else "leased", domain=lease.domain, domain_uuid=lease.uuid,
-               mac=lease.mac, vlan=lease.vlan, phase=lease.phase, since=lease.since, reason=reason,
-               vf_index=row["vf_index"] if row["vf_index"] is not None else lease.index)
+               mac=lease.mac, vlan=lease.vlan, phase=lease.phase, since=lease.since, reason=reason)
 
 
 def pool_rows(host: Host, pools: Sequence[Pool], rows: Sequence[Mapping]) -> list[dict]:

@@ -579,7 +579,8 @@ def persist_systemd(ctx: Context) -> None:
     expect(UNIT_WANTS.is_symlink(), f"{UNIT_WANTS} is missing: the unit is not enabled")
     expect("Before=libvirtd.service" in unit, "the unit is not ordered before libvirtd")
     execs = read_unit_exec_start(unit)
-    want = [[str(VFALLOC), "host", "numvfs", pf.address, str(NUM_VFS)] for pf in pfs]
+    # CONFIG is not the default path, and a unit gets no VFALLOC_* environment: it names it
+    want = [[str(VFALLOC), "host", "numvfs", pf.address, str(NUM_VFS), "--config", str(CONFIG)] for pf in pfs]
     expect(execs == want, f"ExecStart lines {execs}, expected {want}")
     ctx.run("systemd-analyze", "verify", str(UNIT), check=False)
     for argv in execs:

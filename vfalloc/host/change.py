@@ -99,6 +99,16 @@ def cmd_numvfs(args, ctx) -> int:
 
 # -- persist --
 
+def _config_arg(ctx) -> str | None:
+    """The config file the unit must name: any but the default one vfalloc finds by itself."""
+    from ..config import DEFAULT_CONFIG
+
+    config = ctx.settings.config
+    if not config.exists or str(config.path) == DEFAULT_CONFIG:
+        return None
+    return persist.check_exe(str(config.path.resolve()), "--config")
+
+
 def cmd_persist(args, ctx) -> int:
     rootfs = RootFS(args.root, args.dry_run, ctx.out)
     if args.remove:
@@ -112,7 +122,8 @@ def cmd_persist(args, ctx) -> int:
     autoprobe = None if args.autoprobe is None else args.autoprobe == "on"
     if args.method == "systemd":
         exe = persist.check_exe(args.exe or shutil.which("vfalloc") or "/usr/local/bin/vfalloc")
-        path, text, other = persist.UNIT_PATH, persist.render_unit(items, exe, autoprobe), [persist.RULE_PATH]
+        path, text, other = persist.UNIT_PATH, persist.render_unit(items, exe, autoprobe, _config_arg(ctx)), \
+            [persist.RULE_PATH]
     else:
         if args.enable:
             raise UsageError("--enable is for --method systemd")

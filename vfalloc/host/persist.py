@@ -92,7 +92,9 @@ def device_unit(netdev: str) -> str:
     return f"sys-subsystem-net-devices-{escape(netdev)}.device"
 
 
-def render_unit(items: list[Target], exe: str, autoprobe: bool | None) -> str:
+def render_unit(items: list[Target], exe: str, autoprobe: bool | None, config: str | None = None) -> str:
+    """The oneshot unit. `config`: a config file other than the default, passed on to each
+    command (a unit runs with no VFALLOC_* environment)."""
     devices = " ".join(device_unit(t.netdev) for t in items if t.netdev)
     lines = [HEADER, "[Unit]",
              "Description=vfalloc: create the SR-IOV VFs of the configured pools",
@@ -102,6 +104,8 @@ def render_unit(items: list[Target], exe: str, autoprobe: bool | None) -> str:
         lines += [f"Wants={devices}", f"After={devices}"]
     lines += ["", "[Service]", "Type=oneshot", "RemainAfterExit=yes"]
     tail = "" if autoprobe is None else f" --autoprobe {'on' if autoprobe else 'off'}"
+    if config:
+        tail += f" --config {config}"
     lines += [f"ExecStart={exe} host numvfs {t.address} {t.numvfs}{tail}" for t in items]
     lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
     return "\n".join(lines)
@@ -117,9 +121,9 @@ def render_rules(items: list[Target], autoprobe: bool | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_exe(exe: str) -> str:
+def check_exe(exe: str, what: str = "--exec") -> str:
     if not exe.startswith("/") or re.search(r"\s", exe):
-        raise UsageError(f"--exec {exe!r}: systemd needs an absolute path without spaces")
+        raise UsageError(f"{what} {exe!r}: systemd needs an absolute path without spaces")
     return exe
 
 
