@@ -32,9 +32,24 @@ mount_base() {
     mount -t devpts devpts /dev/pts
     mount -t tmpfs tmpfs /dev/shm
     ln -sfn /proc/self/fd /dev/fd
-    # /run and /tmp are fresh and empty: nothing of this machine's state leaks in there.
+    # /run and /tmp are fresh and empty: nothing of this machine's state leaks in there. A
+    # checkout that lives under one of them (a CI clone in /tmp, say) is carried across.
+    local repo top
+    repo=$(dirname "$(dirname "$(dirname "$(cmdline_value e2e.scenario)")")")
+    for top in /run /tmp; do
+        case "$repo/" in
+        "$top"/*)
+            mkdir -p /.e2e-keep
+            mount --bind "$repo" /.e2e-keep
+            ;;
+        esac
+    done
     mount -t tmpfs -o mode=755 tmpfs /run
     mount -t tmpfs -o mode=1777 tmpfs /tmp
+    if mountpoint -q /.e2e-keep 2>/dev/null; then
+        mkdir -p "$repo"
+        mount --move /.e2e-keep "$repo"
+    fi
     # libvirt puts each QEMU into a cgroup (v2 here).
     mount -t cgroup2 cgroup2 /sys/fs/cgroup
     mkdir -p "$RESULTS"
