@@ -48,6 +48,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import Result
 from fakehost import FakeSys, i350
 
 BINARIES = ("libvirtd", "virtlogd", "qemu-system-x86_64", "unshare", "nsenter", "mount")
@@ -82,13 +83,6 @@ cat > "$dir/$(printf %03d "$n")-$2-$3.xml"
 def _die_with_parent() -> None:
     """preexec_fn: the daemon gets SIGTERM if the test session dies without cleaning up."""
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
 
 
 @dataclass
