@@ -115,6 +115,19 @@ def test_kernel_args_per_vendor(scratch, cpu, cmdline, status, text):
     assert line.startswith(status) and text in line
 
 
+@pytest.mark.parametrize("cpu, unit, cmdline, status, text", [
+    ("AuthenticAMD", "dmar0", "iommu=pt", "warn", "intel_iommu=on is not on"),
+    ("AuthenticAMD", "dmar0", "intel_iommu=on iommu=pt", "ok", "intel_iommu=on"),
+    ("GenuineIntel", "ivhd0", "iommu=pt", "ok", "AMD IOMMU on by default"),
+], ids=["amd-cpu-intel-iommu", "amd-cpu-intel-iommu-on", "intel-cpu-amd-iommu"])
+def test_the_iommu_units_decide_whose_rules_apply(scratch, cpu, unit, cmdline, status, text):
+    """A VM with an AMD CPU model and QEMU's intel-iommu has an Intel IOMMU: class/iommu says so."""
+    build(scratch, cpu=cpu, cmdline=cmdline)
+    (scratch.fs.root / "class" / "iommu" / unit).mkdir(parents=True)
+    [line] = lines(check(scratch), name="kernel-args")
+    assert line.startswith(status) and text in line
+
+
 def test_seed_case_names_the_bridge_without_acs(scratch):
     fs = scratch.fs
     fs.bridge("0000:00:01.0", device="1901", config=cs.load("rootport-8086-1901-noacs"), group=1)

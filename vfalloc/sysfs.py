@@ -249,6 +249,17 @@ class Sysfs:
                 result[int(name)] = sorted(PciAddress.parse(m) for m in members)
         return dict(sorted(result.items()))
 
+    def iommu_units(self) -> list[str]:
+        """The IOMMU units the kernel registered (class/iommu): dmarN for Intel VT-d, ivhdN for
+        AMD-Vi (drivers/iommu/intel/dmar.c, amd/init.c; Linux 4.x to 6.x). Empty when the
+        IOMMU is off."""
+        try:
+            return sorted(os.listdir(f"{self._root}/class/iommu"))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise SysfsError(f"{self._root}/class/iommu", f"cannot list ({exc.strerror})") from exc
+
     def pci_driver_exists(self, name: str) -> bool:
         return os.path.isdir(f"{self._root}/bus/pci/drivers/{name}")
 

@@ -10,6 +10,17 @@ from ..model import PF
 
 
 def vendor(ctx) -> str | None:
+    """Whose IOMMU this host has, as the CPU vendor string the IOMMU rules are keyed by: the
+    IOMMU units the kernel registered tell it when it is on (an Intel VT-d unit means Intel's
+    rules whatever the CPU, as in a VM with an emulated intel-iommu), else the CPU vendor."""
+    try:
+        units = ctx.sysfs.iommu_units()
+    except VfallocError:
+        units = []
+    if any(u.startswith("dmar") for u in units):
+        return "GenuineIntel"
+    if any(u.startswith("ivhd") for u in units):
+        return "AuthenticAMD"
     try:
         return procfs.cpu_vendor(ctx.settings.proc_root)
     except VfallocError:
