@@ -125,7 +125,7 @@ def test_precedence_flag_env_file_default(tmp_path):
     assert s.state == Path("/from/file")
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-2"], ids=["text", "zero", "negative"])
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "nan", "inf"], ids=["text", "zero", "negative", "nan", "inf"])
 def test_bad_lock_timeout(tmp_path, value):
     with pytest.raises(UsageError, match="lock timeout"):
         load_settings({}, environ={"VFALLOC_LOCK_TIMEOUT": value, "VFALLOC_CONFIG": ""})

@@ -90,9 +90,11 @@ def test_start_stop_cycle(hook):
     assert record["argv"][-2:] == ["vm1", uuid(1)]
     assert record["sid"] == record["pid"]
     assert record["fds"] == [0, 1, 2] and record["stdin_is_devnull"]
-    # prepare again (e.g. a second hook pass) is idempotent
+    # prepare again (e.g. a second hook pass) is idempotent: the same VFs, nothing more
     assert hook.run("vm1", "prepare", "begin", xml=xml).returncode == 0
-    assert hook.leases() == leases
+    def same(x):
+        return {k: v for k, v in x.items() if k != "since"}
+    assert [same(x) for x in hook.leases()] == [same(x) for x in leases]
     r = hook.run("vm1", "release", "end", "destroyed", xml=xml)
     assert r.returncode == 0 and hook.leases() == []
     lines = hook.log.read_text().splitlines()
@@ -348,3 +350,46 @@ def test_repo_hook_matches_the_installed_template():
     installed = hook_script("/x/python").splitlines()
     assert [line.split("  #")[0] for line in repo[1:] if not line.startswith("#")] == \
            [line for line in installed[1:] if not line.startswith("#")]
+
+
+def test_reconnect_never_fails_a_running_domain(hook):
+    """libvirt kills a domain whose `reconnect begin` hook exits non-zero: errors are logged only."""
+    hook.s.write_config('[pools.renamed]\npfs = ["enp1s0f0"]\n')  # the domain's pool is gone
+    r = hook.run("vm1", "reconnect", "begin", xml=domain_xml(1, '<vfalloc:vf pool="lan0"/>', iface(0, "0000:01:10.0")))
+    assert r.returncode == 0 and r.stderr.decode().startswith("vfalloc: no pool named lan0")
+    assert "vm1 reconnect begin: failed: no pool named lan0" in hook.log.read_text()
+
+
+def test_reconnect_of_any_domain_frees_leases_of_stopped_domains(hook, tmp_path):
+    run_dir = tmp_path / "run-libvirt-qemu"
+    run_dir.mkdir()
+    hook.env["VFALLOC_LIBVIRT_RUN"] = str(run_dir)
+    hook.s.run("alloc", "--domain", "gone", "--uuid", uuid(5), "--pool", "lan0")
+    table = json.loads(hook.s.state.read_text())
+    table["leases"][0].update(phase="attached", since="2026-01-01T00:00:00+00:00")
+    hook.s.state.write_text(json.dumps(table))
+    r = hook.run("web", "reconnect", "begin", xml=domain_xml(6))  # a domain that asks for no VF
+    assert r.returncode == 0, r.stderr
+    assert hook.leases() == []
+    assert "gc freed 0000:01:10.0 of gone (its domain is not running)" in hook.log.read_text()
+
+
+def test_unwritable_hook_log_does_not_refuse_the_start(hook, tmp_path):
+    hook.env["VFALLOC_HOOK_LOG"] = str(tmp_path / "no-such-dir" / "hook.log")
+    r = hook.run("vm1", "prepare", "begin", xml=domain_xml(1, '<vfalloc:vf pool="lan0"/>'))
+    assert (r.returncode, r.stderr) == (0, b"") and len(hook.leases()) == 1
+
+
+def test_pool_name_with_a_newline_stays_one_line(hook):
+    r = hook.run("vm1", "prepare", "begin", xml=domain_xml(1, '<vfalloc:vf pool="x&#10;y"/>'))
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1 and "no pool named 'x\\ny'" in err
+
+
+def test_restore_keeps_a_vf_pinned_without_a_request(hook):
+    vf = "0000:01:10.4"
+    xml = domain_xml(9, "", iface(0, vf)).replace("<metadata></metadata>", "")
+    r = hook.run("vm9", "restore", "begin", xml=xml)
+    assert r.returncode == 0, r.stderr
+    assert [(x["vf"], x["phase"], x["pool"]) for x in hook.leases()] == [(vf, "attached", "lan0")]
+    assert _canon(r.stdout) == _canon(xml)  # the source stays where it was pinned

@@ -186,8 +186,10 @@ def test_wait_returns_when_the_vfs_show_up_late(host):
     (["enp1s0f0", "-1"], "is negative"),
     (["enp9s0", "2"], "enp9s0 is not an SR-IOV PF on this host (PFs: enp1s0f0, enp1s0f1)"),
     (["enp1s0f0", "two"], "invalid int value"),
-    (["enp1s0f0", "2", "--timeout", "0"], "--timeout 0 must be more than 0"),
-], ids=["over-totalvfs", "negative", "unknown-pf", "not-a-number", "zero-timeout"])
+    (["enp1s0f0", "2", "--timeout", "0"], "--timeout 0 must be a number of seconds from 0 to 3600"),
+    (["enp1s0f0", "2", "--timeout", "nan"], "--timeout nan must be a number of seconds"),
+    (["enp1s0f0", "2", "--timeout", "inf"], "--timeout inf must be a number of seconds"),
+], ids=["over-totalvfs", "negative", "unknown-pf", "not-a-number", "zero-timeout", "nan-timeout", "inf-timeout"])
 def test_bad_input_is_one_line_and_writes_nothing(host, argv, message):
     res = host.run("host", "numvfs", *argv)
     assert res.code == 2

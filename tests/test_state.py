@@ -163,3 +163,33 @@ def test_lock_timeout_is_a_clear_error(tmp_path):
     with store.transaction() as txn:  # the dead holder's lock is gone with it
         txn.table = txn.table.with_leases([lease()])
     assert len(store.read().leases) == 1
+
+
+def test_short_write_fails_and_keeps_the_old_table(tmp_path):
+    """A write(2) that stops short (here a file size limit, as a full disk would) must not be
+    renamed over the table as if it were whole."""
+    store = StateStore(tmp_path / "state.json")
+    with store.transaction() as txn:
+        txn.table = txn.table.with_leases([lease()])
+    before = store.path.read_bytes()
+    child = subprocess.run([sys.executable, "-c", """
+import resource, signal, sys
+from vfalloc.errors import StateError
+from vfalloc.model import Lease
+from vfalloc.state import StateStore
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+store = StateStore(sys.argv[1])
+new = [Lease(vf=f"0000:02:{n:02x}.0", pf="0000:02:00.0", pool="p", domain=f"d{n}", uuid=f"u{n}", index=0,
+             mac=None, vlan=None, since="t", boot_id="b", phase="attached") for n in range(40)]
+try:
+    with store.transaction() as txn:
+        txn.table = txn.table.with_leases(new)
+except StateError as exc:
+    print(exc)
+    sys.exit(3)
+""", str(store.path)], capture_output=True, text=True)
+    assert child.returncode == 3, child.stderr
+    assert "cannot be written" in child.stdout
+    assert store.path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []

@@ -68,8 +68,13 @@ def test_only_selected_pfs_are_read(host_dir):
     assert [pf.name for pf in host.pfs] == ["ens2f0"]
 
 
-def test_empty_root_has_no_pfs(tmp_path):
-    assert Sysfs(tmp_path).read_host().pfs == ()
+def test_host_without_sriov_has_no_pfs(tmp_path):
+    assert Sysfs(FakeSys(tmp_path).root).read_host().pfs == ()
+
+
+def test_wrong_root_is_an_error_not_an_empty_host(tmp_path):
+    with pytest.raises(SysfsError, match="bus/pci/devices: does not exist; is sysfs mounted there"):
+        Sysfs(tmp_path / "nothing-here").read_host()
 
 
 def test_unreadable_attribute_is_an_error_not_a_default(host_dir):

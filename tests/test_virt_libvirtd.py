@@ -93,12 +93,15 @@ def test_empty_pool_refuses_the_start_with_vfallocs_message(lab):
     ("qemu-exits", "shutdown"),
 ], ids=["destroy", "guest-shutdown"])
 def test_release_frees_the_leases_when_the_domain_stops(lab, how, reason):
-    """A lease reserved by hand stays reserved through the start (no hot-plug, nothing to
-    refuse), so the stop is what frees it. QEMU exits on SIGTERM the way it does when the guest
-    powers off (a SHUTDOWN event, then EOF): libvirt records reason "shutdown"."""
+    """The stop frees what the domain holds. The fake VF cannot be hot-plugged, so the worker
+    gives the start's lease back; the lease the domain holds while it runs is then reserved by
+    hand. QEMU exits on SIGTERM the way it does when the guest powers off (a SHUTDOWN event,
+    then EOF): libvirt records reason "shutdown"."""
     dom = lab.define(f"stop-{how}", REQ)
-    assert lab.vfalloc("alloc", "--domain", dom.name(), "--uuid", dom.UUIDString(), "--pool", "lan0").code == 0
     start(dom)
+    lab.wait_until(lambda: any(" hotplug: " in line for line in lab.log_lines()), message="the worker is done")
+    assert lab.leases() == []
+    assert lab.vfalloc("alloc", "--domain", dom.name(), "--uuid", dom.UUIDString(), "--pool", "lan0").code == 0
     assert [(x["domain"], x["phase"]) for x in lab.leases()] == [(dom.name(), "reserved")]
     if how == "destroy":
         dom.destroy()
@@ -163,8 +166,9 @@ def test_vfalloc_start_failure_gives_the_vfs_back_and_keeps_the_saved_config_cle
 
 def test_vfalloc_start_refuses_a_running_domain(lab):
     dom = lab.define("running", REQ)
-    assert lab.vfalloc("alloc", "--domain", dom.name(), "--uuid", dom.UUIDString(), "--pool", "lan0").code == 0
     start(dom)
+    lab.wait_until(lambda: any(" hotplug: " in line for line in lab.log_lines()), message="the worker is done")
+    assert lab.vfalloc("alloc", "--domain", dom.name(), "--uuid", dom.UUIDString(), "--pool", "lan0").code == 0
     before = lab.leases()
     r = lab.vfalloc("start", dom.name())
     assert r.code == 2 and f"{dom.name()} is already running" in r.err and lab.leases() == before
@@ -176,8 +180,9 @@ def test_gc_after_a_daemon_restart(lab, monkeypatch):
     lease from libvirt's status files, without asking libvirt. `vfalloc list` / `gc` then agree
     through libvirt itself."""
     running = lab.define("alive", REQ)
+    start(running)  # the fake VF cannot be hot-plugged: the worker gives the start's lease back
+    lab.wait_until(lambda: any(" hotplug: " in line for line in lab.log_lines()), message="the worker is done")
     assert lab.vfalloc("alloc", "--domain", running.name(), "--uuid", running.UUIDString(), "--pool", "lan0").code == 0
-    start(running)
     ghost = lab.define("ghost", REQ)  # defined, never started
     assert lab.vfalloc("alloc", "--domain", ghost.name(), "--uuid", ghost.UUIDString(), "--pool", "lan0").code == 0
     table = json.loads(lab.state.read_text())
@@ -190,7 +195,7 @@ def test_gc_after_a_daemon_restart(lab, monkeypatch):
     lab.restart_libvirtd()
     lab.wait_until(lambda: any("reconnect begin:" in line for line in lab.log_lines())
                    and f"{running.name()} reconnect begin -" in lab.calls(), message="the reconnect hooks")
-    line = next(x for x in lab.log_lines() if "reconnect begin:" in x)
+    line = next(x for x in lab.log_lines() if "reconnect begin:" in x and running.name() in x)
     assert line == f"{running.name()} reconnect begin: gc freed {ghost_vf} of {ghost.name()} (its domain is not running)"
     assert [x["domain"] for x in lab.leases()] == [running.name()]
 

@@ -47,9 +47,9 @@ def allocate(host: Host, pools: Sequence[Pool], table: LeaseTable, *, domain: st
         request = request.with_defaults(pool)
         held = _held(table, uuid, request.index)
         if held is not None and held.pool == pool.name and held.vf in vfs:
-            fresh = replace(held, domain=domain)
-            if held.boot_id != boot_id:  # a lease of an earlier boot starts afresh
-                fresh = replace(fresh, boot_id=boot_id, since=now, phase=phase)
+            # The same VF again, taken anew: this start's phase (a lease reserved by hand must
+            # now be hot-plugged) and time (gc tells a lease taken again from the one it read).
+            fresh = replace(held, domain=domain, boot_id=boot_id, since=now, phase=phase)
             table = table.replaced(held, fresh)
             granted.append(fresh)
             continue

@@ -25,6 +25,7 @@ never touches sysfs or the state file itself.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -109,7 +110,7 @@ def load_settings(flags: Mapping[str, str | None] | None = None,
         timeout = float(timeout_text)
     except ValueError:
         raise UsageError(f"lock timeout {timeout_text!r} is not a number of seconds") from None
-    if timeout <= 0:
+    if not math.isfinite(timeout) or timeout <= 0:
         raise UsageError(f"lock timeout {timeout_text} must be more than 0 seconds")
     hook_log = pick("hook_log")
     return Settings(config, Path(pick("sysfs_root")), Path(pick("state")), Path(pick("proc_root")),

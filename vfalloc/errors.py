@@ -69,6 +69,11 @@ class AllocationError(VfallocError):
     """A request for VFs cannot be met."""
 
 
+def shown(name: str) -> str:
+    """A name from outside (a domain XML, a command line) as it can stand in a one-line message."""
+    return name if name.isprintable() else repr(name)
+
+
 class UnknownPool(AllocationError):
     def __init__(self, pool: str, domain: str, known: tuple[str, ...]) -> None:
         self.pool = pool
@@ -76,7 +81,7 @@ class UnknownPool(AllocationError):
         self.known = known
         names = ", ".join(known) if known else "none"
         super().__init__(
-            f"no pool named {pool} for {domain} (pools: {names}); "
+            f"no pool named {shown(pool)} for {shown(domain)} (pools: {names}); "
             "fix the request or define the pool in the config file"
         )
 

@@ -71,22 +71,26 @@ def main(argv: Sequence[str], stdin: BinaryIO | None = None, out: TextIO | None 
     if handler is None:
         return 0
     stdin = stdin if stdin is not None else sys.stdin.buffer
+    # Only these may fail: a non-zero exit refuses a start or an incoming domain. Anywhere else
+    # it does harm: at `reconnect begin` libvirt 11.3 kills the running domain
+    # (qemuProcessReconnect -> qemuProcessStop), so there an error is logged and the exit is 0.
+    may_refuse = (op, subop) in REFUSING
     try:
         xml = stdin.read()
         call = Call(domain, op, subop, extra, xml, environ, out, err)
-        if not domxml.mentions_vfalloc(xml):
+        if not domxml.mentions_vfalloc(xml) and (op, subop) != ("reconnect", "begin"):
             if not xml.strip() and op in ("prepare", "migrate", "restore"):
                 call.info()  # raises: these operations need the XML
             return 0
         message = handler(call)
     except VfallocError as exc:
         err.write(f"vfalloc: {exc}\n")
-        log(environ, f"{domain} {op} {subop}: refused: {exc}")
-        return 1
+        log(environ, f"{domain} {op} {subop}: {'refused' if may_refuse else 'failed'}: {exc}")
+        return 1 if may_refuse else 0
     except Exception as exc:  # never a traceback into libvirt's error message
         err.write(f"vfalloc: internal error in the hook: {type(exc).__name__}: {exc}\n")
         log(environ, f"{domain} {op} {subop}: internal error: {type(exc).__name__}: {exc}")
-        return 1
+        return 1 if may_refuse else 0
     log(environ, f"{domain} {op} {subop}: {message or 'nothing to do'}")
     return 0
 
@@ -151,10 +155,12 @@ def on_reconnect(call: Call) -> str:
     from .gc import collect_offline
     from .lease_ops import reconcile_running
 
-    info = call.info()
     ctx = _context(call)
-    kept, dropped = reconcile_running(ctx, info, now())
     parts = []
+    kept: tuple = ()
+    dropped: tuple = ()
+    if domxml.mentions_vfalloc(call.xml):
+        kept, dropped = reconcile_running(ctx, call.info(), now())
     if kept:
         parts.append("holds " + ", ".join(x.vf for x in kept))
     if dropped:
@@ -164,6 +170,8 @@ def on_reconnect(call: Call) -> str:
         parts.append("gc freed " + ", ".join(f"{x.vf} of {x.domain} ({why})" for x, why in freed))
     return "; ".join(parts)
 
+
+REFUSING = {("prepare", "begin"), ("migrate", "begin"), ("restore", "begin")}
 
 HANDLERS: dict[tuple[str, str], Callable[[Call], str]] = {
     ("prepare", "begin"): on_prepare,
@@ -250,8 +258,11 @@ def log(environ: Mapping[str, str], line: str) -> None:
     syslog.syslog(syslog.LOG_INFO, line)
     path = environ.get(ENV_LOG) or _configured_log(environ)
     if path:
-        with open(path, "a") as fh:
-            fh.write(line + "\n")
+        try:
+            with open(path, "a") as fh:
+                fh.write(line + "\n")
+        except OSError as exc:  # the log is a copy of syslog's line: never a reason to fail
+            syslog.syslog(syslog.LOG_WARNING, f"cannot append to hook_log {path}: {exc.strerror}")
 
 
 def _configured_log(environ: Mapping[str, str]):

@@ -12,33 +12,42 @@ from collections.abc import Iterable
 from .allocator import Claim, allocate, claim, release
 from .context import Context
 from .domxml import DomainInfo
-from .errors import DomainXMLError, UnknownPool
+from .errors import UnknownPool
 from .model import Lease, PciAddress, Request
 
 
 def focus(ctx: Context, domain: str, pool_names: Iterable[str], extra_vfs: Iterable[PciAddress] = ()) -> None:
-    """Narrow the context's host snapshot to the PFs of these pools (and of these VFs), so a
-    start on a host with a thousand VFs reads only what it needs. A pool name that does not
-    exist is refused here, naming the pools that do."""
+    """Narrow the context's host snapshot to the PFs of these pools, and of the pools holding
+    these VFs, so a start on a host with a thousand VFs reads only what it needs. A pool name
+    that does not exist is refused here, naming the pools that do."""
     from .config import pf_refs, resolve_pools
 
-    names = set(pool_names)
-    wanted: set[PciAddress] = set()
-    for ref in pf_refs(ctx.settings.config, names):
-        address = PciAddress.parse(ref) if PciAddress.looks_like(ref) else ctx.sysfs.netdev_pci(ref)
-        if address is not None:
-            wanted.add(address)
-    for vf in extra_vfs:
-        pf = ctx.sysfs.physfn(vf)
-        if pf is not None:
-            wanted.add(pf)
+    config = ctx.settings.config
+    asked = set(pool_names)
+    pinned = {pf for pf in (ctx.sysfs.physfn(vf) for vf in extra_vfs) if pf is not None}
+    names = asked | _pools_holding(ctx, pinned)
+    wanted = pinned | {a for a in (_address_of(ctx, ref) for ref in pf_refs(config, names)) if a is not None}
     host = ctx.sysfs.read_host(only=wanted, brief=True)
-    pools = resolve_pools(ctx.settings.config, host, names)
-    unknown = sorted(names - {p.name for p in pools})
+    pools = resolve_pools(config, host, names)
+    unknown = sorted(asked - {p.name for p in pools})
     if unknown:
         raise UnknownPool(unknown[0], domain, _all_pool_names(ctx))
     ctx.__dict__["host"] = host
     ctx.__dict__["pools"] = pools
+
+
+def _address_of(ctx: Context, ref: str) -> PciAddress | None:
+    return PciAddress.parse(ref) if PciAddress.looks_like(ref) else ctx.sysfs.netdev_pci(ref)
+
+
+def _pools_holding(ctx: Context, pfs: set[PciAddress]) -> set[str]:
+    """Names of the pools that include any of these PFs."""
+    if not pfs:
+        return set()
+    config = ctx.settings.config
+    if not config.pools:  # one pool per PF, named after it
+        return {pf.name for pf in ctx.sysfs.read_host(only=pfs, brief=True).pfs}
+    return {spec.name for spec in config.pools if any(_address_of(ctx, ref) in pfs for ref, _ in spec.members)}
 
 
 def _all_pool_names(ctx: Context) -> tuple[str, ...]:
@@ -59,10 +68,10 @@ def numa_nodes(ctx: Context, info: DomainInfo) -> frozenset[int]:
     return frozenset(nodes)
 
 
-def _claims(ctx: Context, info: DomainInfo) -> list[Claim]:
+def _claims(ctx: Context, info: DomainInfo, devices=None) -> list[Claim]:
     by_index = {r.index: r for r in info.requests}
     claims = []
-    for dev in info.devices:
+    for dev in info.devices if devices is None else devices:
         request = by_index.get(dev.index)
         if request is None:
             pool = next((p.name for p in ctx.pools if any(
@@ -103,22 +112,25 @@ def release_domain(ctx: Context, uuid: str) -> tuple[Lease, ...]:
 
 
 def lease_for_incoming(ctx: Context, info: DomainInfo, now: str) -> tuple[Lease, ...]:
-    """A VF here for each vfalloc device of a domain arriving by migration or restore."""
+    """A VF here for each vfalloc device of a domain arriving by migration or restore: a VF of
+    its request's pool, or, for a device pinned without a request, the VF it names."""
     by_index = {r.index: r for r in info.requests}
-    requests = []
-    for dev in info.devices:
-        if dev.index not in by_index:
-            raise DomainXMLError(info.name, f"device {domxml_alias(dev.index)} has no vfalloc request "
-                                 f"at position {dev.index} in <metadata>",
-                                 "keep the <vfalloc:vfs> metadata with the domain")
-        requests.append(by_index[dev.index])
-    focus(ctx, info.name, {r.pool for r in requests})
+    requests = [by_index[d.index] for d in info.devices if d.index in by_index]
+    pinned = [d for d in info.devices if d.index not in by_index]
+    focus(ctx, info.name, {r.pool for r in requests}, [d.address for d in pinned])
     with ctx.store.transaction() as txn:
-        grant = allocate(ctx.host, ctx.pools, txn.table, domain=info.name, uuid=info.uuid,
-                         requests=requests, boot_id=ctx.boot_id, now=now, phase="attached",
-                         numa_nodes=numa_nodes(ctx, info))
-        txn.table = grant.table
-    return grant.leases
+        table, leases = txn.table, []
+        if pinned:
+            grant = claim(ctx.host, ctx.pools, table, domain=info.name, uuid=info.uuid,
+                          claims=_claims(ctx, info, pinned), boot_id=ctx.boot_id, now=now, phase="attached")
+            table, leases = grant.table, list(grant.leases)
+        if requests:
+            grant = allocate(ctx.host, ctx.pools, table, domain=info.name, uuid=info.uuid,
+                             requests=requests, boot_id=ctx.boot_id, now=now, phase="attached",
+                             numa_nodes=numa_nodes(ctx, info))
+            table, leases = grant.table, leases + list(grant.leases)
+        txn.table = table
+    return tuple(sorted(leases, key=lambda x: x.index))
 
 
 def reconcile_running(ctx: Context, info: DomainInfo, now: str) -> tuple[tuple[Lease, ...], tuple[Lease, ...]]:
@@ -139,9 +151,3 @@ def reconcile_running(ctx: Context, info: DomainInfo, now: str) -> tuple[tuple[L
         kept += tuple(x for x in table.of_domain(info.uuid) if x.phase == "pending-attach")
         txn.table = table
     return kept, dropped
-
-
-def domxml_alias(index: int) -> str:
-    from .domxml import ALIAS_PREFIX
-
-    return f"{ALIAS_PREFIX}{index}"

@@ -157,7 +157,9 @@ class StateStore:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
-                os.write(fd, payload)
+                view = memoryview(payload)
+                while view:  # write(2) may write less than asked (a full disk, a file size limit)
+                    view = view[os.write(fd, view):]
                 os.fsync(fd)
             finally:
                 os.close(fd)

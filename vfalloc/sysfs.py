@@ -111,10 +111,13 @@ class Sysfs:
 
     # -- inventory --
     def pci_addresses(self) -> list[PciAddress]:
+        # Every Linux with PCI has this directory, with or without devices: its absence means a
+        # wrong sysfs root, and taking it for "no VFs" would make every lease look stale.
         try:
             names = os.listdir(self._devices)
-        except FileNotFoundError:
-            return []
+        except FileNotFoundError as exc:
+            raise SysfsError(self._devices, "does not exist",
+                             "is sysfs mounted there? check --sysfs-root / VFALLOC_SYSFS_ROOT") from exc
         except OSError as exc:
             raise SysfsError(self._devices, f"cannot list ({exc.strerror})") from exc
         return sorted(PciAddress.parse(n) for n in names if PciAddress.looks_like(n))

@@ -5,6 +5,7 @@ Must not: hold the logic of a change (kernelargs, numvfs, persist, vfdriver do).
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -77,8 +78,8 @@ def _next_step(ctx, args, plan, wanted, running) -> None:
 def cmd_numvfs(args, ctx) -> int:
     pf = facts.pf(ctx, args.pf)
     numvfs.check_request(pf, args.count)
-    if args.timeout <= 0:
-        raise UsageError(f"--timeout {args.timeout:g} must be more than 0 seconds")
+    if not math.isfinite(args.timeout) or args.timeout <= 0 or args.timeout > 3600:
+        raise UsageError(f"--timeout {args.timeout:g} must be a number of seconds from 0 to 3600")
     leases = numvfs.blocking_leases(pf, args.count, ctx.store.read(), boot_id(ctx))
     if leases and not args.force:
         raise HostError(numvfs.lease_refusal(pf, args.count, leases))
