@@ -193,3 +193,10 @@ except StateError as exc:
     assert "cannot be written" in child.stdout
     assert store.path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+def test_a_directory_as_state_is_refused_with_the_setting_to_fix(tmp_path):
+    with pytest.raises(StateError) as info:
+        StateStore(tmp_path).read()
+    assert "is not a regular file" in str(info.value) and "point --state" in str(info.value)
+    assert tmp_path.is_dir()

@@ -64,7 +64,8 @@ class StateStore:
 
     def _check_owner(self, st: os.stat_result) -> None:
         if not stat.S_ISREG(st.st_mode):
-            raise StateError(self.path, "is not a regular file", "remove it; vfalloc writes a new one")
+            raise StateError(self.path, "is not a regular file",
+                             "point --state (or VFALLOC_STATE, or state in [settings]) at a file")
         if st.st_uid != os.geteuid():
             raise StateError(self.path, f"is owned by uid {st.st_uid}, not by the user running vfalloc "
                              f"(uid {os.geteuid()})", "run vfalloc as the owner (root) or fix the owner with chown")
