@@ -4,7 +4,8 @@ pinned claims, stale leases."""
 import pytest
 
 from fakehost import FakeSys, connectx, i350, x710
-from vfalloc.allocator import Claim, allocate, claim, release, set_phase, stale
+from vfalloc.allocator import Claim, allocate, claim, release, set_phase
+from vfalloc.gc import find_stale
 from vfalloc.config import read_config, resolve_pools
 from vfalloc.errors import PoolExhausted, UnknownPool, VfConflict, AllocationError
 from vfalloc.model import LeaseTable, PciAddress, Pool, PoolMember, Request, derive_mac
@@ -151,7 +152,7 @@ def test_empty_pool_says_how_to_fix(host):
 def test_earlier_boot_lease_is_stale_and_reclaimed_only_when_needed(tmp_path, host):
     pools = pools_of(tmp_path, host, '[pools.lan]\npfs = ["enp1s0f0#0-1"]\n')
     table = alloc(host, pools, LeaseTable(), 1, "lan", boot="old-boot").table
-    assert [(x.domain, r) for x, r in stale(host, table, BOOT)] == [("vm1", "taken in an earlier boot")]
+    assert [(x.domain, r) for x, r in find_stale(table, host.vf_map(), BOOT, None, None)] == [("vm1", "taken in an earlier boot")]
     grant = alloc(host, pools, table, 2, "lan")
     assert grant.reclaimed == () and grant.leases[0].vf == "0000:01:10.4"
     grant = alloc(host, pools, grant.table, 3, "lan")
@@ -163,7 +164,7 @@ def test_lease_of_vanished_vf_is_stale(tmp_path, host):
     pools = pools_of(tmp_path, host, '[pools.lan]\npfs = ["enp1s0f0"]\n')
     table = alloc(host, pools, LeaseTable(), 1, "lan").table
     table = table.with_leases([table.leases[0].__class__(**{**table.leases[0].to_json(), "vf": "0000:01:1f.0"})])
-    assert [r for _, r in stale(host, table, BOOT)] == ["its VF no longer exists"]
+    assert [r for _, r in find_stale(table, host.vf_map(), BOOT, None, None)] == ["its VF no longer exists"]
 
 
 def test_claim_pinned_devices(tmp_path, host):

@@ -118,16 +118,6 @@ def stale_reason(lease: Lease, vfs: dict[str, VF], boot_id: str) -> str | None:
     return None
 
 
-def stale(host: Host, table: LeaseTable, boot_id: str) -> list[tuple[Lease, str]]:
-    vfs = host.vf_map()
-    found = []
-    for lease in table.leases:
-        reason = stale_reason(lease, vfs, boot_id)
-        if reason:
-            found.append((lease, reason))
-    return found
-
-
 def _held(table: LeaseTable, uuid: str, index: int) -> Lease | None:
     return next((x for x in table.leases if x.uuid == uuid and x.index == index), None)
 

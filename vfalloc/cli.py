@@ -47,21 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Command groups beyond the core ones; each module has register(subparsers, common).
-COMMAND_MODULES = ("vfalloc.hookcmd", "vfalloc.host.commands", "vfalloc.virtcmd")
-
-
 def _command_modules() -> list:
-    import importlib
+    """Command groups beyond the core ones; each has register(subparsers, common) and imports
+    what its commands need only when they run."""
+    from . import hookcmd, virtcmd
+    from .host import commands as host_commands
 
-    modules = []
-    for name in COMMAND_MODULES:
-        try:
-            modules.append(importlib.import_module(name))
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not name.startswith(exc.name + ".") and exc.name != name:
-                raise
-    return modules
+    return [hookcmd, host_commands, virtcmd]
 
 
 def _register_core(sub, common) -> None:
