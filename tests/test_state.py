@@ -200,3 +200,53 @@ def test_a_directory_as_state_is_refused_with_the_setting_to_fix(tmp_path):
         StateStore(tmp_path).read()
     assert "is not a regular file" in str(info.value) and "point --state" in str(info.value)
     assert tmp_path.is_dir()
+
+
+def _holder(code: str, lock_path) -> subprocess.Popen:
+    """A separate process that takes the lock its own way, says `held`, and keeps it."""
+    proc = subprocess.Popen([sys.executable, "-c", code, str(lock_path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_transaction_excludes_a_filelock_holder(tmp_path):
+    """The free-lock path takes flock(2) itself; filelock, used to wait, must see that lock."""
+    store = StateStore(tmp_path / "state.json")
+    with store.transaction():
+        probe = subprocess.run(
+            [sys.executable, "-c", "import sys, filelock\n"
+             "try:\n    filelock.FileLock(sys.argv[1]).acquire(timeout=0.2)\nexcept filelock.Timeout:\n"
+             "    print('busy')\nelse:\n    print('taken')", str(store.lock_path)],
+            capture_output=True, text=True, check=True)
+        assert probe.stdout.strip() == "busy"
+    free = subprocess.run([sys.executable, "-c", "import sys, filelock; filelock.FileLock(sys.argv[1]).acquire("
+                           "timeout=0.2); print('taken')", str(store.lock_path)],
+                          capture_output=True, text=True, check=True)
+    assert free.stdout.strip() == "taken"
+
+
+def test_a_transaction_waits_for_a_holder_that_lets_go(tmp_path):
+    store = StateStore(tmp_path / "state.json", lock_timeout=10)
+    holder = _holder("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600); "
+                     "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(0.3); "
+                     "let_go = time.monotonic(); fcntl.flock(fd, fcntl.LOCK_UN); print(let_go, flush=True)",
+                     store.lock_path)
+    try:
+        with store.transaction() as txn:
+            got_it = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process
+            txn.table = txn.table.with_leases([lease()])
+        let_go = float(holder.stdout.readline())
+    finally:
+        holder.kill()
+        holder.wait()
+    assert got_it >= let_go
+    assert store.read().leases == (lease(),)
+
+
+def test_a_lock_file_that_is_a_symlink_is_named_in_the_error(tmp_path):
+    (tmp_path / "state.json.lock").symlink_to(tmp_path / "victim")
+    with pytest.raises(StateError) as info:
+        with StateStore(tmp_path / "state.json").transaction():
+            pass
+    assert str(tmp_path / "state.json.lock") in str(info.value)
+    assert not (tmp_path / "victim").exists()

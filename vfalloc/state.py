@@ -1,16 +1,18 @@
 """The lease table on disk: one versioned JSON file.
 
 Owns the file format, the lock and the atomic write. Every read-modify-write runs inside
-`StateStore.transaction()`, under an exclusive filelock on a sidecar file (`state.json.lock`)
-with a timeout; the new table is written to a temp file in the same directory, fsynced, renamed
-over the old one (rename(2) is atomic within a filesystem), and the directory is fsynced so the
-rename survives a crash. A reader without the lock therefore always sees a whole old or a whole
-new table. A file that does not parse, or has a version this code does not know, is refused and
-never overwritten. This module knows nothing of VFs beyond the Lease values it stores.
+`StateStore.transaction()`, under an exclusive flock(2) lock on a sidecar file
+(`state.json.lock`), waited for with filelock up to a timeout. The new table is written to a
+temp file in the same directory, fsynced, renamed over the old one (rename(2) is atomic within
+a filesystem), and the directory is fsynced so the rename survives a crash. A reader without
+the lock therefore always sees a whole old or a whole new table. A file that does not parse, or
+has a version this code does not know, is refused and never overwritten. This module knows nothing of VFs beyond the Lease values it stores.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import stat
@@ -18,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterator
+from typing import Protocol
 
 from .errors import StateError
 from .model import Lease, LeaseTable
@@ -31,6 +34,20 @@ class Transaction:
     """The table being changed; assign a new LeaseTable to `table` to have it written."""
 
     table: LeaseTable
+
+
+class _Releasable(Protocol):
+    def release(self) -> object: ...
+
+
+class _Flock:
+    """A flock(2) lock held through an open file descriptor; closing it releases the lock."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def release(self) -> None:
+        os.close(self.fd)
 
 
 class StateStore:
@@ -74,7 +91,7 @@ class StateStore:
                                  f"(mode {stat.S_IMODE(st.st_mode):o}); run chmod 600 {self.path}")
 
     def _io_error(self, what: str, exc: OSError) -> StateError:
-        if exc.errno == getattr(os, "ELOOP", 40):
+        if exc.errno == errno.ELOOP:
             return StateError(self.path, "is a symbolic link, which vfalloc does not follow",
                               "remove the link; the state file must be a plain file")
         if isinstance(exc, PermissionError):
@@ -128,6 +145,42 @@ class StateStore:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
+        held = self._lock_now()
+        if held is None:
+            held = self._lock_waiting()
+        try:
+            yield
+        finally:
+            held.release()
+
+    def _lock_now(self) -> _Flock | None:
+        """The lock if it is free now: one flock(2), without importing filelock.
+
+        filelock's UnixFileLock takes this same lock, flock(LOCK_EX) on the lock file, and
+        leaves the file in place on release so that every process locks the same inode
+        (filelock 3.x and 4.x, _unix.py), so both ways of taking it exclude each other.
+        Almost every hook finds the lock free; importing filelock costs more than its whole
+        run, so filelock is imported only to wait.
+        """
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StateError(self.lock_path, "is a symbolic link, which vfalloc does not follow",
+                                 "remove the link") from exc
+            raise self._io_error("cannot be locked", exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError as exc:
+            os.close(fd)
+            raise self._io_error("cannot be locked", exc) from exc
+        return _Flock(fd)
+
+    def _lock_waiting(self) -> _Releasable:
+        """Wait for the lock another process holds, up to the timeout, with filelock."""
         from filelock import FileLock, Timeout
 
         if self.lock_path.is_symlink():
@@ -141,10 +194,7 @@ class StateStore:
                              f"find the process holding {self.lock_path} (fuser {self.lock_path})") from exc
         except OSError as exc:
             raise self._io_error("cannot be locked", exc) from exc
-        try:
-            yield
-        finally:
-            lock.release()
+        return lock
 
     def _write(self, table: LeaseTable) -> None:
         data = {
