@@ -120,9 +120,9 @@ def test_precedence_flag_env_file_default(tmp_path):
     env = {"VFALLOC_CONFIG": str(cfg), "VFALLOC_SYSFS_ROOT": "/env/sys", "VFALLOC_STATE": "/env/state"}
     s = load_settings({"state": "/flag/state"}, environ=env)
     assert (s.state, s.sysfs_root, s.proc_root, s.lock_timeout) == (
-        Path("/flag/state"), Path("/env/sys"), Path("/proc"), 3.0)
+        "/flag/state", "/env/sys", "/proc", 3.0)
     s = load_settings({}, environ={"VFALLOC_CONFIG": str(cfg)})
-    assert s.state == Path("/from/file")
+    assert s.state == "/from/file"
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "-2", "nan", "inf"], ids=["text", "zero", "negative", "nan", "inf"])

@@ -6,6 +6,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -33,7 +34,7 @@ def test_round_trip_creates_private_dir_and_file(tmp_path):
     assert store.read().last == {lease().uuid: {"0": lease().vf}}
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(store.lock_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(Path(store.lock_path).stat().st_mode) == 0o600
     data = json.loads(path.read_text())
     assert data["version"] == VERSION and data["leases"][0]["domain"] == "vm1"
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".tmp-")] == []
@@ -43,11 +44,11 @@ def test_unchanged_table_is_not_rewritten(tmp_path):
     store = StateStore(tmp_path / "state.json")
     with store.transaction() as txn:
         txn.table = txn.table.with_leases([lease()])
-    before = store.path.stat().st_mtime_ns
+    before = Path(store.path).stat().st_mtime_ns
     time.sleep(0.01)
     with store.transaction():
         pass
-    assert store.path.stat().st_mtime_ns == before
+    assert Path(store.path).stat().st_mtime_ns == before
 
 
 def test_exception_inside_transaction_writes_nothing(tmp_path):
@@ -56,7 +57,7 @@ def test_exception_inside_transaction_writes_nothing(tmp_path):
         with store.transaction() as txn:
             txn.table = txn.table.with_leases([lease()])
             raise RuntimeError("boom")
-    assert not store.path.exists()
+    assert not Path(store.path).exists()
 
 
 BROKEN = [
@@ -145,7 +146,7 @@ def test_stale_temp_file_is_cleaned(tmp_path):
 
 def test_lock_timeout_is_a_clear_error(tmp_path):
     store = StateStore(tmp_path / "state.json", lock_timeout=0.3)
-    store.path.parent.mkdir(exist_ok=True)
+    Path(store.path).parent.mkdir(exist_ok=True)
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time, filelock; l = filelock.FileLock(sys.argv[1]); l.acquire(); "
@@ -171,7 +172,7 @@ def test_short_write_fails_and_keeps_the_old_table(tmp_path):
     store = StateStore(tmp_path / "state.json")
     with store.transaction() as txn:
         txn.table = txn.table.with_leases([lease()])
-    before = store.path.read_bytes()
+    before = Path(store.path).read_bytes()
     child = subprocess.run([sys.executable, "-c", """
 import resource, signal, sys
 from vfalloc.errors import StateError
@@ -191,7 +192,7 @@ except StateError as exc:
 """, str(store.path)], capture_output=True, text=True)
     assert child.returncode == 3, child.stderr
     assert "cannot be written" in child.stdout
-    assert store.path.read_bytes() == before
+    assert Path(store.path).read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 

@@ -29,7 +29,6 @@ import math
 import os
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
@@ -73,7 +72,9 @@ class PoolSpec:
 
 @dataclass(frozen=True)
 class ConfigFile:
-    path: Path
+    """The config file as read: where it is, whether it exists, and what it says."""
+
+    path: str
     exists: bool
     settings: Mapping[str, Any] = field(default_factory=dict)
     pools: tuple[PoolSpec, ...] = ()
@@ -82,13 +83,16 @@ class ConfigFile:
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting after precedence is applied. Paths are plain strings: the hook loads this
+    on every call, and pathlib costs it more to import than its lock and write."""
+
     config: ConfigFile
-    sysfs_root: Path
-    state: Path
-    proc_root: Path
-    libvirt_run: Path
+    sysfs_root: str
+    state: str
+    proc_root: str
+    libvirt_run: str
     lock_timeout: float
-    hook_log: Path | None = None  # the hook and the hot-plug worker also append their log lines here
+    hook_log: str | None = None  # the hook and the hot-plug worker also append their log lines here
 
 
 def load_settings(flags: Mapping[str, str | None] | None = None,
@@ -97,7 +101,7 @@ def load_settings(flags: Mapping[str, str | None] | None = None,
     flags = flags or {}
     environ = os.environ if environ is None else environ
     explicit = flags.get("config") or environ.get(ENV["config"])
-    config = read_config(Path(explicit or DEFAULT_CONFIG), must_exist=bool(explicit))
+    config = read_config(explicit or DEFAULT_CONFIG, must_exist=bool(explicit))
 
     def pick(key: str) -> str:
         for value in (flags.get(key), environ.get(ENV[key]), config.settings.get(key)):
@@ -113,13 +117,15 @@ def load_settings(flags: Mapping[str, str | None] | None = None,
     if not math.isfinite(timeout) or timeout <= 0:
         raise UsageError(f"lock timeout {timeout_text} must be more than 0 seconds")
     hook_log = pick("hook_log")
-    return Settings(config, Path(pick("sysfs_root")), Path(pick("state")), Path(pick("proc_root")),
-                    Path(pick("libvirt_run")), timeout, Path(hook_log) if hook_log else None)
+    return Settings(config, pick("sysfs_root"), pick("state"), pick("proc_root"), pick("libvirt_run"), timeout,
+                    hook_log or None)
 
 
-def read_config(path: Path, must_exist: bool) -> ConfigFile:
+def read_config(path: str | os.PathLike[str], must_exist: bool) -> ConfigFile:
+    path = os.fspath(path)
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as fh:
+            raw = fh.read()
     except FileNotFoundError:
         if must_exist:
             raise ConfigError(path, "does not exist", "create it or point --config at the right file") from None
@@ -133,7 +139,7 @@ def read_config(path: Path, must_exist: bool) -> ConfigFile:
     return parse_config(path, data)
 
 
-def parse_config(path: Path, data: Mapping[str, Any]) -> ConfigFile:
+def parse_config(path: str, data: Mapping[str, Any]) -> ConfigFile:
     _no_unknown(path, "the top level", data, _TOP_KEYS)
     settings = data.get("settings", {})
     _no_unknown(path, "[settings]", settings, set(DEFAULTS))
@@ -154,7 +160,7 @@ def parse_config(path: Path, data: Mapping[str, Any]) -> ConfigFile:
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
 
 
-def _checked_name(path: Path, what: str, name: str) -> str:
+def _checked_name(path: str, what: str, name: str) -> str:
     """Pool names and PF references appear in domain XML, commands and messages: keep them to
     letters, digits and _ . : -"""
     if not name or not set(name) <= _NAME_OK or len(name) > 64:
@@ -163,7 +169,7 @@ def _checked_name(path: Path, what: str, name: str) -> str:
     return name
 
 
-def _no_unknown(path: Path, where: str, table: Any, allowed: set[str]) -> None:
+def _no_unknown(path: str, where: str, table: Any, allowed: set[str]) -> None:
     if not isinstance(table, dict):
         raise ConfigError(path, f"{where} must be a table")
     unknown = sorted(set(table) - allowed)
@@ -172,7 +178,7 @@ def _no_unknown(path: Path, where: str, table: Any, allowed: set[str]) -> None:
                           f"allowed keys: {', '.join(sorted(allowed)) or 'none'}")
 
 
-def _pool_spec(path: Path, name: str, body: Any) -> PoolSpec:
+def _pool_spec(path: str, name: str, body: Any) -> PoolSpec:
     where = f"[pools.{name}]"
     _no_unknown(path, where, body, _POOL_KEYS)
     pfs = body.get("pfs")
@@ -193,7 +199,7 @@ def _pool_spec(path: Path, name: str, body: Any) -> PoolSpec:
     return PoolSpec(name, members, policy, vlan, body.get("trust"), body.get("spoofchk"), numvfs)
 
 
-def _count(path: Path, where: str, value: Any) -> int:
+def _count(path: str, where: str, value: Any) -> int:
     if value is None:
         raise ConfigError(path, f"{where} is missing", "write numvfs = N")
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -201,7 +207,7 @@ def _count(path: Path, where: str, value: Any) -> int:
     return value
 
 
-def parse_member(path: Path, where: str, text: str) -> tuple[str, frozenset[int] | None]:
+def parse_member(path: str, where: str, text: str) -> tuple[str, frozenset[int] | None]:
     """`enp1s0f0` or `0000:01:00.0#0-3,6` -> (PF reference, VF indexes or None for all)."""
     ref, sep, ranges = text.partition("#")
     ref = ref.strip()
@@ -265,7 +271,7 @@ def _resolve(config: ConfigFile, spec: PoolSpec, host: Host) -> Pool:
     return Pool(spec.name, tuple(members), spec.policy, spec.vlan, spec.trust, spec.spoofchk)
 
 
-def _check_overlap(path: Path, pools: tuple[Pool, ...]) -> None:
+def _check_overlap(path: str, pools: tuple[Pool, ...]) -> None:
     seen: dict[tuple[PciAddress, int | None], str] = {}
     for pool in pools:
         for m in pool.members:

@@ -47,8 +47,8 @@ def cmd_install_hook(args, ctx) -> int:
     if args.remove:
         return _remove(path, args.dry_run, ctx.out)
     config = ctx.settings.config
-    text = hook_script(sys.executable, str(config.path.resolve()) if config.exists and
-                       str(config.path) != DEFAULT_CONFIG else None)
+    text = hook_script(sys.executable, os.path.realpath(config.path) if config.exists and
+                       config.path != DEFAULT_CONFIG else None)
     if path.exists() and not is_ours(path):
         raise UsageError(f"{path} exists and was not written by vfalloc; move it away or choose --hooks-dir")
     if args.dry_run:

@@ -4,30 +4,31 @@ running kernel's command line (proc/cmdline)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 from .errors import VfallocError
 
 
-def _read(path: Path) -> str:
+def _read(path: str) -> str:
     try:
-        return path.read_text().strip()
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read().strip()
     except OSError as exc:
         raise VfallocError(f"{path}: cannot read ({exc.strerror}); is --proc-root right?") from exc
 
 
-def boot_id(proc_root: Path) -> str:
-    return _read(Path(proc_root) / "sys" / "kernel" / "random" / "boot_id")
+def boot_id(proc_root: str | os.PathLike[str]) -> str:
+    return _read(os.path.join(proc_root, "sys/kernel/random/boot_id"))
 
 
-def cmdline(proc_root: Path) -> str:
-    return _read(Path(proc_root) / "cmdline")
+def cmdline(proc_root: str | os.PathLike[str]) -> str:
+    return _read(os.path.join(proc_root, "cmdline"))
 
 
-def cpu_vendor(proc_root: Path) -> str | None:
+def cpu_vendor(proc_root: str | os.PathLike[str]) -> str | None:
     """The CPU vendor from proc/cpuinfo (`vendor_id`, x86 only: GenuineIntel, AuthenticAMD,
     HygonGenuine), None when the file names none (other architectures)."""
-    for line in _read(Path(proc_root) / "cpuinfo").splitlines():
+    for line in _read(os.path.join(proc_root, "cpuinfo")).splitlines():
         key, sep, value = line.partition(":")
         if sep and key.strip() == "vendor_id":
             return value.strip()

@@ -16,9 +16,8 @@ import fcntl
 import json
 import os
 import stat
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -52,8 +51,11 @@ class _Flock:
 
 class StateStore:
     def __init__(self, path: str | os.PathLike[str], lock_timeout: float = 10.0) -> None:
-        self.path = Path(path)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        # Plain strings: pathlib costs the hook more to import than the whole lock and write.
+        self.path = os.fspath(path)
+        self.lock_path = self.path + ".lock"
+        self._dir = os.path.dirname(self.path) or "."
+        self._name = os.path.basename(self.path)
         self.lock_timeout = lock_timeout
         self.warnings: list[str] = []
 
@@ -134,11 +136,10 @@ class StateStore:
                 self._write(txn.table)
 
     def _ensure_dir(self) -> None:
-        parent = self.path.parent
-        if parent.is_dir():
+        if os.path.isdir(self._dir):
             return
         try:
-            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.makedirs(self._dir, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise StateError(self.path, f"its directory cannot be created ({exc.strerror})",
                              "run as root or choose another --state path") from exc
@@ -183,7 +184,7 @@ class StateStore:
         """Wait for the lock another process holds, up to the timeout, with filelock."""
         from filelock import FileLock, Timeout
 
-        if self.lock_path.is_symlink():
+        if os.path.islink(self.lock_path):
             raise StateError(self.lock_path, "is a symbolic link, which vfalloc does not follow",
                              "remove the link")
         lock = FileLock(self.lock_path, timeout=self.lock_timeout, mode=0o600)
@@ -204,7 +205,7 @@ class StateStore:
         }
         payload = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
         self._clean_temps()
-        tmp = self.path.with_name(f"{_TMP_PREFIX}{self.path.name}.{os.getpid()}")
+        tmp = os.path.join(self._dir, f"{_TMP_PREFIX}{self._name}.{os.getpid()}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
@@ -215,18 +216,19 @@ class StateStore:
             finally:
                 os.close(fd)
             os.rename(tmp, self.path)
-            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            dfd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise self._io_error("cannot be written", exc) from exc
 
     def _clean_temps(self) -> None:
         """Remove temp files left by a writer that died before its rename (we hold the lock)."""
-        prefix = f"{_TMP_PREFIX}{self.path.name}."
-        for entry in os.scandir(self.path.parent):
+        prefix = f"{_TMP_PREFIX}{self._name}."
+        for entry in os.scandir(self._dir):
             if entry.name.startswith(prefix) and entry.is_file(follow_symlinks=False):
                 os.unlink(entry.path)

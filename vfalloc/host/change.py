@@ -105,9 +105,9 @@ def _config_arg(ctx) -> str | None:
     from ..config import DEFAULT_CONFIG
 
     config = ctx.settings.config
-    if not config.exists or str(config.path) == DEFAULT_CONFIG:
+    if not config.exists or config.path == DEFAULT_CONFIG:
         return None
-    return persist.check_exe(str(config.path.resolve()), "--config")
+    return persist.check_exe(str(Path(config.path).resolve()), "--config")
 
 
 def cmd_persist(args, ctx) -> int:
