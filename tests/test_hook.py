@@ -393,3 +393,15 @@ def test_restore_keeps_a_vf_pinned_without_a_request(hook):
     assert r.returncode == 0, r.stderr
     assert [(x["vf"], x["phase"], x["pool"]) for x in hook.leases()] == [(vf, "attached", "lan0")]
     assert _canon(r.stdout) == _canon(xml)  # the source stays where it was pinned
+
+
+@pytest.mark.parametrize("pool, outcome", [("lan0", "leased 0000:01:10.0"), ("nope", "refused: no pool named nope")],
+                         ids=["leased", "refused"])
+def test_hook_log_from_the_config_file_gets_the_line(hook, tmp_path, pool, outcome):
+    """libvirt passes hooks no VFALLOC_* variables: `hook_log` in [settings] must do on its own."""
+    del hook.env["VFALLOC_HOOK_LOG"]
+    configured = tmp_path / "configured.log"
+    hook.s.write_config(f'[settings]\nhook_log = "{configured}"\n' + hook.s.config.read_text())
+    hook.run("vm1", "prepare", "begin", xml=domain_xml(1, f'<vfalloc:vf pool="{pool}"/>'))
+    lines = configured.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vm1 prepare begin: ") and outcome in lines[0]

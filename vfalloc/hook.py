@@ -22,10 +22,14 @@ import sys
 from dataclasses import dataclass
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from . import domxml
 from .errors import DomainXMLError, VfallocError
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .context import Context
 
 # Tests and admins may point these at other programs; libvirt gives hooks a minimal environment,
 # so on a real host the defaults apply.
@@ -44,6 +48,15 @@ class Call:
     environ: Mapping[str, str]
     out: TextIO
     err: TextIO
+    settings: Settings | None = None  # loaded by the first operation that needs them, then kept
+
+    def context(self) -> Context:
+        from .config import load_settings
+        from .context import Context
+
+        if self.settings is None:
+            self.settings = load_settings({}, self.environ)
+        return Context(self.settings, out=self.out, err=self.err)
 
     def info(self) -> domxml.DomainInfo:
         if not self.xml.strip():
@@ -75,6 +88,8 @@ def main(argv: Sequence[str], stdin: BinaryIO | None = None, out: TextIO | None 
     # it does harm: at `reconnect begin` libvirt 11.3 kills the running domain
     # (qemuProcessReconnect -> qemuProcessStop), so there an error is logged and the exit is 0.
     may_refuse = (op, subop) in REFUSING
+    call = None
+    where = f"{domain} {op} {subop}"
     try:
         xml = stdin.read()
         call = Call(domain, op, subop, extra, xml, environ, out, err)
@@ -85,13 +100,13 @@ def main(argv: Sequence[str], stdin: BinaryIO | None = None, out: TextIO | None 
         message = handler(call)
     except VfallocError as exc:
         err.write(f"vfalloc: {exc}\n")
-        log(environ, f"{domain} {op} {subop}: {'refused' if may_refuse else 'failed'}: {exc}")
+        log(environ, f"{where}: {'refused' if may_refuse else 'failed'}: {exc}", call and call.settings)
         return 1 if may_refuse else 0
     except Exception as exc:  # never a traceback into libvirt's error message
         err.write(f"vfalloc: internal error in the hook: {type(exc).__name__}: {exc}\n")
-        log(environ, f"{domain} {op} {subop}: internal error: {type(exc).__name__}: {exc}")
+        log(environ, f"{where}: internal error: {type(exc).__name__}: {exc}", call and call.settings)
         return 1 if may_refuse else 0
-    log(environ, f"{domain} {op} {subop}: {message or 'nothing to do'}")
+    log(environ, f"{where}: {message or 'nothing to do'}", call and call.settings)
     return 0
 
 
@@ -103,7 +118,7 @@ def on_prepare(call: Call) -> str:
     info = call.info()
     if not info.requests and not info.devices:
         return ""
-    ctx = _context(call)
+    ctx = call.context()
     leases = lease_for_start(ctx, info, now())
     try:
         _apply_vf_settings(call, ctx, leases)
@@ -117,7 +132,7 @@ def on_prepare(call: Call) -> str:
 
 def on_started(call: Call) -> str:
     info = call.info()
-    ctx = _context(call)
+    ctx = call.context()
     pending = [x for x in ctx.store.read().of_domain(info.uuid) if x.phase == "pending-attach"]
     if not pending:
         return ""
@@ -129,7 +144,7 @@ def on_release(call: Call) -> str:
     from .lease_ops import release_domain
 
     info = call.info()
-    gone = release_domain(_context(call), info.uuid)
+    gone = release_domain(call.context(), info.uuid)
     if not gone:
         return ""
     return f"released {', '.join(x.vf for x in gone)} (reason {call.extra})"
@@ -142,7 +157,7 @@ def on_incoming(call: Call) -> str:
     info = call.info()
     if not info.devices:
         return ""
-    leases = lease_for_incoming(_context(call), info, now())
+    leases = lease_for_incoming(call.context(), info, now())
     xml = domxml.swap_sources(call.xml, {x.index: _address(x.vf) for x in leases})
     call.out.write(xml.decode())
     call.out.flush()
@@ -155,7 +170,7 @@ def on_reconnect(call: Call) -> str:
     from .gc import collect_offline
     from .lease_ops import reconcile_running
 
-    ctx = _context(call)
+    ctx = call.context()
     parts = []
     kept: tuple = ()
     dropped: tuple = ()
@@ -188,13 +203,6 @@ HANDLERS: dict[tuple[str, str], Callable[[Call], str]] = {
 def now() -> str:
     """UTC, ISO 8601, as the CLI writes it (time.strftime: datetime costs the hook an import)."""
     return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-
-
-def _context(call: Call):
-    from .config import load_settings
-    from .context import Context
-
-    return Context(load_settings({}, call.environ), out=call.out, err=call.err)
 
 
 def _address(text: str):
@@ -252,12 +260,12 @@ def spawn_detached(argv: list[str], environ: Mapping[str, str]) -> int:
     return proc.pid
 
 
-def log(environ: Mapping[str, str], line: str) -> None:
+def log(environ: Mapping[str, str], line: str, settings: Settings | None = None) -> None:
     import syslog
 
     syslog.openlog("vfalloc", 0, syslog.LOG_DAEMON)
     syslog.syslog(syslog.LOG_INFO, line)
-    path = environ.get(ENV_LOG) or _configured_log(environ)
+    path = environ.get(ENV_LOG) or (settings.hook_log if settings else _configured_log(environ))
     if path:
         try:
             with open(path, "a") as fh:

@@ -6,7 +6,8 @@ Owns the file format, the lock and the atomic write. Every read-modify-write run
 temp file in the same directory, fsynced, renamed over the old one (rename(2) is atomic within
 a filesystem), and the directory is fsynced so the rename survives a crash. A reader without
 the lock therefore always sees a whole old or a whole new table. A file that does not parse, or
-has a version this code does not know, is refused and never overwritten. This module knows nothing of VFs beyond the Lease values it stores.
+has a version this code does not know, is refused and never overwritten. This module knows
+nothing of VFs beyond the Lease values it stores.
 """
 
 from __future__ import annotations
