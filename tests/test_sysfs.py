@@ -121,3 +121,14 @@ def test_write_attr_keeps_errno(host_dir, tmp_path):
 ], ids=["range", "exclude", "single", "empty", "two-ranges"])
 def test_cpulist(text, expected):
     assert parse_cpulist(text) == frozenset(expected)
+
+
+@pytest.mark.parametrize("target", ["../not-a-pci-function", "dangling-0000:01:10.0"], ids=["garbage", "near-miss"])
+@pytest.mark.parametrize("brief", [False, True], ids=["full", "brief"])
+def test_virtfn_link_to_something_else_is_an_error(host_dir, target, brief):
+    pf = os.path.realpath(host_dir.root / "bus/pci/devices/0000:01:00.0")
+    os.unlink(f"{pf}/virtfn3")
+    os.symlink(target, f"{pf}/virtfn3")
+    with pytest.raises(SysfsError) as info:
+        Sysfs(host_dir.root).read_host(brief=brief)
+    assert "virtfn3" in str(info.value) and "does not point to a PCI function" in str(info.value)

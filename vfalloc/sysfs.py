@@ -20,7 +20,7 @@ import errno
 import os
 from dataclasses import dataclass
 
-from .errors import SysfsError
+from .errors import SysfsError, UsageError
 from .model import PF, VF, Host, PciAddress
 
 DEFAULT_ROOT = "/sys"
@@ -161,15 +161,19 @@ class Sysfs:
         for name in names:
             if name.startswith("virtfn") and name[6:].isdigit():
                 link = f"{dev}/{name}"
-                target = self._link_name(link)
-                if target is None or not PciAddress.looks_like(target):
-                    raise SysfsError(link, "does not point to a PCI function")
-                address = PciAddress.parse(target)
+                address = self._vf_address(link)
                 if brief:
                     vfs.append(VF(address, int(name[6:]), pf, "", "", None, None, numa, None))
                 else:
                     vfs.append(self._read_vf(pf, int(name[6:]), address))
         return tuple(sorted(vfs, key=lambda vf: vf.index))
+
+    def _vf_address(self, link: str) -> PciAddress:
+        target = self._link_name(link)
+        try:
+            return PciAddress.parse(target or "")
+        except UsageError as exc:
+            raise SysfsError(link, "does not point to a PCI function") from exc
 
     def _read_vf(self, pf: PciAddress, index: int, address: PciAddress) -> VF:
         vdev = self._dev(address)
