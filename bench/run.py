@@ -2,7 +2,7 @@
 
 - hook `prepare begin` + `release end` as libvirt runs them, on fake hosts of 8, 128 and 1,024
   VFs, against the floor `python -c "import lxml.etree"` (the least a Python hook using lxml
-  can cost);
+  can cost), and against bench/lean_hook.py, the same job's I/O with nothing around it;
 - in-process allocation at 1,024 VFs;
 - `vfalloc list` at 1,024 VFs;
 - 64 hook processes started at once for 64 domains, against the same 64 run one after another.
@@ -32,6 +32,7 @@ from fakehost import FakeSys, big_host  # noqa: E402
 
 PY = sys.executable
 HOOK = [PY, "-I", str(REPO / "hooks" / "qemu")]
+LEAN = [PY, "-I", str(REPO / "bench" / "lean_hook.py")]
 
 
 def uuid(n: int) -> str:
@@ -59,6 +60,7 @@ class FakeHost:
                     "VFALLOC_PROC_ROOT": str(base / "proc"), "VFALLOC_CONFIG": str(self.config)}
         for key in ("VFALLOC_HOOK_LOG",):
             self.env.pop(key, None)
+        self.lean_env = {**self.env, "VFALLOC_STATE": str(base / "lean-state.json")}
 
 
 def timed(cmd: list[str], env: dict, stdin: bytes = b"") -> float:
@@ -70,15 +72,17 @@ def timed(cmd: list[str], env: dict, stdin: bytes = b"") -> float:
     return elapsed
 
 
-def hook_cycle(host: FakeHost, rounds: int) -> tuple[list[float], list[float], list[float]]:
-    """Interleaved so that machine noise hits floor and hook alike."""
-    floor, prepare, release = [], [], []
+def hook_cycle(host: FakeHost, rounds: int) -> dict[str, list[float]]:
+    """Interleaved so that machine noise hits floor, hook and yardstick alike."""
+    runs: dict[str, list[float]] = {k: [] for k in ("floor", "prepare", "release", "lean_prepare", "lean_release")}
     xml = domain_xml(1)
     for _ in range(rounds):
-        floor.append(timed([PY, "-I", "-c", "import lxml.etree"], host.env))
-        prepare.append(timed([*HOOK, "vm1", "prepare", "begin", "-"], host.env, xml))
-        release.append(timed([*HOOK, "vm1", "release", "end", "destroyed"], host.env, xml))
-    return floor, prepare, release
+        runs["floor"].append(timed([PY, "-I", "-c", "import lxml.etree"], host.env))
+        runs["prepare"].append(timed([*HOOK, "vm1", "prepare", "begin", "-"], host.env, xml))
+        runs["release"].append(timed([*HOOK, "vm1", "release", "end", "destroyed"], host.env, xml))
+        runs["lean_prepare"].append(timed([*LEAN, "vm1", "prepare", "begin", "-"], host.lean_env, xml))
+        runs["lean_release"].append(timed([*LEAN, "vm1", "release", "end", "destroyed"], host.lean_env, xml))
+    return runs
 
 
 def in_process_allocation(host: FakeHost, rounds: int) -> float:
@@ -130,10 +134,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vfalloc-bench-") as tmp:
         hosts = {n: FakeHost(Path(tmp) / f"h{n}", n) for n in (8, 128, 1024)}
         for n, host in hosts.items():
-            floor, prepare, release = hook_cycle(host, args.rounds)
-            f, p, r = (statistics.median(x) * 1000 for x in (floor, prepare, release))
-            results[f"hook_{n}"] = {"floor_ms": round(f, 1), "prepare_ms": round(p, 1), "release_ms": round(r, 1),
-                                    "prepare_ratio": round(p / f, 2), "release_ratio": round(r / f, 2)}
+            ms = {k: statistics.median(v) * 1000 for k, v in hook_cycle(host, args.rounds).items()}
+            results[f"hook_{n}"] = {**{f"{k}_ms": round(v, 1) for k, v in ms.items()},
+                                    **{f"{k}_ratio": round(ms[k] / ms["floor"], 2)
+                                       for k in ("prepare", "release", "lean_prepare", "lean_release")}}
         big = hosts[1024]
         results["alloc_1024_in_process_ms"] = round(in_process_allocation(big, args.rounds) * 1000, 2)
         results["list_1024_ms"] = round(list_time(big, max(5, args.rounds // 2)) * 1000, 1)
@@ -147,7 +151,9 @@ def main() -> int:
     for n in (8, 128, 1024):
         h = results[f"hook_{n}"]
         print(f"hook at {n:>5} VFs: floor {h['floor_ms']} ms, prepare begin {h['prepare_ms']} ms "
-              f"({h['prepare_ratio']}x), release end {h['release_ms']} ms ({h['release_ratio']}x)")
+              f"({h['prepare_ratio']}x), release end {h['release_ms']} ms ({h['release_ratio']}x); "
+              f"the job alone (lean_hook.py) {h['lean_prepare_ms']} / {h['lean_release_ms']} ms "
+              f"({h['lean_prepare_ratio']}x / {h['lean_release_ratio']}x)")
     print(f"allocation at 1024 VFs, in process: {results['alloc_1024_in_process_ms']} ms")
     print(f"vfalloc list at 1024 VFs: {results['list_1024_ms']} ms")
     b = results["burst_64"]
