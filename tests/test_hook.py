@@ -405,3 +405,21 @@ def test_hook_log_from_the_config_file_gets_the_line(hook, tmp_path, pool, outco
     hook.run("vm1", "prepare", "begin", xml=domain_xml(1, f'<vfalloc:vf pool="{pool}"/>'))
     lines = configured.read_text().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vm1 prepare begin: ") and outcome in lines[0]
+
+
+def test_a_lease_taken_again_at_once_differs_from_the_one_before(hook):
+    """gc frees a lease only if it is still exactly as gc read it. A domain stopped and started
+    again within one second gets the same VF (sticky) with the same MAC and phase: only the
+    time it was taken tells the two leases apart, so that time must be finer than a second."""
+    from datetime import datetime
+
+    xml = domain_xml(1, '<vfalloc:vf pool="lan0"/>')
+    taken = []
+    for _ in range(3):
+        assert hook.run("vm1", "prepare", "begin", xml=xml).returncode == 0
+        taken.append(hook.leases()[0])
+        assert hook.run("vm1", "release", "end", "destroyed", xml=xml).returncode == 0
+    assert len({x["vf"] for x in taken}) == 1  # the same VF each time
+    assert len({x["since"] for x in taken}) == 3
+    times = [datetime.fromisoformat(x["since"]) for x in taken]
+    assert times == sorted(times) and all(t.utcoffset().total_seconds() == 0 for t in times)

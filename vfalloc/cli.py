@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import sys
-from datetime import datetime, timezone
 from typing import Sequence, TextIO
 
 from . import __version__
@@ -96,10 +95,6 @@ def _connect_flag(p) -> None:
                         "qemu:///system; libvirt's status directory when it does not answer)")
 
 
-def now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
 def make_context(args: argparse.Namespace, out: TextIO, err: TextIO):
     from .config import load_settings
     from .context import Context
@@ -173,6 +168,7 @@ def cmd_pools(args, ctx) -> int:
 
 def cmd_alloc(args, ctx) -> int:
     from .allocator import allocate
+    from .lease_ops import now as lease_now
     from .model import Request, check_uuid
 
     uuid = check_uuid(args.uuid)
@@ -180,7 +176,7 @@ def cmd_alloc(args, ctx) -> int:
                       spoofchk=args.spoofchk, type=args.type)
     with ctx.store.transaction() as txn:
         grant = allocate(ctx.host, ctx.pools, txn.table, domain=args.domain, uuid=uuid, requests=[request],
-                         boot_id=ctx.boot_id, now=now(), phase="reserved")
+                         boot_id=ctx.boot_id, now=lease_now(), phase="reserved")
         txn.table = grant.table
     lease = grant.leases[0]
     if args.json:

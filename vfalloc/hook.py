@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
@@ -113,7 +112,7 @@ def main(argv: Sequence[str], stdin: BinaryIO | None = None, out: TextIO | None 
 # -- operations --
 
 def on_prepare(call: Call) -> str:
-    from .lease_ops import lease_for_start
+    from .lease_ops import lease_for_start, now
 
     info = call.info()
     if not info.requests and not info.devices:
@@ -152,7 +151,7 @@ def on_release(call: Call) -> str:
 
 def on_incoming(call: Call) -> str:
     """migrate/restore begin: print the XML with each vfalloc device on a VF leased here."""
-    from .lease_ops import lease_for_incoming
+    from .lease_ops import lease_for_incoming, now
 
     info = call.info()
     if not info.devices:
@@ -168,7 +167,7 @@ def on_reconnect(call: Call) -> str:
     """The daemon restarted: match this domain's leases to its devices, then free the leases of
     domains that stopped while nobody watched (judged from libvirt's status files, see gc.py)."""
     from .gc import collect_offline
-    from .lease_ops import reconcile_running
+    from .lease_ops import now, reconcile_running
 
     ctx = call.context()
     parts = []
@@ -199,11 +198,6 @@ HANDLERS: dict[tuple[str, str], Callable[[Call], str]] = {
 
 
 # -- helpers --
-
-def now() -> str:
-    """UTC, ISO 8601, as the CLI writes it (time.strftime: datetime costs the hook an import)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-
 
 def _address(text: str):
     from .model import PciAddress

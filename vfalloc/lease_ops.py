@@ -7,6 +7,7 @@ own (that is the allocator's) and never talks to libvirt.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from .allocator import Claim, allocate, claim, release
@@ -14,6 +15,15 @@ from .context import Context
 from .domxml import DomainInfo
 from .errors import UnknownPool
 from .model import Lease, PciAddress, Request
+
+
+def now() -> str:
+    """The time a lease is taken: UTC, ISO 8601, to the microsecond. gc frees a lease only when it
+    is still exactly as gc read it; a domain stopped and started again in the same second must
+    not leave an equal lease behind, so whole seconds are not enough. (time, not datetime: the
+    hook would pay for the import.)"""
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos // 1000:06d}+00:00"
 
 
 def focus(ctx: Context, domain: str, pool_names: Iterable[str], extra_vfs: Iterable[PciAddress] = ()) -> None:

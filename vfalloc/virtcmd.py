@@ -75,12 +75,6 @@ def _uri(args) -> str:
     return resolve_uri(getattr(args, "connect", None))
 
 
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
 # -- request --
 
 def _new_request(args, index: int) -> Request | None:
@@ -184,7 +178,7 @@ def cmd_start(args, ctx) -> int:
     from . import domxml  # lxml: only for the commands that need it
 
     from .allocator import set_phase
-    from .lease_ops import lease_for_start, release_domain
+    from .lease_ops import lease_for_start, now, release_domain
     from .virt import Connection
 
     with Connection(_uri(args)) as conn:
@@ -200,7 +194,7 @@ def cmd_start(args, ctx) -> int:
             raise UsageError(f"{dom.name} asks for no VFs; add one with `vfalloc request {dom.name} --pool POOL`, "
                              f"or start it with `virsh start {dom.name}`")
         present = {d.index for d in info.devices}
-        leases = lease_for_start(ctx, info, _now(), phase="reserved")
+        leases = lease_for_start(ctx, info, now(), phase="reserved")
         try:
             added = [x for x in leases if x.index not in present]
             live = domxml.add_devices(xml, [(_request_of(x), PciAddress.parse(x.vf), x.mac) for x in added])
