@@ -58,6 +58,13 @@ class Sysfs:
 
     # -- low-level reads --
     def _read(self, path: str) -> str:
+        text = self._read_optional(path)
+        if text is None:
+            raise SysfsError(path, f"cannot read ({os.strerror(errno.ENOENT)})")
+        return text
+
+    def _read_optional(self, path: str) -> str | None:
+        """The attribute's text, None when it does not exist (any other error is an error)."""
         # os.open/os.read: sysfs attributes are one small read; a text file object per
         # attribute costs more than the read itself.
         try:
@@ -66,6 +73,8 @@ class Sysfs:
                 data = os.read(fd, 65536)
             finally:
                 os.close(fd)
+        except FileNotFoundError:
+            return None
         except OSError as exc:
             raise SysfsError(path, f"cannot read ({exc.strerror})") from exc
         return data.decode("utf-8", "replace").strip()
@@ -87,9 +96,13 @@ class Sysfs:
 
     def _numa(self, dev: str) -> int | None:
         path = f"{dev}/numa_node"
-        if not os.path.exists(path):
+        text = self._read_optional(path)  # absent without CONFIG_NUMA
+        if text is None:
             return None
-        node = self._read_int(path)
+        try:
+            node = int(text)
+        except ValueError as exc:
+            raise SysfsError(path, f"holds {text!r}, not a number") from exc
         return None if node < 0 else node
 
     def _group(self, dev: str) -> int | None:
@@ -157,6 +170,7 @@ class Sysfs:
         except OSError as exc:
             raise SysfsError(dev, f"cannot list ({exc.strerror})") from exc
         numa = self._numa(dev) if brief else None
+        ids: tuple[str, str] | None = None
         vfs = []
         for name in names:
             if name.startswith("virtfn") and name[6:].isdigit():
@@ -164,8 +178,14 @@ class Sysfs:
                 address = self._vf_address(link)
                 if brief:
                     vfs.append(VF(address, int(name[6:]), pf, "", "", None, None, numa, None))
-                else:
-                    vfs.append(self._read_vf(pf, int(name[6:]), address))
+                    continue
+                if ids is None:
+                    # Every VF of a PF has the PF's vendor ID and the one VF Device ID of the PF's
+                    # SR-IOV capability (drivers/pci/iov.c, pci_iov_add_virtfn, since Linux
+                    # 2.6.30): read them from one VF, not from each.
+                    vdev = self._dev(address)
+                    ids = (self._hex_id(f"{vdev}/vendor"), self._hex_id(f"{vdev}/device"))
+                vfs.append(self._read_vf(pf, int(name[6:]), address, ids))
         return tuple(sorted(vfs, key=lambda vf: vf.index))
 
     def _vf_address(self, link: str) -> PciAddress:
@@ -175,14 +195,14 @@ class Sysfs:
         except UsageError as exc:
             raise SysfsError(link, "does not point to a PCI function") from exc
 
-    def _read_vf(self, pf: PciAddress, index: int, address: PciAddress) -> VF:
+    def _read_vf(self, pf: PciAddress, index: int, address: PciAddress, ids: tuple[str, str]) -> VF:
         vdev = self._dev(address)
         return VF(
             address=address,
             index=index,
             pf=pf,
-            vendor=self._hex_id(f"{vdev}/vendor"),
-            device=self._hex_id(f"{vdev}/device"),
+            vendor=ids[0],
+            device=ids[1],
             driver=self._link_name(f"{vdev}/driver"),
             netdev=self._netdev(vdev),
             numa_node=self._numa(vdev),
@@ -192,10 +212,8 @@ class Sysfs:
     def _link_up(self, dev: str, netdev: str | None) -> bool | None:
         if netdev is None:
             return None
-        path = f"{dev}/net/{netdev}/operstate"
-        if not os.path.exists(path):
-            return None
-        return self._read(path) == "up"
+        state = self._read_optional(f"{dev}/net/{netdev}/operstate")
+        return None if state is None else state == "up"
 
     # -- any PCI function, for host checks --
     def device(self, address: PciAddress) -> PciDevice:
