@@ -124,16 +124,23 @@ class Sysfs:
 
     # -- inventory --
     def pci_addresses(self) -> list[PciAddress]:
+        return sorted(PciAddress.parse(n) for n in self._device_names() if PciAddress.looks_like(n))
+
+    def pf_addresses(self) -> list[PciAddress]:
+        """The SR-IOV PFs: the functions with sriov_totalvfs (most entries are VFs, which have none)."""
+        return sorted(PciAddress.parse(n) for n in self._device_names()
+                      if os.path.exists(f"{self._devices}/{n}/sriov_totalvfs") and PciAddress.looks_like(n))
+
+    def _device_names(self) -> list[str]:
         # Every Linux with PCI has this directory, with or without devices: its absence means a
         # wrong sysfs root, and taking it for "no VFs" would make every lease look stale.
         try:
-            names = os.listdir(self._devices)
+            return os.listdir(self._devices)
         except FileNotFoundError as exc:
             raise SysfsError(self._devices, "does not exist",
                              "is sysfs mounted there? check --sysfs-root / VFALLOC_SYSFS_ROOT") from exc
         except OSError as exc:
             raise SysfsError(self._devices, f"cannot list ({exc.strerror})") from exc
-        return sorted(PciAddress.parse(n) for n in names if PciAddress.looks_like(n))
 
     def is_pf(self, address: PciAddress) -> bool:
         return os.path.exists(f"{self._dev(address)}/sriov_totalvfs")
@@ -142,8 +149,9 @@ class Sysfs:
         """Every SR-IOV PF (or only those in `only`) with its VFs. `brief` reads of each VF only
         what allocation needs (address, index; the NUMA node is the PF's, as a VF sits on the
         same device) and leaves driver, netdev, IDs and IOMMU group out: the hook's fast path."""
-        addrs = sorted(only) if only is not None else self.pci_addresses()
-        return Host(tuple(self.read_pf(a, brief) for a in addrs if self.is_pf(a)))
+        if only is None:
+            return Host(tuple(self.read_pf(a, brief) for a in self.pf_addresses()))
+        return Host(tuple(self.read_pf(a, brief) for a in sorted(only) if self.is_pf(a)))
 
     def read_pf(self, address: PciAddress, brief: bool = False) -> PF:
         dev = self._dev(address)
