@@ -5,8 +5,11 @@ whose write_attr follows drivers/pci/iov.c and can fail with any errno."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import os
+import subprocess
+import sys
 
 import pytest
 from fakehost import i350
@@ -242,3 +245,52 @@ def test_check_request_limits():
     numvfs.check_request(pf, 7)
     with pytest.raises(UsageError):
         numvfs.check_request(pf, 8)
+
+
+class LockWatchingKernel(FakeKernel):
+    """Notes, at each sriov_numvfs write, whether the lease table's lock is held. flock(2) locks
+    belong to open file descriptions, so a second open of the lock file in this same process
+    cannot take the lock while the command's transaction holds it."""
+
+    def __init__(self, fs, lock_path):
+        super().__init__(fs)
+        self.lock_path, self.locked_at_write = str(lock_path), []
+
+    def write_attr(self, address, attr, value):
+        if attr == "sriov_numvfs":
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self.locked_at_write.append(False)
+            except BlockingIOError:
+                self.locked_at_write.append(True)
+            finally:
+                os.close(fd)
+        super().write_attr(address, attr, value)
+
+
+def test_every_numvfs_write_happens_under_the_lease_lock(host):
+    kernel = LockWatchingKernel(host.fs, f"{host.state}.lock")
+    command(host, kernel, "enp1s0f0", "4")
+    command(host, kernel, "enp1s0f0", "2")
+    assert kernel.locked_at_write == [True, True, True]  # 4; then 0 and 2
+
+
+def test_a_lease_taken_while_numvfs_waits_for_the_lock_is_seen(host):
+    """A hook holding the lock leases a VF of the PF: the command, which had to wait for the
+    lock, must judge with that lease and refuse, not remove the VF under the new guest."""
+    kernel = FakeKernel(host.fs)
+    command(host, kernel, "enp1s0f0", "4")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom vfalloc.state import StateStore\nfrom vfalloc.model import Lease\n"
+         "with StateStore(sys.argv[1]).transaction() as txn:\n    print('held', flush=True)\n    time.sleep(0.5)\n"
+         f"    txn.table = txn.table.with_leases([Lease(**{lease('0000:01:10.4', 'late').to_json()!r})])\n",
+         str(host.state)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(numvfs.HostError, match=r"leased VFs 0000:01:10.4 \(late\)"):
+            command(host, kernel, "enp1s0f0", "2")
+    finally:
+        holder.wait(timeout=30)
+    assert [w for w in kernel.writes if w[1] == "sriov_numvfs"] == [("0000:01:00.0", "sriov_numvfs", "4")]

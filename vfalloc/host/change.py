@@ -80,14 +80,16 @@ def cmd_numvfs(args, ctx) -> int:
     numvfs.check_request(pf, args.count)
     if not math.isfinite(args.timeout) or args.timeout <= 0 or args.timeout > 3600:
         raise UsageError(f"--timeout {args.timeout:g} must be a number of seconds from 0 to 3600")
-    leases = numvfs.blocking_leases(pf, args.count, ctx.store.read(), boot_id(ctx))
-    if leases and not args.force:
-        raise HostError(numvfs.lease_refusal(pf, args.count, leases))
-    if leases:
-        ctx.err.write(f"vfalloc: warning: --force: {len(leases)} leased VF(s) of {pf.name} are removed\n")
     autoprobe = None if args.autoprobe is None else args.autoprobe == "on"
-    result = numvfs.set_numvfs(ctx.sysfs, pf, args.count, autoprobe=autoprobe, dry_run=args.dry_run,
-                               timeout=args.timeout)
+    if args.dry_run:
+        result = _numvfs_writes(args, ctx, pf, ctx.store.read(), autoprobe)
+    else:
+        # The lease table stays locked from the lease check to the last write, so no hook can
+        # lease a VF of this PF in between; the wait for the new VFs needs no lock.
+        with ctx.store.transaction() as txn:
+            result = _numvfs_writes(args, ctx, pf, txn.table, autoprobe)
+        if args.count != result.before:
+            result.pf = numvfs.wait_for(ctx.sysfs, pf, args.count, args.timeout, numvfs.Clock())
     for write in result.writes:
         line(ctx.out, f"{'would write' if args.dry_run else 'wrote'} {write}")
     if args.count == result.before and not args.dry_run:
@@ -96,6 +98,15 @@ def cmd_numvfs(args, ctx) -> int:
         vfs = " ".join(str(vf.address) for vf in result.pf.vfs)
         line(ctx.out, f"{pf.name}: {len(result.pf.vfs)} VFs (was {result.before}){': ' + vfs if vfs else ''}")
     return 0
+
+
+def _numvfs_writes(args, ctx, pf, table, autoprobe: bool | None) -> numvfs.Result:
+    leases = numvfs.blocking_leases(pf, args.count, table, boot_id(ctx))
+    if leases and not args.force:
+        raise HostError(numvfs.lease_refusal(pf, args.count, leases))
+    if leases:
+        ctx.err.write(f"vfalloc: warning: --force: {len(leases)} leased VF(s) of {pf.name} are removed\n")
+    return numvfs.set_numvfs(ctx.sysfs, pf, args.count, autoprobe=autoprobe, dry_run=args.dry_run, wait=False)
 
 
 # -- persist --

@@ -113,8 +113,8 @@ def check_request(pf: PF, n: int) -> None:
 
 
 def set_numvfs(sysfs: Sysfs, pf: PF, n: int, *, autoprobe: bool | None = None, dry_run: bool = False,
-               timeout: float = 10.0, clock: Clock | None = None) -> Result:
-    """0 then N, then wait until N VFs are listed. Leases are the caller's check."""
+               timeout: float = 10.0, clock: Clock | None = None, wait: bool = True) -> Result:
+    """0 then N, then (with `wait`) wait until N VFs are listed. Leases are the caller's check."""
     result = Result(pf, pf.numvfs)
     steps = []
     if autoprobe is not None:
@@ -128,7 +128,7 @@ def set_numvfs(sysfs: Sysfs, pf: PF, n: int, *, autoprobe: bool | None = None, d
         result.writes.append(f"{sysfs.describe(pf.address, attr)} <- {value}")
         if not dry_run:
             _write(sysfs, pf, attr, value)
-    if not dry_run and n != pf.numvfs:
+    if wait and not dry_run and n != pf.numvfs:
         result.pf = wait_for(sysfs, pf, n, timeout, clock or Clock())
     return result
 
