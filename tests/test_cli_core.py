@@ -182,3 +182,14 @@ def test_lease_of_a_vanished_vf_is_listed_stale_without_a_vf_index(i350_host):
     gone = [r for r in rows if r["vf"] == "0000:01:10.0"]
     assert [(r["state"], r["reason"], r["vf_index"], r["domain"]) for r in gone] == [
         ("stale", "its VF no longer exists", None, "vm1")]
+
+
+@pytest.mark.parametrize("argv", [["alloc", "--domain", "vm1", "--uuid", uuid(1), "--pool", "enp1s0f0"], ["list"],
+                                  ["pools"], ["release", "--uuid", uuid(1)]], ids=["alloc", "list", "pools", "release"])
+def test_commands_without_domain_xml_do_not_load_lxml(i350_host, argv):
+    """lxml is the largest import vfalloc has; only commands that read domain XML pay for it."""
+    code = ("import sys\nfrom vfalloc.cli import main\nrc = main(sys.argv[1:])\n"
+            "assert 'lxml' not in sys.modules, 'lxml was imported'\nsys.exit(rc)")
+    done = subprocess.run([os.sys.executable, "-c", code, argv[0], *i350_host.flags(), *argv[1:]],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from .allocator import Claim, allocate, claim, release
 from .context import Context
-from .domxml import DomainInfo
 from .errors import UnknownPool
 from .model import Lease, PciAddress, Request
+
+if TYPE_CHECKING:  # only in annotations: `vfalloc alloc` takes its clock from here without lxml
+    from .domxml import DomainInfo
 
 
 def now() -> str:

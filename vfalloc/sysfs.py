@@ -80,7 +80,10 @@ class Sysfs:
         return data.decode("utf-8", "replace").strip()
 
     def _read_int(self, path: str) -> int:
-        text = self._read(path)
+        return self._number(path, self._read(path))
+
+    @staticmethod
+    def _number(path: str, text: str) -> int:
         try:
             return int(text, 0)
         except ValueError as exc:
@@ -99,10 +102,7 @@ class Sysfs:
         text = self._read_optional(path)  # absent without CONFIG_NUMA
         if text is None:
             return None
-        try:
-            node = int(text)
-        except ValueError as exc:
-            raise SysfsError(path, f"holds {text!r}, not a number") from exc
+        node = self._number(path, text)
         return None if node < 0 else node
 
     def _group(self, dev: str) -> int | None:
