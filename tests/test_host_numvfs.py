@@ -165,7 +165,8 @@ def test_wait_is_bounded_and_reports_what_appeared(host):
     clock = numvfs.Clock(now=lambda: next(ticks) * 0.1, sleep=lambda s: None)
     pf = kernel.read_pf(PciAddress.parse("0000:01:00.0"))
     with pytest.raises(numvfs.HostError) as err:
-        numvfs.set_numvfs(kernel, pf, 4, timeout=1.0, clock=clock)
+        numvfs.set_numvfs(kernel, pf, 4)
+        numvfs.wait_for(kernel, pf, 4, 1.0, clock)
     assert "asked for 4 VFs, the kernel reports sriov_numvfs 0 and 0 VFs after 1s" in str(err.value)
     assert next(ticks) < 20  # it stopped polling
 
@@ -180,8 +181,9 @@ def test_wait_returns_when_the_vfs_show_up_late(host):
             host.fs.set_vfs("0000:01:00.0", 4, vf_device="1520")
 
     pf = kernel.read_pf(PciAddress.parse("0000:01:00.0"))
-    result = numvfs.set_numvfs(kernel, pf, 4, timeout=5, clock=numvfs.Clock(sleep=sleep))
-    assert len(result.pf.vfs) == 4 and len(polls) == 3
+    numvfs.set_numvfs(kernel, pf, 4)
+    after = numvfs.wait_for(kernel, pf, 4, 5, numvfs.Clock(sleep=sleep))
+    assert len(after.vfs) == 4 and len(polls) == 3
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -106,7 +106,7 @@ def _numvfs_writes(args, ctx, pf, table, autoprobe: bool | None) -> numvfs.Resul
         raise HostError(numvfs.lease_refusal(pf, args.count, leases))
     if leases:
         ctx.err.write(f"vfalloc: warning: --force: {len(leases)} leased VF(s) of {pf.name} are removed\n")
-    return numvfs.set_numvfs(ctx.sysfs, pf, args.count, autoprobe=autoprobe, dry_run=args.dry_run, wait=False)
+    return numvfs.set_numvfs(ctx.sysfs, pf, args.count, autoprobe=autoprobe, dry_run=args.dry_run)
 
 
 # -- persist --

@@ -112,9 +112,9 @@ def check_request(pf: PF, n: int) -> None:
         raise UsageError(f"{pf.name} offers {pf.totalvfs} VFs (sriov_totalvfs); {n} is more")
 
 
-def set_numvfs(sysfs: Sysfs, pf: PF, n: int, *, autoprobe: bool | None = None, dry_run: bool = False,
-               timeout: float = 10.0, clock: Clock | None = None, wait: bool = True) -> Result:
-    """0 then N, then (with `wait`) wait until N VFs are listed. Leases are the caller's check."""
+def set_numvfs(sysfs: Sysfs, pf: PF, n: int, *, autoprobe: bool | None = None, dry_run: bool = False) -> Result:
+    """Write 0 then N. Leases are the caller's check, and so is the wait for the VFs (wait_for):
+    the caller holds the lease lock across the writes but not across the wait."""
     result = Result(pf, pf.numvfs)
     steps = []
     if autoprobe is not None:
@@ -128,8 +128,6 @@ def set_numvfs(sysfs: Sysfs, pf: PF, n: int, *, autoprobe: bool | None = None, d
         result.writes.append(f"{sysfs.describe(pf.address, attr)} <- {value}")
         if not dry_run:
             _write(sysfs, pf, attr, value)
-    if wait and not dry_run and n != pf.numvfs:
-        result.pf = wait_for(sysfs, pf, n, timeout, clock or Clock())
     return result
 
 
