@@ -423,3 +423,17 @@ def test_a_lease_taken_again_at_once_differs_from_the_one_before(hook):
     assert len({x["since"] for x in taken}) == 3
     times = [datetime.fromisoformat(x["since"]) for x in taken]
     assert times == sorted(times) and all(t.utcoffset().total_seconds() == 0 for t in times)
+
+
+# Runs the hook file as its shebang would, then reports which of these modules it loaded.
+_WATCH = ("import runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+          "finally:\n    sys.stderr.write('loaded:' + ','.join(m for m in ('dataclasses',) if m in sys.modules))\n")
+
+
+@pytest.mark.parametrize("op, subop", [("prepare", "begin"), ("release", "end")], ids=["prepare", "release"])
+def test_hook_defines_no_dataclass(hook, op, subop):
+    """A hook is a new process on every libvirt call, and a frozen dataclass costs it about 1 ms
+    to define (vfalloc.record says why): its records are Records."""
+    xml = domain_xml(1, '<vfalloc:vf pool="lan0"/>')
+    r = hook.run("vm1", op, subop, xml=xml, argv0=[sys.executable, "-c", _WATCH, str(REPO / "hooks" / "qemu")])
+    assert r.returncode == 0 and r.stderr.decode().endswith("loaded:"), r.stderr

@@ -11,22 +11,20 @@ boot (a different boot_id) cannot be in use: it is taken over when no truly free
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from collections.abc import Iterable, Sequence
 
 from .errors import PoolExhausted, UnknownPool, VfConflict, AllocationError
 from .model import VF, Host, Lease, LeaseTable, PciAddress, Pool, Request, derive_mac
+from .record import Record, replace
 
 
-@dataclass(frozen=True)
-class Grant:
+class Grant(Record):
     table: LeaseTable
     leases: tuple[Lease, ...]          # the domain's leases for the requests, in request order
     reclaimed: tuple[Lease, ...] = ()  # leases of an earlier boot that were taken over
 
 
-@dataclass(frozen=True)
-class Claim:
+class Claim(Record):
     """A device already in a domain's XML: request `request` on the VF at `address`."""
 
     request: Request

@@ -28,12 +28,12 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from dataclasses import dataclass, field
 from collections.abc import Mapping
 from typing import Any
 
 from .errors import ConfigError, UsageError
 from .model import POLICIES, Host, PciAddress, Pool, PoolMember, parse_vlan
+from .record import Factory, Record
 
 DEFAULT_CONFIG = "/etc/vfalloc/vfalloc.toml"
 DEFAULTS = {
@@ -57,8 +57,7 @@ _POOL_KEYS = {"pfs", "policy", "vlan", "trust", "spoofchk", "numvfs"}
 _TOP_KEYS = {"settings", "pools", "pf"}
 
 
-@dataclass(frozen=True)
-class PoolSpec:
+class PoolSpec(Record):
     """A pool as written in the file: PF references not yet resolved against the host."""
 
     name: str
@@ -70,19 +69,17 @@ class PoolSpec:
     numvfs: int | None = None
 
 
-@dataclass(frozen=True)
-class ConfigFile:
+class ConfigFile(Record):
     """The config file as read: where it is, whether it exists, and what it says."""
 
     path: str
     exists: bool
-    settings: Mapping[str, Any] = field(default_factory=dict)
+    settings: Mapping[str, Any] = Factory(dict)
     pools: tuple[PoolSpec, ...] = ()
-    pf_numvfs: Mapping[str, int] = field(default_factory=dict)
+    pf_numvfs: Mapping[str, int] = Factory(dict)
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(Record):
     """Every setting after precedence is applied. Paths are plain strings: the hook loads this
     on every call, and pathlib costs it more to import than its lock and write."""
 

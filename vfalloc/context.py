@@ -5,7 +5,6 @@ or prints."""
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TextIO
 
@@ -13,11 +12,11 @@ from .config import Settings, resolve_pools
 from .model import Host, Pool
 
 
-@dataclass
 class Context:
-    settings: Settings
-    out: TextIO = field(default_factory=lambda: sys.stdout)
-    err: TextIO = field(default_factory=lambda: sys.stderr)
+    def __init__(self, settings: Settings, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.settings = settings
+        self.out = sys.stdout if out is None else out
+        self.err = sys.stderr if err is None else err
 
     @cached_property
     def sysfs(self):

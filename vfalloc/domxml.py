@@ -17,13 +17,13 @@ Facts relied on are from libvirt 11.3 (docs/formatdomain.rst, src/conf/, src/uti
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from collections.abc import Iterable, Mapping, Sequence
 
 from lxml import etree
 
 from .errors import DomainXMLError, UsageError
 from .model import PciAddress, Request, normalize_mac
+from .record import Record
 
 NS = "urn:vfalloc:1"
 ALIAS_PREFIX = "ua-vfalloc-"
@@ -47,8 +47,7 @@ _ALIAS_RE = re.compile(re.escape(ALIAS_PREFIX) + r"([0-9]{1,6})")
 _ADDRESS_FIX = "write <address type='pci' domain='0x0000' bus='0x01' slot='0x10' function='0x0'/>"
 
 
-@dataclass(frozen=True)
-class VfDevice:
+class VfDevice(Record):
     """A device vfalloc wrote (alias ua-vfalloc-N, N = request index) found in a domain XML."""
 
     index: int
@@ -57,8 +56,7 @@ class VfDevice:
     mac: str | None  # the interface's <mac address>, lower-case; None for a hostdev
 
 
-@dataclass(frozen=True)
-class DomainInfo:
+class DomainInfo(Record):
     name: str
     uuid: str
     requests: tuple[Request, ...]

@@ -26,7 +26,6 @@ starting domain is never freed.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
@@ -34,13 +33,13 @@ from typing import Callable, Iterable
 from .allocator import stale_reason
 from .errors import VfallocError
 from .model import Lease, LeaseTable, PciAddress, VF
+from .record import Record
 
 RUNDIR_GRACE = 300.0
 NOT_RUNNING = "its domain is not running"
 
 
-@dataclass(frozen=True)
-class Running:
+class Running(Record):
     """The domains that run now, as one source saw them."""
 
     uuids: frozenset[str]
@@ -55,16 +54,14 @@ class Running:
         return self.grace > 0 and _age(lease.since, now) < self.grace
 
 
-@dataclass(frozen=True)
-class Report:
+class Report(Record):
     stale: tuple[tuple[Lease, str], ...]   # freed (or, with dry_run, to be freed), with the reason
     running: Running | None
     note: str | None = None                 # why libvirt itself was not asked, if it was not
     dry_run: bool = False
 
 
-@dataclass(frozen=True)
-class Observed:
+class Observed(Record):
     running: Running | None                 # None: nobody can say which domains run
     note: str | None = None                 # why libvirt itself was not asked, if it was not
 

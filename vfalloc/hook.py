@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
@@ -37,17 +36,16 @@ ENV_IP = "VFALLOC_IP"                 # the `ip` binary used for trust/spoofchk
 ENV_LOG = "VFALLOC_HOOK_LOG"          # also append each log line to this file
 
 
-@dataclass
 class Call:
-    domain: str
-    op: str
-    subop: str
-    extra: str
-    xml: bytes
-    environ: Mapping[str, str]
-    out: TextIO
-    err: TextIO
-    settings: Settings | None = None  # loaded by the first operation that needs them, then kept
+    """One run of the hook: libvirt's arguments and XML, and the settings once loaded."""
+
+    def __init__(self, domain: str, op: str, subop: str, extra: str, xml: bytes,
+                 environ: Mapping[str, str], out: TextIO, err: TextIO) -> None:
+        self.domain, self.op, self.subop, self.extra = domain, op, subop, extra
+        self.xml = xml
+        self.environ = environ
+        self.out, self.err = out, err
+        self.settings: Settings | None = None  # loaded by the first operation that needs them, then kept
 
     def context(self) -> Context:
         from .config import load_settings

@@ -1,18 +1,18 @@
-"""The things vfalloc reasons about, as frozen values: PCI addresses, PFs and VFs read from the
-host, pools, requests and leases.
+"""The things vfalloc reasons about, as frozen values (vfalloc.record): PCI addresses, PFs and
+VFs read from the host, pools, requests and leases.
 
 This module is the bottom of the dependency graph: it does no I/O and imports nothing of
-vfalloc but the error tree. Values are validated when they are built, so code above can trust
-them.
+vfalloc but the error tree and the record base. Values are validated when they are built, so
+code above can trust them.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
 from collections.abc import Iterable, Mapping
 
 from .errors import UsageError
+from .record import Factory, Record, replace
 
 _PCI_RE = re.compile(
     r"^(?:(?P<domain>[0-9a-fA-F]{4,8}):)?(?P<bus>[0-9a-fA-F]{2}):"
@@ -31,8 +31,7 @@ POLICIES = ("pack", "spread")
 PHASES = ("reserved", "pending-attach", "attached")
 
 
-@dataclass(frozen=True, order=True)
-class PciAddress:
+class PciAddress(Record, order=True):
     domain: int
     bus: int
     slot: int
@@ -59,8 +58,7 @@ class PciAddress:
         return self._text  # type: ignore[attr-defined]
 
 
-@dataclass(frozen=True)
-class VF:
+class VF(Record):
     address: PciAddress
     index: int
     pf: PciAddress
@@ -72,8 +70,7 @@ class VF:
     iommu_group: int | None
 
 
-@dataclass(frozen=True)
-class PF:
+class PF(Record):
     address: PciAddress
     netdev: str | None
     vendor: str
@@ -92,8 +89,7 @@ class PF:
         return self.netdev or str(self.address)
 
 
-@dataclass(frozen=True)
-class Host:
+class Host(Record):
     """A snapshot of the SR-IOV PFs and their VFs, read once from sysfs."""
 
     pfs: tuple[PF, ...]
@@ -120,8 +116,7 @@ class Host:
         return {str(pf.address): pf for pf in self.pfs}
 
 
-@dataclass(frozen=True)
-class PoolMember:
+class PoolMember(Record):
     """One PF of a pool, optionally limited to some VF indexes."""
 
     pf: PciAddress
@@ -132,8 +127,7 @@ class PoolMember:
         return vf.pf == self.pf and (self.indexes is None or vf.index in self.indexes)
 
 
-@dataclass(frozen=True)
-class Pool:
+class Pool(Record):
     name: str
     members: tuple[PoolMember, ...]
     policy: str = "pack"
@@ -159,8 +153,7 @@ class Pool:
         return self.member_rank(vf) < len(self.members)
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(Record):
     """What a domain asks for, one VF per request; `index` is its position in the request list."""
 
     pool: str
@@ -198,8 +191,7 @@ class Request:
         )
 
 
-@dataclass(frozen=True)
-class Lease:
+class Lease(Record):
     vf: str
     pf: str
     pool: str
@@ -221,20 +213,19 @@ class Lease:
             raise UsageError(f"lease phase {self.phase!r} is unknown; expected one of {PHASES}")
 
     def to_json(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {k: getattr(self, k) for k in self._fields}
 
     @classmethod
     def from_json(cls, data: Mapping) -> "Lease":
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        known = {k: data[k] for k in cls._fields if k in data}
         return cls(**known)
 
 
-@dataclass(frozen=True)
-class LeaseTable:
+class LeaseTable(Record):
     """All leases, plus the VF each domain held last (for sticky allocation)."""
 
     leases: tuple[Lease, ...] = ()
-    last: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    last: Mapping[str, Mapping[str, str]] = Factory(dict)
 
     def of_domain(self, uuid: str) -> tuple[Lease, ...]:
         return tuple(lease for lease in self.leases if lease.uuid == uuid)

@@ -18,7 +18,6 @@ import json
 import os
 import stat
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -29,11 +28,11 @@ VERSION = 1
 _TMP_PREFIX = ".tmp-"
 
 
-@dataclass
 class Transaction:
     """The table being changed; assign a new LeaseTable to `table` to have it written."""
 
-    table: LeaseTable
+    def __init__(self, table: LeaseTable) -> None:
+        self.table = table
 
 
 class _Releasable(Protocol):

@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
 
 from .errors import SysfsError, UsageError
 from .model import PF, VF, Host, PciAddress
+from .record import Record
 
 DEFAULT_ROOT = "/sys"
 
 
-@dataclass(frozen=True)
-class PciDevice:
+class PciDevice(Record):
     """Any PCI function, for the host checks (IOMMU groups, ACS)."""
 
     address: PciAddress

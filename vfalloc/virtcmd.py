@@ -13,10 +13,10 @@ live definition of a running domain is left alone: the change applies from the n
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 from .errors import DomainXMLError, UnknownPool, UsageError, VfallocError, VirtError
 from .model import Lease, PciAddress, Request
+from .record import replace
 
 
 def register(sub, common) -> None:

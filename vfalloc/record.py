@@ -1,0 +1,139 @@
+"""Frozen value records: the base every vfalloc record is built on.
+
+Owns `Record`, `Factory`, `replace` and `fields`. A record class declares its fields as
+annotations, with defaults, as a frozen dataclass does:
+
+    class PoolMember(Record):
+        pf: PciAddress
+        indexes: frozenset[int] | None = None
+
+Instances are immutable, equal and hashed by their type and field values, shown as
+`PoolMember(pf=..., indexes=...)`, and validated by `__post_init__`, which `replace` runs again.
+`class PciAddress(Record, order=True)` also orders them by their fields.
+
+Why not dataclasses: on CPython 3.11, `@dataclass(frozen=True)` compiles the source of six
+methods per class with exec() each time its module is imported (Lib/dataclasses.py,
+_create_fn), about 1 ms a class. The hook is a new process on every libvirt call and loads some
+twenty records, so that alone cost it half of what starting Python with lxml costs. A Record
+class is built by plain attribute lookups; nothing is compiled at import.
+
+This module knows nothing of vfalloc: no I/O, no imports of it.
+"""
+
+from __future__ import annotations
+
+from operator import attrgetter
+from typing import Any, Callable
+
+_MISSING = object()
+
+
+class FrozenRecordError(AttributeError):
+    """An attempt to change a field of a record after it was built."""
+
+
+class Factory:
+    """A default made anew for every record, as `Factory(dict)`."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+
+
+class Record:
+    _fields: tuple[str, ...] = ()
+    _field_set: frozenset[str] = frozenset()
+    _defaults: dict[str, Any] = {}
+    _order = False
+    _post_init: Callable[[Any], None] | None = None
+
+    def __init_subclass__(cls, order: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = [name for name, kind in cls.__dict__.get("__annotations__", {}).items()
+               if not str(kind).startswith(("ClassVar", "typing.ClassVar"))]
+        cls._fields = tuple(f for f in cls._fields if f not in own) + tuple(own)
+        defaults = dict(cls._defaults)
+        for name in own:
+            value = cls.__dict__.get(name, _MISSING)
+            if value is not _MISSING:
+                defaults[name] = value
+                delattr(cls, name)  # the instance's own value must be found, not this one
+            elif defaults:
+                raise TypeError(f"{cls.__name__}: field {name!r} without a default follows one with a default")
+        cls._defaults = defaults
+        cls._values = attrgetter(*cls._fields) if cls._fields else (lambda self: ())
+        cls._field_set = frozenset(cls._fields)
+        cls._order = order or cls._order
+        cls._post_init = getattr(cls, "__post_init__", None)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        names = self._fields
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__} takes {len(names)} fields, {len(args)} were given")
+        values = dict(zip(names, args))
+        for name, value in kwargs.items():
+            if name in values or name not in self._field_set:
+                problem = "given twice" if name in values else "not a field"
+                raise TypeError(f"{type(self).__name__}: {name!r} is {problem}")
+            values[name] = value
+        if len(values) < len(names):
+            for name in names:
+                if name not in values:
+                    default = self._defaults.get(name, _MISSING)
+                    if default is _MISSING:
+                        raise TypeError(f"{type(self).__name__}: field {name!r} is missing")
+                    values[name] = default.make() if isinstance(default, Factory) else default
+        object.__setattr__(self, "__dict__", values)
+        if self._post_init is not None:
+            self._post_init()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenRecordError(f"{type(self).__name__} is frozen: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenRecordError(f"{type(self).__name__} is frozen: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self is other or self._values(self) == other._values(other)
+
+    def __hash__(self) -> int:
+        return hash((self.__class__.__name__, self._values(self)))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{type(self).__name__}({shown})"
+
+    def _compare(self, other: object) -> tuple | None:
+        if not self._order or other.__class__ is not self.__class__:
+            return None
+        return self._values(self), other._values(other)  # type: ignore[attr-defined]
+
+    def __lt__(self, other: object) -> bool:
+        pair = self._compare(other)
+        return NotImplemented if pair is None else pair[0] < pair[1]
+
+    def __le__(self, other: object) -> bool:
+        pair = self._compare(other)
+        return NotImplemented if pair is None else pair[0] <= pair[1]
+
+    def __gt__(self, other: object) -> bool:
+        pair = self._compare(other)
+        return NotImplemented if pair is None else pair[0] > pair[1]
+
+    def __ge__(self, other: object) -> bool:
+        pair = self._compare(other)
+        return NotImplemented if pair is None else pair[0] >= pair[1]
+
+
+def fields(record: Record | type[Record]) -> tuple[str, ...]:
+    return record._fields
+
+
+def replace(record: Record, **changes: Any) -> Any:
+    """A copy of `record` with some fields changed, validated again."""
+    values = {name: getattr(record, name) for name in record._fields}
+    values.update(changes)
+    return type(record)(**values)
