@@ -7,14 +7,18 @@ it held last if free (sticky), then VFs on the domain's NUMA nodes when it is pi
 not required), then the pool's policy: `pack` fills PFs in the order the pool lists them,
 `spread` takes the PF of the pool with the fewest leases. A VF whose lease comes from an earlier
 boot (a different boot_id) cannot be in use: it is taken over when no truly free VF is left.
+
+A snapshot may leave some PFs' VFs unread. The choice then looks at the PFs in the order their
+VFs could win, and raises VfsNotRead for the first PF it cannot do without; the caller reads it
+and asks again. The answer is the one the whole host would give.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from .errors import PoolExhausted, UnknownPool, VfConflict, AllocationError
-from .model import VF, Host, Lease, LeaseTable, PciAddress, Pool, Request, derive_mac
+from .errors import AllocationError, PoolExhausted, UnknownPool, VfConflict, VfsNotRead
+from .model import PF, VF, Host, Lease, LeaseTable, PciAddress, Pool, Request, derive_mac
 from .record import Record, replace
 
 
@@ -35,7 +39,6 @@ def allocate(host: Host, pools: Sequence[Pool], table: LeaseTable, *, domain: st
              requests: Sequence[Request], boot_id: str, now: str, phase: str,
              numa_nodes: frozenset[int] = frozenset()) -> Grant:
     by_name = {p.name: p for p in pools}
-    vfs = host.vf_map()
     granted: list[Lease] = []
     reclaimed: list[Lease] = []
     for request in requests:
@@ -44,7 +47,7 @@ def allocate(host: Host, pools: Sequence[Pool], table: LeaseTable, *, domain: st
             raise UnknownPool(request.pool, domain, tuple(by_name))
         request = request.with_defaults(pool)
         held = _held(table, uuid, request.index)
-        if held is not None and held.pool == pool.name and held.vf in vfs:
+        if held is not None and held.pool == pool.name and _exists(host, held):
             # The same VF again, taken anew: this start's phase (a lease reserved by hand must
             # now be hot-plugged) and time (gc tells a lease taken again from the one it read).
             fresh = replace(held, domain=domain, boot_id=boot_id, since=now, phase=phase)
@@ -67,12 +70,11 @@ def claim(host: Host, pools: Sequence[Pool], table: LeaseTable, *, domain: str, 
           claims: Sequence[Claim], boot_id: str, now: str, phase: str = "attached") -> Grant:
     """Take exactly the VFs a domain's XML already names (free, of an earlier boot, or already
     this domain's); refuse when another domain holds one."""
-    vfs = host.vf_map()
     granted: list[Lease] = []
     reclaimed: list[Lease] = []
     for item in claims:
         address = str(item.address)
-        vf = vfs.get(address)
+        vf = host.find_vf(address)
         if vf is None:
             raise AllocationError(f"VF {address} in the XML of {domain} is not a VF on this host; "
                                   "create it with `vfalloc host numvfs` or remove the device")
@@ -120,33 +122,71 @@ def _held(table: LeaseTable, uuid: str, index: int) -> Lease | None:
     return next((x for x in table.leases if x.uuid == uuid and x.index == index), None)
 
 
+def _exists(host: Host, lease: Lease) -> bool:
+    return any(str(vf.address) == lease.vf for vf in host.vfs_of(PciAddress.parse(lease.pf)))
+
+
 def _choose(host: Host, pool: Pool, table: LeaseTable, uuid: str, index: int, boot_id: str,
             numa_nodes: frozenset[int], domain: str) -> tuple[VF, Lease | None]:
-    members = [vf for vf in host.vfs() if pool.admits(vf)]
     holders = table.by_vf()
-    free = [vf for vf in members if str(vf.address) not in holders]
-    if not free:
-        free = [vf for vf in members if holders[str(vf.address)].boot_id != boot_id]
-    if not free:
-        names = tuple(holders[str(vf.address)].domain for vf in members)
-        raise PoolExhausted(pool.name, domain, len(members), names)
     sticky = table.last.get(uuid, {}).get(str(index))
-    chosen = next((vf for vf in free if str(vf.address) == sticky), None)
-    if chosen is None:
-        local = [vf for vf in free if vf.numa_node in numa_nodes]
-        chosen = _by_policy(pool, local or free, table)
-    return chosen, holders.get(str(chosen.address))
-
-
-def _by_policy(pool: Pool, free: list[VF], table: LeaseTable) -> VF:
+    sticky_vf = None
+    if sticky is not None and (sticky not in holders or holders[sticky].boot_id != boot_id):
+        sticky_vf = host.find_vf(sticky)
+    load: dict[PciAddress, int] = {}
     if pool.policy == "spread":
-        load: dict[PciAddress, int] = {}
         for lease in table.leases:
             if lease.pool == pool.name:
                 pf = PciAddress.parse(lease.pf)
                 load[pf] = load.get(pf, 0) + 1
-        return min(free, key=lambda vf: (load.get(vf.pf, 0), pool.member_rank(vf), vf.pf, vf.index))
-    return min(free, key=lambda vf: (pool.member_rank(vf), vf.pf, vf.index))
+
+    def key(vf: VF) -> tuple:
+        # The sticky VF, then the domain's NUMA nodes, then the policy: `spread` the PF with the
+        # fewest leases of the pool, both the pool's member order, then PF and VF index.
+        return (vf is not sticky_vf, vf.numa_node not in numa_nodes, load.get(vf.pf, 0),
+                pool.member_rank(vf), vf.pf, vf.index)
+
+    def bound(pf: PF) -> tuple:
+        # No VF of `pf` can come before this: every VF of a PF is on the PF's NUMA node (the
+        # hook's brief read takes the PF's node for its VFs), the sticky VF was found already.
+        return (True, pf.numa_node not in numa_nodes, load.get(pf.address, 0), pool.pf_rank(pf.address),
+                pf.address, -1)
+
+    chosen = _first_free(host, pool, key, bound, lambda vf: str(vf.address) not in holders)
+    if chosen is None:
+        # No truly free VF: one whose lease is from an earlier boot cannot be in use.
+        members = [vf for pf in host.pfs if pool.has_pf(pf.address)
+                   for vf in host.vfs_of(pf.address) if pool.admits(vf)]
+        earlier = [vf for vf in members if holders[str(vf.address)].boot_id != boot_id]
+        if not earlier:
+            names = tuple(holders[str(vf.address)].domain for vf in members)
+            raise PoolExhausted(pool.name, domain, len(members), names)
+        chosen = min(earlier, key=key)
+    return chosen, holders.get(str(chosen.address))
+
+
+def _first_free(host: Host, pool: Pool, key, bound, free) -> VF | None:
+    """The free VF of the pool with the least key, from the PFs read so far; when a PF not read
+    yet could hold a lesser one (its bound is less), ask for that PF's VFs instead."""
+    best: tuple | None = None
+    chosen = None
+    unread = []
+    for pf in host.pfs:
+        if not pool.has_pf(pf.address):
+            continue
+        if pf.address in host.unread:
+            unread.append(pf)
+            continue
+        for vf in pf.vfs:
+            if pool.admits(vf) and free(vf):
+                k = key(vf)
+                if best is None or k < best:
+                    best, chosen = k, vf
+    if unread:
+        nearest = min(unread, key=bound)
+        if best is None or bound(nearest) < best:
+            raise VfsNotRead(frozenset((nearest.address,)))
+    return chosen
 
 
 def _lease(vf: VF, pool: Pool | None, request: Request, domain: str, uuid: str, boot_id: str,

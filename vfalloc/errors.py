@@ -114,6 +114,20 @@ class VfConflict(AllocationError):
         )
 
 
+class VfsNotRead(VfallocError):
+    """A decision on a host snapshot needs the VFs of PFs that were read without them.
+
+    Not a user's error: lease_ops reads those PFs and decides again. `vf` is the VF address the
+    decision was looking for, when it was one VF (its PF is then enough). Should it ever reach an
+    entry point, it still renders one line."""
+
+    def __init__(self, pfs: frozenset, vf: str | None = None) -> None:
+        self.pfs = frozenset(pfs)
+        self.vf = vf
+        names = ", ".join(str(pf) for pf in sorted(self.pfs))
+        super().__init__(f"the VFs of PF {names} were needed but not read; report this as a vfalloc bug")
+
+
 class DomainXMLError(_AboutOne):
     """A domain XML that cannot be parsed or holds a bad vfalloc request."""
 

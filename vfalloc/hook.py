@@ -206,7 +206,8 @@ def _address(text: str):
 def _apply_vf_settings(call: Call, ctx, leases) -> None:
     """Trust and spoof checking are set on the VF through its PF (`ip link set PF vf N ...`,
     iproute2; the PF's driver must support them) before QEMU starts."""
-    vfs = ctx.host.vf_map()
+    from .lease_ops import on_host
+
     for lease in leases:
         args = []
         if lease.trust:
@@ -216,7 +217,7 @@ def _apply_vf_settings(call: Call, ctx, leases) -> None:
         if not args:
             continue
         pf = ctx.host.pf(lease.pf)
-        vf = vfs.get(lease.vf)
+        vf = on_host(ctx, lambda host: host.find_vf(lease.vf))
         if pf is None or pf.netdev is None or vf is None:
             raise VfallocError(f"cannot set {' '.join(args)} on VF {lease.vf} for {call.domain}: its PF "
                                f"{lease.pf} has no network interface; remove trust/spoofchk from the request")

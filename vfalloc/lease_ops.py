@@ -8,16 +8,18 @@ own (that is the allocator's) and never talks to libvirt.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeVar
 
 from .allocator import Claim, allocate, claim, release
 from .context import Context
-from .errors import UnknownPool
-from .model import Lease, PciAddress, Request
+from .errors import UnknownPool, VfsNotRead
+from .model import Host, Lease, PciAddress, Request
 
 if TYPE_CHECKING:  # only in annotations: `vfalloc alloc` takes its clock from here without lxml
     from .domxml import DomainInfo
+
+T = TypeVar("T")
 
 
 def now() -> str:
@@ -40,13 +42,32 @@ def focus(ctx: Context, domain: str, pool_names: Iterable[str], extra_vfs: Itera
     pinned = {pf for pf in (ctx.sysfs.physfn(vf) for vf in extra_vfs) if pf is not None}
     names = asked | _pools_holding(ctx, pinned)
     wanted = pinned | {a for a in (_address_of(ctx, ref) for ref in pf_refs(config, names)) if a is not None}
-    host = ctx.sysfs.read_host(only=wanted, brief=True)
+    # The pools' PFs without their VFs, but for the PFs of VFs named in the XML: the allocator
+    # asks for the VFs it needs (on_host), which at a thousand VFs is seldom more than one PF.
+    host = ctx.sysfs.read_host(only=wanted, brief=True, vfs_of=pinned)
     pools = resolve_pools(config, host, names)
     unknown = sorted(asked - {p.name for p in pools})
     if unknown:
         raise UnknownPool(unknown[0], domain, _all_pool_names(ctx))
     ctx.__dict__["host"] = host
     ctx.__dict__["pools"] = pools
+
+
+def on_host(ctx: Context, decide: Callable[[Host], T]) -> T:
+    """`decide(ctx.host)`, reading the VFs of a PF each time the snapshot lacks ones it needs.
+    Each round reads at least one PF more, so this ends; a full snapshot takes one round."""
+    while True:
+        try:
+            return decide(ctx.host)
+        except VfsNotRead as need:
+            pfs = need.pfs & ctx.host.unread
+            if not pfs:
+                raise  # asked for PFs that were read: a bug, shown as one line by the entry point
+            if need.vf is not None:  # one VF wanted: its physfn link names the one PF to read
+                pf = ctx.sysfs.physfn(PciAddress.parse(need.vf))
+                pfs = frozenset((pf,)) if pf in pfs else pfs
+            read = [ctx.sysfs.read_pf(pf, brief=True) for pf in sorted(pfs)]
+            ctx.__dict__["host"] = ctx.host.with_vfs(read)
 
 
 def _address_of(ctx: Context, ref: str) -> PciAddress | None:
@@ -59,7 +80,7 @@ def _pools_holding(ctx: Context, pfs: set[PciAddress]) -> set[str]:
         return set()
     config = ctx.settings.config
     if not config.pools:  # one pool per PF, named after it
-        return {pf.name for pf in ctx.sysfs.read_host(only=pfs, brief=True).pfs}
+        return {pf.name for pf in ctx.sysfs.read_host(only=pfs, brief=True, vfs_of=set()).pfs}
     return {spec.name for spec in config.pools if any(_address_of(ctx, ref) in pfs for ref, _ in spec.members)}
 
 
@@ -67,7 +88,7 @@ def _all_pool_names(ctx: Context) -> tuple[str, ...]:
     config = ctx.settings.config
     if config.pools:
         return tuple(spec.name for spec in config.pools)
-    return tuple(pf.name for pf in ctx.sysfs.read_host(brief=True).pfs)
+    return tuple(pf.name for pf in ctx.sysfs.read_host(brief=True, vfs_of=set()).pfs)
 
 
 def numa_nodes(ctx: Context, info: DomainInfo) -> frozenset[int]:
@@ -87,8 +108,8 @@ def _claims(ctx: Context, info: DomainInfo, devices=None) -> list[Claim]:
     for dev in info.devices if devices is None else devices:
         request = by_index.get(dev.index)
         if request is None:
-            pool = next((p.name for p in ctx.pools if any(
-                vf.address == dev.address and p.admits(vf) for vf in ctx.host.vfs())), "pinned")
+            vf = on_host(ctx, lambda host: host.find_vf(str(dev.address)))
+            pool = next((p.name for p in ctx.pools if vf is not None and p.admits(vf)), "pinned")
             request = Request(pool=pool, index=dev.index, mac=dev.mac, type=dev.type)
         claims.append(Claim(request, dev.address))
     return claims
@@ -105,13 +126,15 @@ def lease_for_start(ctx: Context, info: DomainInfo, now: str, phase: str = "pend
         table = txn.table
         leases: list[Lease] = []
         if info.devices:
-            grant = claim(ctx.host, ctx.pools, table, domain=info.name, uuid=info.uuid,
-                          claims=_claims(ctx, info), boot_id=ctx.boot_id, now=now, phase="attached")
+            claims = _claims(ctx, info)
+            grant = on_host(ctx, lambda host: claim(host, ctx.pools, table, domain=info.name, uuid=info.uuid,
+                                                    claims=claims, boot_id=ctx.boot_id, now=now, phase="attached"))
             table = grant.table
             leases += grant.leases
         if missing:
-            grant = allocate(ctx.host, ctx.pools, table, domain=info.name, uuid=info.uuid, requests=missing,
-                             boot_id=ctx.boot_id, now=now, phase=phase, numa_nodes=nodes)
+            grant = on_host(ctx, lambda host: allocate(host, ctx.pools, table, domain=info.name, uuid=info.uuid,
+                                                       requests=missing, boot_id=ctx.boot_id, now=now,
+                                                       phase=phase, numa_nodes=nodes))
             table = grant.table
             leases += grant.leases
         txn.table = table
@@ -134,13 +157,15 @@ def lease_for_incoming(ctx: Context, info: DomainInfo, now: str) -> tuple[Lease,
     with ctx.store.transaction() as txn:
         table, leases = txn.table, []
         if pinned:
-            grant = claim(ctx.host, ctx.pools, table, domain=info.name, uuid=info.uuid,
-                          claims=_claims(ctx, info, pinned), boot_id=ctx.boot_id, now=now, phase="attached")
+            claims = _claims(ctx, info, pinned)
+            grant = on_host(ctx, lambda host: claim(host, ctx.pools, table, domain=info.name, uuid=info.uuid,
+                                                    claims=claims, boot_id=ctx.boot_id, now=now, phase="attached"))
             table, leases = grant.table, list(grant.leases)
         if requests:
-            grant = allocate(ctx.host, ctx.pools, table, domain=info.name, uuid=info.uuid,
-                             requests=requests, boot_id=ctx.boot_id, now=now, phase="attached",
-                             numa_nodes=numa_nodes(ctx, info))
+            nodes = numa_nodes(ctx, info)
+            grant = on_host(ctx, lambda host: allocate(host, ctx.pools, table, domain=info.name, uuid=info.uuid,
+                                                       requests=requests, boot_id=ctx.boot_id, now=now,
+                                                       phase="attached", numa_nodes=nodes))
             table, leases = grant.table, leases + list(grant.leases)
         txn.table = table
     return tuple(sorted(leases, key=lambda x: x.index))
@@ -157,8 +182,9 @@ def reconcile_running(ctx: Context, info: DomainInfo, now: str) -> tuple[tuple[L
         table = table.without(dropped)
         kept: tuple[Lease, ...] = ()
         if info.devices:
-            grant = claim(ctx.host, ctx.pools, table, domain=info.name, uuid=info.uuid,
-                          claims=_claims(ctx, info), boot_id=ctx.boot_id, now=now, phase="attached")
+            claims = _claims(ctx, info)
+            grant = on_host(ctx, lambda host: claim(host, ctx.pools, table, domain=info.name, uuid=info.uuid,
+                                                    claims=claims, boot_id=ctx.boot_id, now=now, phase="attached"))
             table = grant.table
             kept = grant.leases
         kept += tuple(x for x in table.of_domain(info.uuid) if x.phase == "pending-attach")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from .errors import UsageError
+from .errors import UsageError, VfsNotRead
 from .record import Factory, Record, replace
 
 _PCI_RE = re.compile(
@@ -90,9 +90,14 @@ class PF(Record):
 
 
 class Host(Record):
-    """A snapshot of the SR-IOV PFs and their VFs, read once from sysfs."""
+    """A snapshot of the SR-IOV PFs and their VFs, read once from sysfs.
+
+    A snapshot may hold some PFs without their VFs (`unread`, their `vfs` empty): a start on a
+    host with a thousand VFs reads a PF's VFs only when the choice needs them. Every lookup
+    that would need those VFs raises VfsNotRead rather than answer from half the host."""
 
     pfs: tuple[PF, ...]
+    unread: frozenset[PciAddress] = frozenset()
 
     def pf(self, name_or_address: str) -> PF | None:
         for pf in self.pfs:
@@ -106,6 +111,8 @@ class Host(Record):
         return None
 
     def vfs(self) -> Iterable[VF]:
+        if self.unread:
+            raise VfsNotRead(self.unread)
         for pf in self.pfs:
             yield from pf.vfs
 
@@ -114,6 +121,27 @@ class Host(Record):
 
     def pf_map(self) -> dict[str, PF]:
         return {str(pf.address): pf for pf in self.pfs}
+
+    def vfs_of(self, pf: PciAddress) -> tuple[VF, ...]:
+        """The VFs of one PF; none when the PF is not in the snapshot."""
+        if pf in self.unread:
+            raise VfsNotRead(frozenset((pf,)))
+        return next((p.vfs for p in self.pfs if p.address == pf), ())
+
+    def find_vf(self, address: str) -> VF | None:
+        """The VF at `address`, None when no PF of the snapshot has it."""
+        for pf in self.pfs:
+            for vf in pf.vfs:
+                if str(vf.address) == address:
+                    return vf
+        if self.unread:
+            raise VfsNotRead(self.unread, vf=address)
+        return None
+
+    def with_vfs(self, read: Iterable[PF]) -> "Host":
+        """The snapshot with these PFs as read again, VFs and all."""
+        new = {pf.address: pf for pf in read}
+        return Host(tuple(new.get(pf.address, pf) for pf in self.pfs), self.unread - new.keys())
 
 
 class PoolMember(Record):
@@ -151,6 +179,13 @@ class Pool(Record):
 
     def admits(self, vf: VF) -> bool:
         return self.member_rank(vf) < len(self.members)
+
+    def has_pf(self, pf: PciAddress) -> bool:
+        return pf in self._by_pf  # type: ignore[attr-defined]
+
+    def pf_rank(self, pf: PciAddress) -> int:
+        """The lowest rank any VF of `pf` can have in this pool: its first member's position."""
+        return self._by_pf[pf][0][0]  # type: ignore[attr-defined]
 
 
 class Request(Record):

@@ -144,19 +144,23 @@ class Sysfs:
     def is_pf(self, address: PciAddress) -> bool:
         return os.path.exists(f"{self._dev(address)}/sriov_totalvfs")
 
-    def read_host(self, only: set[PciAddress] | None = None, brief: bool = False) -> Host:
+    def read_host(self, only: set[PciAddress] | None = None, brief: bool = False,
+                  vfs_of: set[PciAddress] | None = None) -> Host:
         """Every SR-IOV PF (or only those in `only`) with its VFs. `brief` reads of each VF only
         what allocation needs (address, index; the NUMA node is the PF's, as a VF sits on the
-        same device) and leaves driver, netdev, IDs and IOMMU group out: the hook's fast path."""
-        if only is None:
-            return Host(tuple(self.read_pf(a, brief) for a in self.pf_addresses()))
-        return Host(tuple(self.read_pf(a, brief) for a in sorted(only) if self.is_pf(a)))
+        same device) and leaves driver, netdev, IDs and IOMMU group out: the hook's fast path.
+        With `vfs_of`, only those PFs' VFs are read; the others are left `unread` in the Host."""
+        addresses = self.pf_addresses() if only is None else [a for a in sorted(only) if self.is_pf(a)]
+        pfs = tuple(self.read_pf(a, brief, vfs=vfs_of is None or a in vfs_of) for a in addresses)
+        unread = frozenset(a for a in addresses if vfs_of is not None and a not in vfs_of)
+        return Host(pfs, unread)
 
-    def read_pf(self, address: PciAddress, brief: bool = False) -> PF:
+    def read_pf(self, address: PciAddress, brief: bool = False, vfs: bool = True) -> PF:
         dev = self._dev(address)
         if not os.path.exists(f"{dev}/sriov_totalvfs"):
             raise SysfsError(dev, "is not an SR-IOV physical function (no sriov_totalvfs)")
         netdev = self._netdev(dev)
+        numa = self._numa(dev)
         return PF(
             address=address,
             netdev=netdev,
@@ -165,18 +169,17 @@ class Sysfs:
             driver=self._link_name(f"{dev}/driver"),
             totalvfs=self._read_int(f"{dev}/sriov_totalvfs"),
             numvfs=self._read_int(f"{dev}/sriov_numvfs"),
-            numa_node=self._numa(dev),
+            numa_node=numa,
             iommu_group=self._group(dev),
-            vfs=self._read_vfs(address, dev, brief),
+            vfs=self._read_vfs(address, dev, brief, numa) if vfs else (),
             link_up=self._link_up(dev, netdev),
         )
 
-    def _read_vfs(self, pf: PciAddress, dev: str, brief: bool = False) -> tuple[VF, ...]:
+    def _read_vfs(self, pf: PciAddress, dev: str, brief: bool, numa: int | None) -> tuple[VF, ...]:
         try:
             names = os.listdir(dev)
         except OSError as exc:
             raise SysfsError(dev, f"cannot list ({exc.strerror})") from exc
-        numa = self._numa(dev) if brief else None
         ids: tuple[str, str] | None = None
         vfs = []
         for name in names:
