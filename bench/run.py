@@ -57,7 +57,8 @@ class FakeHost:
         self.config = base / "vfalloc.toml"
         self.config.write_text("[pools.all]\npfs = [" + ", ".join(f'"{n}"' for n in names) + "]\n")
         self.env = {**os.environ, "VFALLOC_SYSFS_ROOT": str(base / "sys"), "VFALLOC_STATE": str(base / "state.json"),
-                    "VFALLOC_PROC_ROOT": str(base / "proc"), "VFALLOC_CONFIG": str(self.config)}
+                    "VFALLOC_PROC_ROOT": str(base / "proc"), "VFALLOC_CONFIG": str(self.config),
+                    "VFALLOC_RUN_DIR": str(base / "run")}
         for key in ("VFALLOC_HOOK_LOG",):
             self.env.pop(key, None)
         self.lean_env = {**self.env, "VFALLOC_STATE": str(base / "lean-state.json")}

@@ -55,6 +55,10 @@ class Scratch:
         return self.root / "var" / "lib" / "vfalloc" / "state.json"
 
     @property
+    def run_dir(self) -> Path:
+        return self.root / "run" / "vfalloc"
+
+    @property
     def config(self) -> Path:
         return self.root / "etc" / "vfalloc" / "vfalloc.toml"
 
@@ -73,7 +77,8 @@ class Scratch:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VFALLOC_")}
         env.update(VFALLOC_SYSFS_ROOT=str(self.sysfs), VFALLOC_STATE=str(self.state),
-                   VFALLOC_CONFIG=str(self.config), VFALLOC_PROC_ROOT=str(self.proc))
+                   VFALLOC_CONFIG=str(self.config), VFALLOC_PROC_ROOT=str(self.proc),
+                   VFALLOC_RUN_DIR=str(self.run_dir))
         if not self.config.exists():
             del env["VFALLOC_CONFIG"]
         return env
@@ -101,4 +106,13 @@ def scratch(tmp_path, monkeypatch) -> Scratch:
             monkeypatch.delenv(key)
     s = Scratch(tmp_path, FakeSys(tmp_path / "sys"))
     s.set_boot_id("11111111-2222-3333-4444-555555555555")
+    monkeypatch.setenv("VFALLOC_RUN_DIR", str(s.run_dir))
     return s
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_run_dir(tmp_path_factory):
+    """Keep the parsed-config memo (vfalloc.configmemo) of every test out of the real /run/vfalloc."""
+    os.environ["VFALLOC_RUN_DIR"] = str(tmp_path_factory.mktemp("run") / "vfalloc")
+    yield
+    os.environ.pop("VFALLOC_RUN_DIR", None)

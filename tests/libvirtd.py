@@ -12,6 +12,7 @@ temp dir, so the host's libvirt state is never touched and two test sessions can
     /etc/libvirt/hooks <- TMP/hooks    where `vfalloc install-hook --hooks-dir` puts qemu.d/vfalloc
     /var/lib/libvirt   <- TMP/lib
     /var/log/libvirt   <- TMP/log      QEMU's per-domain logs (written by virtlogd)
+    /run/vfalloc       <- TMP/run-vfalloc  the hook's parsed-config memo (vfalloc.configmemo)
 Outside the namespace the same directories are reachable under TMP: the tests connect to
 qemu:///system?socket=TMP/run/libvirt-sock. QEMU's capability cache (/var/cache/libvirt) is
 shared with the host: it only makes the daemon start faster.
@@ -53,7 +54,7 @@ from fakehost import FakeSys, i350
 
 BINARIES = ("libvirtd", "virtlogd", "qemu-system-x86_64", "unshare", "nsenter", "mount")
 BIND = {"run": "/run/libvirt", "etc-qemu": "/etc/libvirt/qemu", "hooks": "/etc/libvirt/hooks",
-        "lib": "/var/lib/libvirt", "log": "/var/log/libvirt"}
+        "lib": "/var/lib/libvirt", "log": "/var/log/libvirt", "run-vfalloc": "/run/vfalloc"}
 START_TIMEOUT = 60.0
 PREFIX = "vfalloc-test-"
 NS = "urn:vfalloc:1"

@@ -57,6 +57,18 @@ def test_the_hook_gets_the_request_and_the_worker_reports_libvirts_refusal(lab):
     assert lab.leases() == [] and dom.isActive()
 
 
+def test_the_hook_keeps_its_parsed_config_in_run_vfalloc(lab):
+    """libvirt gives the hook no VFALLOC_* variables: it keeps the parse of its config in the
+    default /run/vfalloc (here the namespace's bind mount), 0600, for the exact text of the file."""
+    for memo in (lab.tmp / "run-vfalloc").glob("config-*.json"):
+        memo.unlink()
+    start(lab.define("memo", REQ))
+    (memo,) = (lab.tmp / "run-vfalloc").glob("config-*.json")
+    assert memo.stat().st_mode & 0o777 == 0o600
+    kept = json.loads(memo.read_text())
+    assert (kept["path"], kept["text"]) == (str(lab.config), lab.config.read_text())
+
+
 def test_required_vf_that_cannot_be_hot_plugged_stops_the_domain(lab):
     dom = lab.define("required", '<vfalloc:vf pool="lan0" required="yes"/>')
     name = dom.name()

@@ -3,8 +3,9 @@
 Owns the config file format (TOML, default /etc/vfalloc/vfalloc.toml) and the precedence of
 settings: command-line flag, then `VFALLOC_*` environment variable, then the file's
 `[settings]` table, then the default. Pools are parsed from the file without looking at the host,
-then resolved against a `Host` snapshot into `model.Pool` values. Reads only the config file; it
-never touches sysfs or the state file itself.
+then resolved against a `Host` snapshot into `model.Pool` values. Reads only the config file (and,
+through vfalloc.configmemo, an earlier run's parse of it); it never touches sysfs or the state
+file itself.
 
     [settings]
     state = "/var/lib/vfalloc/state.json"
@@ -27,10 +28,11 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 from collections.abc import Mapping
 from typing import Any
 
+from . import configmemo
+from .configmemo import DEFAULT_RUN_DIR, RUN_DIR_ENV
 from .errors import ConfigError, UsageError
 from .model import POLICIES, Host, PciAddress, Pool, PoolMember, parse_vlan
 from .record import Factory, Record
@@ -93,12 +95,15 @@ class Settings(Record):
 
 
 def load_settings(flags: Mapping[str, str | None] | None = None,
-                  environ: Mapping[str, str] | None = None) -> Settings:
-    """Merge flags > environment > config file > defaults."""
+                  environ: Mapping[str, str] | None = None, keep_memo: bool = False) -> Settings:
+    """Merge flags > environment > config file > defaults. The config file's parse is taken
+    from the runtime directory when an earlier run left it there; `keep_memo` (the hook) leaves
+    it there for the next run (vfalloc.configmemo)."""
     flags = flags or {}
     environ = os.environ if environ is None else environ
     explicit = flags.get("config") or environ.get(ENV["config"])
-    config = read_config(explicit or DEFAULT_CONFIG, must_exist=bool(explicit))
+    run_dir = environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR
+    config = read_config(explicit or DEFAULT_CONFIG, must_exist=bool(explicit), run_dir=run_dir, keep=keep_memo)
 
     def pick(key: str) -> str:
         for value in (flags.get(key), environ.get(ENV[key]), config.settings.get(key)):
@@ -118,7 +123,11 @@ def load_settings(flags: Mapping[str, str | None] | None = None,
                     hook_log or None)
 
 
-def read_config(path: str | os.PathLike[str], must_exist: bool) -> ConfigFile:
+def read_config(path: str | os.PathLike[str], must_exist: bool, run_dir: str | None = None,
+                keep: bool = False) -> ConfigFile:
+    """The config file at `path`. With `run_dir`, what an earlier run parsed of the very same
+    text is taken from there (vfalloc.configmemo) instead of parsing it again, and with `keep`
+    a new parse is left there."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as fh:
@@ -130,10 +139,22 @@ def read_config(path: str | os.PathLike[str], must_exist: bool) -> ConfigFile:
     except OSError as exc:
         raise ConfigError(path, f"cannot be read ({exc.strerror})") from exc
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ConfigError(path, f"is not valid TOML: {exc}", "fix the line named") from exc
-    return parse_config(path, data)
+    data = configmemo.recall(run_dir, path, text) if run_dir else None
+    if data is not None:
+        return parse_config(path, data)
+    import tomllib  # only when the text is new: see vfalloc.configmemo
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, f"is not valid TOML: {exc}", "fix the line named") from exc
+    config = parse_config(path, data)
+    if run_dir and keep:
+        configmemo.keep(run_dir, path, text, data)
+    return config
 
 
 def parse_config(path: str, data: Mapping[str, Any]) -> ConfigFile:

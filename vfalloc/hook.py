@@ -52,7 +52,7 @@ class Call:
         from .context import Context
 
         if self.settings is None:
-            self.settings = load_settings({}, self.environ)
+            self.settings = load_settings({}, self.environ, keep_memo=True)
         return Context(self.settings, out=self.out, err=self.err)
 
     def info(self) -> domxml.DomainInfo:

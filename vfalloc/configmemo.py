@@ -1,0 +1,89 @@
+"""What tomllib made of the config file, kept between runs so the hook need not import it.
+
+The hook is a new process on every libvirt call. Importing tomllib costs it about 4 ms
+(CPython 3.11: Lib/tomllib/_re.py compiles its regexes and imports datetime when loaded), as
+much as everything else the hook adds to starting Python with lxml. So a run that parsed the
+file keeps the result in the runtime directory (VFALLOC_RUN_DIR, default /run/vfalloc, a tmpfs
+that empties at boot), one file per config path. The memo holds the file's exact text and is
+used only when the file still holds that very text: it cannot go stale. Only a config that
+vfalloc accepted is kept, so a wrong one is parsed, and refused, every time.
+
+Owns that one file. Never an error and never a default: a memo that is missing, unreadable,
+not this user's, writable by others, damaged or of another text is not used, and the file is
+parsed; one that cannot be written is not written. It never follows a symlink.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import os
+import stat
+from contextlib import suppress
+from typing import Any
+
+RUN_DIR_ENV = "VFALLOC_RUN_DIR"
+DEFAULT_RUN_DIR = "/run/vfalloc"
+VERSION = 1
+
+
+def memo_path(run_dir: str, config_path: str) -> str:
+    key = binascii.crc32(os.path.abspath(config_path).encode())
+    return f"{run_dir}/config-{key:08x}.json"
+
+
+def recall(run_dir: str, config_path: str, text: str) -> dict[str, Any] | None:
+    """The parsed config kept for this path and text, or None."""
+    try:
+        fd = os.open(memo_path(run_dir, config_path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not _ours(os.fstat(fd)):
+            return None
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        memo = json.loads(b"".join(chunks))
+    except ValueError:
+        return None
+    if (not isinstance(memo, dict) or memo.get("version") != VERSION
+            or memo.get("path") != os.path.abspath(config_path) or memo.get("text") != text
+            or not isinstance(memo.get("data"), dict)):
+        return None
+    return memo["data"]
+
+
+def keep(run_dir: str, config_path: str, text: str, data: dict[str, Any]) -> None:
+    """Keep `data`, what tomllib made of `text`, for the next run; quietly not when it cannot."""
+    try:
+        body = json.dumps({"version": VERSION, "path": os.path.abspath(config_path), "text": text,
+                           "data": data}).encode()
+    except (TypeError, ValueError):
+        return  # a TOML date or time: JSON has none, so such a config is parsed every time
+    path = memo_path(run_dir, config_path)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(run_dir, mode=0o700, exist_ok=True)
+        if not _ours(os.stat(run_dir, follow_symlinks=False), directory=True):
+            return
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            if os.write(fd, body) != len(body):
+                raise OSError("short write")
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)  # whole or not at all; a torn one would fail the text check anyway
+    except OSError:
+        with suppress(OSError):
+            os.unlink(tmp)
+
+
+def _ours(st: os.stat_result, directory: bool = False) -> bool:
+    kind = stat.S_ISDIR if directory else stat.S_ISREG
+    return kind(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
