@@ -95,6 +95,13 @@ def test_netdev_lookup_and_upstream(host_dir):
     sysfs = Sysfs(host_dir.root)
     assert sysfs.netdev_pci("ens2f0") == PciAddress.parse("0000:3b:00.0")
     assert sysfs.netdev_pci("nosuch0") is None
+    for name, parent in (("br0", "virtual"), ("enx0c37", "pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0")):
+        ndir = host_dir.root / "devices" / parent / "net" / name
+        ndir.mkdir(parents=True)
+        (host_dir.root / "class/net" / name).symlink_to(os.path.relpath(ndir, host_dir.root / "class/net"))
+        assert sysfs.netdev_pci(name) is None  # a bridge; a USB NIC (its parent is a USB interface)
+    for bad in ("", ".", "..", "../../bus"):
+        assert sysfs.netdev_pci(bad) is None
     assert sysfs.upstream(PciAddress.parse("0000:3b:00.0")) == [PciAddress.parse("0000:3a:00.0")]
 
 

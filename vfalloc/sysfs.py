@@ -241,12 +241,24 @@ class Sysfs:
         )
 
     def netdev_pci(self, ifname: str) -> PciAddress | None:
-        """The PCI function behind a network interface name, if any."""
-        link = f"{self._root}/class/net/{ifname}/device"
-        if "/" in ifname or not os.path.exists(link):
+        """The PCI function behind a network interface name, if any.
+
+        class/net/IFNAME links to the netdev's own directory, which the kernel makes inside its
+        parent device's (net/core/net-sysfs.c, netdev_register_kobject: dev.parent; Linux 2.6.x
+        to 6.x): `.../0000:01:00.0/net/IFNAME`. One readlink answers where a realpath of the
+        `device` link would cost a stat of every path component."""
+        if not ifname or "/" in ifname or ifname in (".", ".."):
             return None
-        name = os.path.basename(os.path.realpath(link))
-        return PciAddress.parse(name) if PciAddress.looks_like(name) else None
+        try:
+            target = os.readlink(f"{self._root}/class/net/{ifname}")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise SysfsError(f"{self._root}/class/net/{ifname}", f"cannot read link ({exc.strerror})") from exc
+        parts = target.split("/")
+        if len(parts) >= 3 and parts[-1] == ifname and parts[-2] == "net" and PciAddress.looks_like(parts[-3]):
+            return PciAddress.parse(parts[-3])
+        return None  # a virtual netdev (devices/virtual/net), or one on a bus that is not PCI
 
     def physfn(self, address: PciAddress) -> PciAddress | None:
         """The PF of a VF (its `physfn` link), None when it is not a VF or does not exist."""
