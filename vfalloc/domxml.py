@@ -33,17 +33,19 @@ _Q = "{" + NS + "}"
 _VF_ATTRS = ("pool", "mac", "vlan", "trust", "spoofchk", "type", "required")
 _YES_NO = {"yes": True, "no": False}
 # Spotted before libxml2 sees the bytes (UTF-8/UTF-16); other encodings are caught after the
-# parse through docinfo. libvirt's formatter never writes a DOCTYPE.
-_DOCTYPE_MARKS = tuple("<!DOCTYPE".encode(enc) for enc in ("utf-8", "utf-16-le", "utf-16-be"))
+# parse through docinfo. libvirt's formatter never writes a DOCTYPE. (Spelled out: encoding
+# to UTF-16 here would load two codecs on every hook call.)
+_DOCTYPE_MARKS = (b"<!DOCTYPE", b"<\0!\0D\0O\0C\0T\0Y\0P\0E\0", b"\0<\0!\0D\0O\0C\0T\0Y\0P\0E")
 # cpuset/nodeset bitmaps are at most VIR_DOMAIN_CPUMASK_LEN (16384) bits in libvirt.
 _MAX_BITS = 16384
-_BITMAP_ITEM = re.compile(r"\s*(\^?)([0-9]{1,5})\s*(?:-\s*([0-9]{1,5})\s*)?")
+# Patterns are compiled at first use (re's cache): most hook calls need none of them.
+_BITMAP_ITEM = r"\s*(\^?)([0-9]{1,5})\s*(?:-\s*([0-9]{1,5})\s*)?"
 # virPCIDeviceAddressParseXML reads each attribute with base 0 (0x.. hex, 0.. octal, decimal).
-_C_UINT = re.compile(r"\s*(0[xX][0-9a-fA-F]{1,8}|0[0-7]{0,11}|[1-9][0-9]{0,9})")
+_C_UINT = r"\s*(0[xX][0-9a-fA-F]{1,8}|0[0-7]{0,11}|[1-9][0-9]{0,9})"
 # virPCIDeviceAddressIsValid: bus <= 0xFF, slot <= 0x1F, function <= 7.
 _PCI_LIMITS = {"domain": 0xFFFFFFFF, "bus": 0xFF, "slot": 0x1F, "function": 7}
 _PCI_FORMAT = {"domain": "0x{:04x}", "bus": "0x{:02x}", "slot": "0x{:02x}", "function": "0x{:x}"}
-_ALIAS_RE = re.compile(re.escape(ALIAS_PREFIX) + r"([0-9]{1,6})")
+_ALIAS_RE = re.escape(ALIAS_PREFIX) + r"([0-9]{1,6})"
 _ADDRESS_FIX = "write <address type='pci' domain='0x0000' bus='0x01' slot='0x10' function='0x0'/>"
 
 
@@ -303,7 +305,7 @@ def _device_map(dom: etree._Element, domain: str) -> dict[int, etree._Element]:
     found: dict[int, etree._Element] = {}
     for el in dom.iterfind("devices/*"):
         name = el.find("alias").get("name", "") if el.find("alias") is not None else ""
-        match = _ALIAS_RE.fullmatch(name)
+        match = re.fullmatch(_ALIAS_RE, name)
         if name.startswith(ALIAS_PREFIX) and not match:
             raise DomainXMLError(domain, f"alias {name!r} lacks an index", "use ua-vfalloc-N")
         if match and int(match[1]) in found:  # libvirt refuses duplicate aliases too
@@ -334,7 +336,7 @@ def _source(el: etree._Element, what: str, domain: str) -> PciAddress:
         raise DomainXMLError(domain, f"{what} has no PCI <source><address>", _ADDRESS_FIX)
     values = {}
     for key, limit in _PCI_LIMITS.items():
-        match = _C_UINT.fullmatch(addr.get(key, "0"))
+        match = re.fullmatch(_C_UINT, addr.get(key, "0"))
         values[key] = int(match[1], _c_base(match[1])) if match else limit + 1
         if values[key] > limit:
             problem = f"{what}: {key}={addr.get(key)!r} is not valid"
@@ -364,7 +366,7 @@ def _bitmap(text: str, what: str, domain: str) -> int:
         items.pop()
     bits = 0
     for item in items:
-        m = _BITMAP_ITEM.fullmatch(item)
+        m = re.fullmatch(_BITMAP_ITEM, item)
         first, last = (int(m[2]), int(m[3] or m[2])) if m else (0, -1)
         if not m or (m[1] and m[3]) or not first <= last < _MAX_BITS:
             raise DomainXMLError(domain, f"{what}={text!r} is not valid", "write it like 0-3,^2,8")

@@ -18,7 +18,8 @@ _PCI_RE = re.compile(
     r"^(?:(?P<domain>[0-9a-fA-F]{4,8}):)?(?P<bus>[0-9a-fA-F]{2}):"
     r"(?P<slot>[0-9a-fA-F]{2})\.(?P<function>[0-7])$"
 )
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+# Compiled at first use (re's cache): a hook call that sets no MAC never needs this one.
+_MAC_RE = r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 ON_OFF = ("on", "off")
@@ -284,7 +285,7 @@ class LeaseTable(Record):
 
 
 def normalize_mac(text: str) -> str:
-    if not isinstance(text, str) or not _MAC_RE.match(text):
+    if not isinstance(text, str) or not re.match(_MAC_RE, text):
         raise UsageError(f"mac={text!r} is not a MAC address; write it as 52:54:00:12:34:56")
     mac = text.lower()
     first = int(mac[:2], 16)
