@@ -51,9 +51,11 @@ class PciAddress(Record, order=True):
     def looks_like(text: str) -> bool:
         return bool(_PCI_RE.match(text.strip()))
 
-    def __post_init__(self) -> None:
-        # The text form is looked up often (lease table keys); compute it once.
-        object.__setattr__(self, "_text", f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{self.function}")
+    def __init__(self, domain: int, bus: int, slot: int, function: int) -> None:
+        # The most built record (one per VF read): its fields set in one step, with the text
+        # form, which the lease table's keys make it look up often.
+        object.__setattr__(self, "__dict__", {"domain": domain, "bus": bus, "slot": slot, "function": function,
+                                             "_text": f"{domain:04x}:{bus:02x}:{slot:02x}.{function}"})
 
     def __str__(self) -> str:
         return self._text  # type: ignore[attr-defined]

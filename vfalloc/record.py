@@ -69,6 +69,18 @@ class Record:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         names = self._fields
+        if not kwargs and len(args) == len(names):  # the common cases first: sysfs builds
+            values = dict(zip(names, args))         # a thousand VFs at a time
+        elif not args and len(kwargs) == len(names) and kwargs.keys() == self._field_set:
+            values = kwargs
+        else:
+            values = self._bind(args, kwargs)
+        object.__setattr__(self, "__dict__", values)
+        if self._post_init is not None:
+            self._post_init()
+
+    def _bind(self, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+        names = self._fields
         if len(args) > len(names):
             raise TypeError(f"{type(self).__name__} takes {len(names)} fields, {len(args)} were given")
         values = dict(zip(names, args))
@@ -77,16 +89,13 @@ class Record:
                 problem = "given twice" if name in values else "not a field"
                 raise TypeError(f"{type(self).__name__}: {name!r} is {problem}")
             values[name] = value
-        if len(values) < len(names):
-            for name in names:
-                if name not in values:
-                    default = self._defaults.get(name, _MISSING)
-                    if default is _MISSING:
-                        raise TypeError(f"{type(self).__name__}: field {name!r} is missing")
-                    values[name] = default.make() if isinstance(default, Factory) else default
-        object.__setattr__(self, "__dict__", values)
-        if self._post_init is not None:
-            self._post_init()
+        for name in names:
+            if name not in values:
+                default = self._defaults.get(name, _MISSING)
+                if default is _MISSING:
+                    raise TypeError(f"{type(self).__name__}: field {name!r} is missing")
+                values[name] = default.make() if isinstance(default, Factory) else default
+        return values
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise FrozenRecordError(f"{type(self).__name__} is frozen: cannot set {name!r}")
