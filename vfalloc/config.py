@@ -3,9 +3,9 @@
 Owns the config file format (TOML, default /etc/vfalloc/vfalloc.toml) and the precedence of
 settings: command-line flag, then `VFALLOC_*` environment variable, then the file's
 `[settings]` table, then the default. Pools are parsed from the file without looking at the host,
-then resolved against a `Host` snapshot into `model.Pool` values. Reads only the config file (and,
-through vfalloc.configmemo, an earlier run's parse of it); it never touches sysfs or the state
-file itself.
+then resolved against a `Host` snapshot into `model.Pool` values. Reads only the config file
+(vfalloc.configmemo keeps and recalls its parse for the hook); it never touches sysfs or the
+state file itself.
 
     [settings]
     state = "/var/lib/vfalloc/state.json"
