@@ -96,6 +96,13 @@ def test_order_only_where_asked():
         Point(1) < Other(2)  # noqa: B015
 
 
+def test_a_record_without_fields_equals_its_kind():
+    class Empty(Record):
+        pass
+
+    assert Empty() == Empty() and hash(Empty()) == hash(Empty()) and repr(Empty()) == "Empty()"
+
+
 def test_repr_names_the_fields():
     assert repr(Point(1, 2)) == "Point(x=1, y=2)"
     assert repr(Checked("A")) == "Checked(name='a', tags={})"

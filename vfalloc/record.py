@@ -62,7 +62,7 @@ class Record:
             elif defaults:
                 raise TypeError(f"{cls.__name__}: field {name!r} without a default follows one with a default")
         cls._defaults = defaults
-        cls._values = attrgetter(*cls._fields) if cls._fields else (lambda self: ())
+        cls._values = attrgetter(*cls._fields) if cls._fields else staticmethod(lambda record: ())
         cls._field_set = frozenset(cls._fields)
         cls._order = order or cls._order
         cls._post_init = getattr(cls, "__post_init__", None)

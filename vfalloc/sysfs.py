@@ -149,7 +149,10 @@ class Sysfs:
         """Every SR-IOV PF (or only those in `only`) with its VFs. `brief` reads of each VF only
         what allocation needs (address, index; the NUMA node is the PF's, as a VF sits on the
         same device) and leaves driver, netdev, IDs and IOMMU group out: the hook's fast path.
-        With `vfs_of`, only those PFs' VFs are read; the others are left `unread` in the Host."""
+        With `vfs_of`, only those PFs' VFs are read and the others are left `unread` in the
+        Host; this implies `brief`, whose VFs are on their PF's NUMA node, which the allocator's
+        choice among unread PFs relies on."""
+        brief = brief or vfs_of is not None
         addresses = self.pf_addresses() if only is None else [a for a in sorted(only) if self.is_pf(a)]
         pfs = tuple(self.read_pf(a, brief, vfs=vfs_of is None or a in vfs_of) for a in addresses)
         unread = frozenset(a for a in addresses if vfs_of is not None and a not in vfs_of)
