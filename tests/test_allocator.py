@@ -173,9 +173,12 @@ def test_claim_pinned_devices(tmp_path, host):
     grant = claim(host, pools, LeaseTable(), domain="vm1", uuid=uuid(1), boot_id=BOOT, now=NOW,
                   claims=[Claim(Request(pool="lan"), addr)])
     assert [(x.vf, x.phase, x.pool) for x in grant.leases] == [(str(addr), "attached", "lan")]
+    running = claim(host, pools, grant.table, domain="vm1", uuid=uuid(1), boot_id=BOOT, now="later",
+                    claims=[Claim(Request(pool="lan"), addr)], running=True)
+    assert running.table.leases == grant.table.leases  # reconciled while it runs: unchanged
     again = claim(host, pools, grant.table, domain="vm1", uuid=uuid(1), boot_id=BOOT, now="later",
                   claims=[Claim(Request(pool="lan"), addr)])
-    assert again.table.leases == grant.table.leases
+    assert [(x.vf, x.since) for x in again.table.leases] == [(str(addr), "later")]  # a new start takes it anew
     with pytest.raises(VfConflict, match=f"VF {addr} wanted by vm2 is leased to vm1"):
         claim(host, pools, grant.table, domain="vm2", uuid=uuid(2), boot_id=BOOT, now=NOW,
               claims=[Claim(Request(pool="lan"), addr)])

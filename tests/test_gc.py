@@ -223,6 +223,41 @@ def test_a_lease_changed_while_libvirt_was_asked_is_kept(lab):
     assert sorted(x["domain"] for x in json.loads(lab.state.read_text())["leases"]) == ["vm1", "vm2", "vm5"]
 
 
+def test_a_pinned_vf_claimed_again_while_gc_judges_is_kept(lab):
+    """vm2, whose lease was left behind when it died, starts again with its VF pinned in its XML just
+    after gc read the table (an autostart beside a daemon restart's `reconnect begin`): the
+    claim renews the lease, so gc, which frees only leases still exactly as read, keeps it."""
+    from vfalloc.cli import make_context
+
+    class Args:
+        config, sysfs_root, state, proc_root = str(lab.config), str(lab.sysfs), str(lab.state), str(lab.proc)
+
+    ctx = make_context(Args, io.StringIO(), io.StringIO())
+    table = json.loads(lab.state.read_text())
+    (left,) = [x for x in table["leases"] if x["domain"] == "vm2"]
+    left["phase"] = "attached"  # it ran with the VF, and died while libvirtd was down: no release
+    lab.state.write_text(json.dumps(table))
+    vf = left["vf"]
+    dom, bus, rest = vf.split(":")
+    slot, fn = rest.split(".")
+    xml = (f"<domain type='qemu'><name>vm2</name><uuid>{uuid(2)}</uuid><metadata><vfalloc:vfs xmlns:vfalloc='{NS}'>"
+           f"<vfalloc:vf pool='lan0'/></vfalloc:vfs></metadata><devices><interface type='hostdev' managed='yes'>"
+           f"<source><address type='pci' domain='0x{dom}' bus='0x{bus}' slot='0x{slot}' function='0x{fn}'/></source>"
+           f"<alias name='ua-vfalloc-0'/></interface></devices></domain>")
+
+    def observe(table):
+        r = subprocess.run([sys.executable, str(REPO / "hooks" / "qemu"), "vm2", "prepare", "begin", "-"],
+                           input=xml.encode(), env=lab.env() | {"VFALLOC_LIBVIRT_RUN": str(lab.rundir)},
+                           capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return Observed(from_rundir(lab.rundir))  # vm2 has no status files yet: not running
+
+    report = collect(ctx, observe)
+    assert "vm2" not in {x.domain for x, _ in report.stale}
+    (kept,) = [x for x in json.loads(lab.state.read_text())["leases"] if x["domain"] == "vm2"]
+    assert kept["vf"] == vf and kept["since"] != "2026-01-01T00:00:00+00:00"
+
+
 # -- the hook at `reconnect begin` --
 
 def test_reconnect_hook_frees_stale_leases_without_libvirt(lab, tmp_path):

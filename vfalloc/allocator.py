@@ -67,9 +67,12 @@ def allocate(host: Host, pools: Sequence[Pool], table: LeaseTable, *, domain: st
 
 
 def claim(host: Host, pools: Sequence[Pool], table: LeaseTable, *, domain: str, uuid: str,
-          claims: Sequence[Claim], boot_id: str, now: str, phase: str = "attached") -> Grant:
+          claims: Sequence[Claim], boot_id: str, now: str, phase: str = "attached",
+          running: bool = False) -> Grant:
     """Take exactly the VFs a domain's XML already names (free, of an earlier boot, or already
-    this domain's); refuse when another domain holds one."""
+    this domain's); refuse when another domain holds one. A domain that starts takes its lease
+    anew, with this start's time, so that gc tells it from a lease it read before; a `running`
+    one (reconciled after a daemon restart) keeps the time of its lease."""
     granted: list[Lease] = []
     reclaimed: list[Lease] = []
     for item in claims:
@@ -88,7 +91,7 @@ def claim(host: Host, pools: Sequence[Pool], table: LeaseTable, *, domain: str, 
         pool = next((p for p in pools if p.admits(vf)), None)
         request = item.request.with_defaults(pool) if pool and pool.name == item.request.pool else item.request
         lease = _lease(vf, pool, request, domain, uuid, boot_id, now, phase)
-        if mine is not None and mine.vf == address and mine.boot_id == boot_id:
+        if running and mine is not None and mine.vf == address and mine.boot_id == boot_id:
             lease = replace(lease, since=mine.since)
         table = table.with_leases([lease])
         granted.append(lease)

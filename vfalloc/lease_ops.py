@@ -184,7 +184,8 @@ def reconcile_running(ctx: Context, info: DomainInfo, now: str) -> tuple[tuple[L
         if info.devices:
             claims = _claims(ctx, info)
             grant = on_host(ctx, lambda host: claim(host, ctx.pools, table, domain=info.name, uuid=info.uuid,
-                                                    claims=claims, boot_id=ctx.boot_id, now=now, phase="attached"))
+                                                    claims=claims, boot_id=ctx.boot_id, now=now, phase="attached",
+                                                    running=True))
             table = grant.table
             kept = grant.leases
         kept += tuple(x for x in table.of_domain(info.uuid) if x.phase == "pending-attach")
