@@ -47,7 +47,7 @@ def allocate(host: Host, pools: Sequence[Pool], table: LeaseTable, *, domain: st
             raise UnknownPool(request.pool, domain, tuple(by_name))
         request = request.with_defaults(pool)
         held = _held(table, uuid, request.index)
-        if held is not None and held.pool == pool.name and _exists(host, held):
+        if held is not None and held.pool == pool.name and host.find_vf(held.vf) is not None:
             # The same VF again, taken anew: this start's phase (a lease reserved by hand must
             # now be hot-plugged) and time (gc tells a lease taken again from the one it read).
             fresh = replace(held, domain=domain, boot_id=boot_id, since=now, phase=phase)
@@ -123,10 +123,6 @@ def stale_reason(lease: Lease, vfs: dict[str, VF], boot_id: str) -> str | None:
 
 def _held(table: LeaseTable, uuid: str, index: int) -> Lease | None:
     return next((x for x in table.leases if x.uuid == uuid and x.index == index), None)
-
-
-def _exists(host: Host, lease: Lease) -> bool:
-    return any(str(vf.address) == lease.vf for vf in host.vfs_of(PciAddress.parse(lease.pf)))
 
 
 def _choose(host: Host, pool: Pool, table: LeaseTable, uuid: str, index: int, boot_id: str,
