@@ -154,14 +154,18 @@ class Sysfs:
         choice among unread PFs relies on."""
         brief = brief or vfs_of is not None
         addresses = self.pf_addresses() if only is None else [a for a in sorted(only) if self.is_pf(a)]
-        pfs = tuple(self.read_pf(a, brief, vfs=vfs_of is None or a in vfs_of) for a in addresses)
+        pfs = tuple(self._pf(a, brief, vfs_of is None or a in vfs_of) for a in addresses)
         unread = frozenset(a for a in addresses if vfs_of is not None and a not in vfs_of)
         return Host(pfs, unread)
 
-    def read_pf(self, address: PciAddress, brief: bool = False, vfs: bool = True) -> PF:
+    def read_pf(self, address: PciAddress, brief: bool = False) -> PF:
+        if not self.is_pf(address):
+            raise SysfsError(self._dev(address), "is not an SR-IOV physical function (no sriov_totalvfs)")
+        return self._pf(address, brief, vfs=True)
+
+    def _pf(self, address: PciAddress, brief: bool, vfs: bool) -> PF:
+        """A function known to be a PF (read_host found it so): its record, VFs if `vfs`."""
         dev = self._dev(address)
-        if not os.path.exists(f"{dev}/sriov_totalvfs"):
-            raise SysfsError(dev, "is not an SR-IOV physical function (no sriov_totalvfs)")
         netdev = self._netdev(dev)
         numa = self._numa(dev)
         return PF(
