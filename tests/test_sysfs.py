@@ -139,3 +139,9 @@ def test_virtfn_link_to_something_else_is_an_error(host_dir, target, brief):
     with pytest.raises(SysfsError) as info:
         Sysfs(host_dir.root).read_host(brief=brief)
     assert "virtfn3" in str(info.value) and "does not point to a PCI function" in str(info.value)
+
+
+def test_read_pf_of_a_function_that_is_no_pf_names_it(host_dir):
+    vf = Sysfs(host_dir.root).read_host().pfs[0].vfs[0].address
+    with pytest.raises(SysfsError, match=f"{vf}: is not an SR-IOV physical function"):
+        Sysfs(host_dir.root).read_pf(vf)
