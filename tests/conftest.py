@@ -112,7 +112,7 @@ def scratch(tmp_path, monkeypatch) -> Scratch:
 
 @pytest.fixture(autouse=True, scope="session")
 def private_run_dir(tmp_path_factory):
-    """Keep the parsed-config memo (vfalloc.configmemo) of every test out of the real /run/vfalloc."""
+    """Keep the parsed-config memo (vfalloc.config_cache) of every test out of the real /run/vfalloc."""
     os.environ["VFALLOC_RUN_DIR"] = str(tmp_path_factory.mktemp("run") / "vfalloc")
     yield
     os.environ.pop("VFALLOC_RUN_DIR", None)

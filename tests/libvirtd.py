@@ -12,7 +12,7 @@ temp dir, so the host's libvirt state is never touched and two test sessions can
     /etc/libvirt/hooks <- TMP/hooks    where `vfalloc install-hook --hooks-dir` puts qemu.d/vfalloc
     /var/lib/libvirt   <- TMP/lib
     /var/log/libvirt   <- TMP/log      QEMU's per-domain logs (written by virtlogd)
-    /run/vfalloc       <- TMP/run-vfalloc  the hook's parsed-config memo (vfalloc.configmemo)
+    /run/vfalloc       <- TMP/run-vfalloc  the hook's parsed-config memo (vfalloc.config_cache)
 Outside the namespace the same directories are reachable under TMP: the tests connect to
 qemu:///system?socket=TMP/run/libvirt-sock. QEMU's capability cache (/var/cache/libvirt) is
 shared with the host: it only makes the daemon start faster.

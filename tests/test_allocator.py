@@ -5,7 +5,7 @@ import pytest
 
 from fakehost import FakeSys, connectx, i350, x710
 from vfalloc.allocator import Claim, allocate, claim, release, set_phase
-from vfalloc.gc import find_stale
+from vfalloc.stale import find_stale
 from vfalloc.config import read_config, resolve_pools
 from vfalloc.errors import PoolExhausted, UnknownPool, VfConflict, AllocationError
 from vfalloc.model import LeaseTable, PciAddress, Pool, PoolMember, Request, derive_mac

@@ -1,11 +1,11 @@
-"""vfalloc.host.grub and kernelargs.plan: shell evaluation of GRUB_CMDLINE_LINUX and in-place,
+"""vfalloc.host.grub and boot_config.plan: shell evaluation of GRUB_CMDLINE_LINUX and in-place,
 idempotent edits of grub files as admins and distributions write them."""
 
 from __future__ import annotations
 
 import pytest
 
-from vfalloc.host import grub, kernelargs
+from vfalloc.host import grub, boot_config
 from vfalloc.host.grub import Grub, GrubError
 
 INTEL = ["intel_iommu=on", "iommu=pt"]
@@ -101,15 +101,15 @@ CASES = [
 
 @pytest.mark.parametrize("before, wanted, after", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_plan_edits_in_place_and_is_idempotent(before, wanted, after):
-    plan = kernelargs.plan(Grub.parse(before), wanted)
+    plan = boot_config.plan(Grub.parse(before), wanted)
     assert plan.texts == (after or {})
     merged = {**before, **plan.texts}
-    again = kernelargs.plan(Grub.parse(merged), wanted)
+    again = boot_config.plan(Grub.parse(merged), wanted)
     assert again.texts == {} and set(again.already) == set(wanted)
 
 
 def test_plan_reports_what_it_cut_and_added():
-    plan = kernelargs.plan(Grub.parse({MAIN: 'GRUB_CMDLINE_LINUX="intel_iommu=off iommu=pt"\n'}), INTEL)
+    plan = boot_config.plan(Grub.parse({MAIN: 'GRUB_CMDLINE_LINUX="intel_iommu=off iommu=pt"\n'}), INTEL)
     assert plan.cut == ("intel_iommu=off",)
     assert plan.add == ("intel_iommu=on",)
     assert plan.already == ("iommu=pt",)
@@ -118,7 +118,7 @@ def test_plan_reports_what_it_cut_and_added():
 def test_undoing_arg_set_through_a_variable_is_refused():
     before = {MAIN: 'OFF="intel_iommu=off"\nGRUB_CMDLINE_LINUX="$OFF quiet"\n'}
     with pytest.raises(GrubError, match="intel_iommu=off is set through a variable"):
-        kernelargs.plan(Grub.parse(before), INTEL)
+        boot_config.plan(Grub.parse(before), INTEL)
 
 
 @pytest.mark.parametrize("present, expect", [
@@ -129,9 +129,9 @@ def test_undoing_arg_set_through_a_variable_is_refused():
     (set(), None),
 ], ids=["debian", "fedora", "opensuse", "plain-grub", "none"])
 def test_regenerate_command_per_distro(present, expect):
-    assert kernelargs.regenerate_command(lambda name: f"/usr/sbin/{name}" if name in present else None) == expect
+    assert boot_config.regenerate_command(lambda name: f"/usr/sbin/{name}" if name in present else None) == expect
 
 
 def test_grubby_gets_the_arguments():
-    assert kernelargs.full_command(["grubby", "--update-kernel=ALL", "--args"], INTEL) == [
+    assert boot_config.full_command(["grubby", "--update-kernel=ALL", "--args"], INTEL) == [
         "grubby", "--update-kernel=ALL", "--args", "intel_iommu=on iommu=pt"]

@@ -4,7 +4,7 @@ Owns the config file format (TOML, default /etc/vfalloc/vfalloc.toml) and the pr
 settings: command-line flag, then `VFALLOC_*` environment variable, then the file's
 `[settings]` table, then the default. Pools are parsed from the file without looking at the host,
 then resolved against a `Host` snapshot into `model.Pool` values. Reads only the config file
-(vfalloc.configmemo keeps and recalls its parse for the hook); it never touches sysfs or the
+(vfalloc.config_cache keeps and recalls its parse for the hook); it never touches sysfs or the
 state file itself.
 
     [settings]
@@ -31,8 +31,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from . import configmemo
-from .configmemo import DEFAULT_RUN_DIR, RUN_DIR_ENV
+from . import config_cache
+from .config_cache import DEFAULT_RUN_DIR, RUN_DIR_ENV
 from .errors import ConfigError, UsageError
 from .model import POLICIES, Host, PciAddress, Pool, PoolMember, parse_vlan
 from .record import Factory, Record
@@ -98,7 +98,7 @@ def load_settings(flags: Mapping[str, str | None] | None = None,
                   environ: Mapping[str, str] | None = None, keep_memo: bool = False) -> Settings:
     """Merge flags > environment > config file > defaults. The config file's parse is taken
     from the runtime directory when an earlier run left it there; `keep_memo` (the hook) leaves
-    it there for the next run (vfalloc.configmemo)."""
+    it there for the next run (vfalloc.config_cache)."""
     flags = flags or {}
     environ = os.environ if environ is None else environ
     explicit = flags.get("config") or environ.get(ENV["config"])
@@ -126,7 +126,7 @@ def load_settings(flags: Mapping[str, str | None] | None = None,
 def read_config(path: str | os.PathLike[str], must_exist: bool, run_dir: str | None = None,
                 keep: bool = False) -> ConfigFile:
     """The config file at `path`. With `run_dir`, what an earlier run parsed of the very same
-    text is taken from there (vfalloc.configmemo) instead of parsing it again, and with `keep`
+    text is taken from there (vfalloc.config_cache) instead of parsing it again, and with `keep`
     a new parse is left there."""
     path = os.fspath(path)
     try:
@@ -142,10 +142,10 @@ def read_config(path: str | os.PathLike[str], must_exist: bool, run_dir: str | N
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(path, f"is not valid TOML: {exc}", "fix the line named") from exc
-    data = configmemo.recall(run_dir, path, text) if run_dir else None
+    data = config_cache.recall(run_dir, path, text) if run_dir else None
     if data is not None:
         return parse_config(path, data)
-    import tomllib  # only when the text is new: see vfalloc.configmemo
+    import tomllib  # only when the text is new: see vfalloc.config_cache
 
     try:
         data = tomllib.loads(text)
@@ -153,7 +153,7 @@ def read_config(path: str | os.PathLike[str], must_exist: bool, run_dir: str | N
         raise ConfigError(path, f"is not valid TOML: {exc}", "fix the line named") from exc
     config = parse_config(path, data)
     if run_dir and keep:
-        configmemo.keep(run_dir, path, text, data)
+        config_cache.keep(run_dir, path, text, data)
     return config
 
 

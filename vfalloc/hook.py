@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from . import domxml
 from .errors import DomainXMLError, VfallocError
+from .log import log
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 # so on a real host the defaults apply.
 ENV_HOTPLUG = "VFALLOC_HOTPLUG_CMD"   # the worker started after `started begin`
 ENV_IP = "VFALLOC_IP"                 # the `ip` binary used for trust/spoofchk
-ENV_LOG = "VFALLOC_HOOK_LOG"          # also append each log line to this file
 
 
 class Call:
@@ -163,8 +163,8 @@ def on_incoming(call: Call) -> str:
 
 def on_reconnect(call: Call) -> str:
     """The daemon restarted: match this domain's leases to its devices, then free the leases of
-    domains that stopped while nobody watched (judged from libvirt's status files, see gc.py)."""
-    from .gc import collect_offline
+    domains that stopped while nobody watched (judged from libvirt's status files, see stale.py)."""
+    from .stale import collect_offline
     from .lease_ops import now, reconcile_running
 
     ctx = call.context()
@@ -251,27 +251,3 @@ def spawn_detached(argv: list[str], environ: Mapping[str, str]) -> int:
                             stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True,
                             env=dict(environ), cwd="/")
     return proc.pid
-
-
-def log(environ: Mapping[str, str], line: str, settings: Settings | None = None) -> None:
-    import syslog
-
-    syslog.openlog("vfalloc", 0, syslog.LOG_DAEMON)
-    syslog.syslog(syslog.LOG_INFO, line)
-    path = environ.get(ENV_LOG) or (settings.hook_log if settings else _configured_log(environ))
-    if path:
-        try:
-            with open(path, "a") as fh:
-                fh.write(line + "\n")
-        except OSError as exc:  # the log is a copy of syslog's line: never a reason to fail
-            syslog.syslog(syslog.LOG_WARNING, f"cannot append to hook_log {path}: {exc.strerror}")
-
-
-def _configured_log(environ: Mapping[str, str]):
-    """`hook_log` from the config file's [settings] (libvirt passes hooks no VFALLOC_* variables)."""
-    from .config import load_settings
-
-    try:
-        return load_settings({}, environ).hook_log
-    except VfallocError:
-        return None

@@ -30,8 +30,8 @@ from typing import Mapping, Sequence
 from . import domxml
 from .allocator import set_phase
 from .errors import VfallocError
-from .hook import log
-from .model import Lease, PciAddress, Request
+from .log import log
+from .model import Lease, PciAddress
 
 WAIT_SECONDS = 60.0
 
@@ -108,11 +108,6 @@ def _still_pending(ctx, lease: Lease) -> Lease | None:
                  and x.index == lease.index and x.phase == "pending-attach"), None)
 
 
-def _request(lease: Lease) -> Request:
-    return Request(pool=lease.pool, index=lease.index, mac=lease.mac, vlan=lease.vlan, trust=lease.trust,
-                   spoofchk=lease.spoofchk, type=lease.type, required=lease.required)
-
-
 def _attach(ctx, dom, lease: Lease, deadline: float) -> str:
     address = PciAddress.parse(lease.vf)
     if ctx.sysfs.physfn(address) is None:
@@ -124,7 +119,7 @@ def _attach(ctx, dom, lease: Lease, deadline: float) -> str:
         return "found"
     if there is not None:
         raise VfallocError(f"{dom.name} already has a device {alias} on VF {there.address}, not {lease.vf}")
-    dom.attach_live(domxml.render_device(_request(lease), address, lease.mac), deadline)
+    dom.attach_live(domxml.render_device(lease.request(), address, lease.mac), deadline)
     return "attached"
 
 

@@ -250,6 +250,11 @@ class Lease(Record):
         if self.phase not in PHASES:
             raise UsageError(f"lease phase {self.phase!r} is unknown; expected one of {PHASES}")
 
+    def request(self) -> Request:
+        """The request this lease serves, with the settings it was taken with."""
+        return Request(pool=self.pool, index=self.index, mac=self.mac, vlan=self.vlan, trust=self.trust,
+                       spoofchk=self.spoofchk, type=self.type, required=self.required)
+
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self._fields}
 

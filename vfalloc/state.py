@@ -21,6 +21,7 @@ from contextlib import contextmanager, suppress
 from collections.abc import Iterator
 from typing import Protocol
 
+from .atomicfile import write_atomic
 from .errors import StateError
 from .model import Lease, LeaseTable
 
@@ -205,25 +206,9 @@ class StateStore:
         }
         payload = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
         self._clean_temps()
-        tmp = os.path.join(self._dir, f"{_TMP_PREFIX}{self._name}.{os.getpid()}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            try:
-                view = memoryview(payload)
-                while view:  # write(2) may write less than asked (a full disk, a file size limit)
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, self.path)
-            dfd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            write_atomic(self.path, payload, 0o600, prefix=_TMP_PREFIX)
         except OSError as exc:
-            with suppress(FileNotFoundError):
-                os.unlink(tmp)
             raise self._io_error("cannot be written", exc) from exc
 
     def _clean_temps(self) -> None:

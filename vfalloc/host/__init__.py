@@ -1,10 +1,11 @@
-"""`vfalloc host ...`: the host prerequisites of SR-IOV passthrough, one module per step of the
-admin's manual process (kernel args, IOMMU groups, ACS, numvfs, its persistence, VF drivers) and
-a doctor that checks them all.
+"""The host prerequisites of SR-IOV passthrough behind `vfalloc host ...`, one module per step
+of the admin's manual process: kernel arguments (cmdline: their meaning; grub: the files that
+set them; boot_config: the edit plan and the regenerate command), IOMMU groups (iommu), ACS (acs,
+pciconfig), numvfs, its persistence (persist), VF drivers (vfdriver), other owners of numvfs
+(owners), and the doctor that checks them all (check).
 
 Rules for every module in this package: sysfs is read and written through `vfalloc.sysfs.Sysfs`
-only;
-every file written goes through `rootfs.RootFS` (under `--root`, with `--dry-run`); nothing here
-talks to libvirt or touches the lease table except to read it. `commands` wires argparse, `show`
-and `change` hold the handlers; the other modules never print.
+only; every file written goes through `rootfs.RootFS` (under `--root`, with `--dry-run`); nothing
+here talks to libvirt or touches the lease table except to read it; nothing here prints (the
+handlers in vfalloc.commands.host_show and host_change do).
 """

@@ -6,7 +6,7 @@ place: new arguments go into the assignment that is in effect, inside its own qu
 that undo a wanted one are cut out where they are written literally. Everything else in the files
 stays byte for byte.
 
-Pure text in and out: rootfs reads and writes the files, kernelargs decides what to want. Refuses
+Pure text in and out: rootfs reads and writes the files, boot_config decides what to want. Refuses
 (GrubError) what it cannot evaluate safely: command substitution, backquotes, ${VAR:-...} forms,
 unterminated quotes. Assignments inside `if` blocks are taken as if they all ran.
 """
@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import HostError
-from . import kargs
+from . import cmdline
 
 MAIN = "/etc/default/grub"
 DROPIN_DIR = "/etc/default/grub.d"
@@ -182,7 +182,7 @@ class Grub:
 
     def cmdline_tokens(self) -> list[str]:
         vals = self.values()
-        return kargs.split(f"{vals[LINUX]} {vals[DEFAULT]}")
+        return cmdline.split(f"{vals[LINUX]} {vals[DEFAULT]}")
 
     def effective(self, var: str = LINUX) -> Assignment | None:
         return next((a for a in reversed(self.found) if a.var == var), None)

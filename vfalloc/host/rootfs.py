@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import difflib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from ..atomicfile import write_atomic
 from ..errors import HostError, UsageError
 
 
@@ -100,18 +100,8 @@ class RootFS:
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.exists():
                 mode = path.stat().st_mode & 0o7777
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            write_atomic(str(path), text.encode(), mode)
         except OSError as exc:
-            raise HostError(f"{path}: cannot write ({exc.strerror})") from exc
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
-        except OSError as exc:
-            os.unlink(tmp)
             raise HostError(f"{path}: cannot write ({exc.strerror})") from exc
 
     def _say(self, line: str) -> None:

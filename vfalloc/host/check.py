@@ -11,10 +11,10 @@ import os
 from dataclasses import asdict, dataclass
 
 from ..errors import VfallocError
-from ..hookcmd import DEFAULT_HOOKS_DIR
+from ..hookfile import DEFAULT_HOOKS_DIR
 from ..model import PF, Host
 from ..sysfs import Sysfs
-from . import acs, kargs, owners, persist, vfdriver
+from . import acs, cmdline, owners, persist, vfdriver
 from .rootfs import RootFS
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -75,17 +75,17 @@ def iommu(f: Facts) -> list[Check]:
                             "enable VT-d / AMD-Vi (IOMMU) in the BIOS/UEFI setup; `vfalloc host kernel-args`; reboot"))
     if f.cmdline is None:
         return checks + [Check(WARN, "kernel-args", "host", "cannot read the running kernel's command line")]
-    state, why = kargs.iommu_state(f.cmdline, f.vendor)
+    state, why = cmdline.iommu_state(f.cmdline, f.vendor)
     if state is False:
         checks.append(Check(FAIL, "kernel-args", "host", f"the kernel was booted with {why}",
                             "`vfalloc host kernel-args`, regenerate the boot config, reboot"))
-    elif state is None and f.vendor in kargs.INTEL:
+    elif state is None and f.vendor in cmdline.INTEL:
         status = WARN if has_groups else FAIL
         checks.append(Check(status, "kernel-args", "host", "intel_iommu=on is not on the kernel command line",
                             "`vfalloc host kernel-args`, regenerate the boot config, reboot"))
     else:
         checks.append(Check(OK, "kernel-args", "host", why))
-    if kargs.has(f.cmdline, "iommu=pt"):
+    if cmdline.has(f.cmdline, "iommu=pt"):
         checks.append(Check(OK, "iommu-pt", "host", "iommu=pt: host devices use passthrough mappings"))
     else:
         checks.append(Check(WARN, "iommu-pt", "host", "no iommu=pt: the host's own DMA goes through the IOMMU (slower)",

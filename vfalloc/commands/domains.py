@@ -1,6 +1,5 @@
-"""`vfalloc request`, `vfalloc start` and `vfalloc gc`: the commands that talk to libvirt.
-
-Thin like cli.py: parse, check every value before anything changes, call lease_ops / gc / virt,
+"""Handlers of `vfalloc request`, `vfalloc start` and `vfalloc gc`: the commands that talk to
+libvirt. Thin: check every value before anything changes, call lease_ops / gc / virt,
 print one result. libvirt is reached only through virt.py; leases change only under the state
 lock, and never while libvirt is being asked something (see virt.py for why).
 
@@ -14,65 +13,15 @@ from __future__ import annotations
 
 import json
 
-from .errors import DomainXMLError, UnknownPool, UsageError, VfallocError, VirtError
-from .model import Lease, PciAddress, Request
-from .record import replace
-
-
-def register(sub, common) -> None:
-    connect = _connect_parser()
-    p = sub.add_parser("request", parents=[common, connect], help="show or change the VFs a domain asks for",
-                       description="Without options: show the VF requests in DOMAIN's saved config. "
-                                   "With --pool: append one request (position N = device alias ua-vfalloc-N). "
-                                   "--clear removes them all (with --pool: replaces them all by one). "
-                                   "Written through libvirt's metadata API into the saved config only; "
-                                   "a running domain sees the change at its next start.")
-    p.add_argument("domain", metavar="DOMAIN", help="domain name or UUID")
-    p.add_argument("--pool", help="pool to take the VF from")
-    p.add_argument("--mac", help="MAC for the VF (default: derived from the domain UUID and position)")
-    p.add_argument("--vlan", help="VLAN id 1-4094 (interface only)")
-    p.add_argument("--trust", choices=("on", "off"), help="VF trust, set through the PF")
-    p.add_argument("--spoofchk", choices=("on", "off"), help="VF spoof checking, set through the PF")
-    p.add_argument("--type", choices=("interface", "hostdev"), default=None,
-                   help="interface (NIC, MAC/VLAN handled by libvirt; default) or hostdev (any PCI VF)")
-    p.add_argument("--required", choices=("yes", "no"), default=None,
-                   help="yes: if the VF cannot be hot-plugged after a plain start, stop the domain")
-    p.add_argument("--clear", action="store_true", help="remove every request first")
-    p.add_argument("--json", action="store_true", help="print the requests as JSON")
-    p.set_defaults(func=cmd_request)
-
-    p = sub.add_parser("start", parents=[common, connect], help="start a domain with its VFs in place",
-                       description="Lease the VFs DOMAIN asks for, add them to its XML and start it with "
-                                   "that live XML: the guest sees the VFs from its first instruction and "
-                                   "the saved config keeps only the request. If the start fails, the VFs "
-                                   "are given back.")
-    p.add_argument("domain", metavar="DOMAIN", help="domain name or UUID")
-    p.add_argument("--paused", action="store_true", help="start with the CPUs paused")
-    p.set_defaults(func=cmd_start)
-
-    p = sub.add_parser("gc", parents=[common, connect], help="free leases that cannot be live",
-                       description="Free every stale lease: taken in an earlier boot, on a VF that is gone, "
-                                   "or held for a domain that is not running (leases reserved by hand or by "
-                                   "`vfalloc start` excepted). Running domains come from libvirt, or from "
-                                   "libvirt's status directory when libvirt does not answer. "
-                                   "`vfalloc list` shows the same verdicts without changing anything.")
-    p.add_argument("--dry-run", action="store_true", help="only report what would be freed")
-    p.set_defaults(func=cmd_gc)
-
-
-def _connect_parser():
-    import argparse
-
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("-c", "--connect", metavar="URI",
-                   help="libvirt URI (default: LIBVIRT_DEFAULT_URI, else qemu:///system)")
-    return p
+from ..errors import DomainXMLError, UnknownPool, UsageError, VfallocError, VirtError
+from ..model import Lease, PciAddress, Request
+from ..record import replace
 
 
 def _uri(args) -> str:
-    from .virt import resolve_uri
+    from ..virt import resolve_uri
 
-    return resolve_uri(getattr(args, "connect", None))
+    return resolve_uri(args.connect)
 
 
 # -- request --
@@ -106,7 +55,7 @@ def _request_text(req: Request) -> str:
 
 
 def _request_json(req: Request) -> dict:
-    from . import domxml  # lxml: only for the commands that need it
+    from .. import domxml  # lxml: only for the commands that need it
 
     return {"index": req.index, "pool": req.pool, "mac": req.mac, "vlan": req.vlan, "trust": req.trust,
             "spoofchk": req.spoofchk, "type": req.type, "required": req.required,
@@ -114,9 +63,9 @@ def _request_json(req: Request) -> dict:
 
 
 def cmd_request(args, ctx) -> int:
-    from . import domxml  # lxml: only for the commands that need it
+    from .. import domxml  # lxml: only for the commands that need it
 
-    from .virt import Connection
+    from ..virt import Connection
 
     new = _new_request(args, 0)  # every value checked before libvirt is asked anything
     if new is not None and ctx.pool(new.pool) is None:
@@ -149,7 +98,7 @@ def cmd_request(args, ctx) -> int:
 
 
 def _show(ctx, args, name: str, requests, active: bool, changed: bool = False) -> int:
-    from . import domxml  # lxml: only for the commands that need it
+    from .. import domxml  # lxml: only for the commands that need it
 
     if args.json:
         json.dump([_request_json(r) for r in requests], ctx.out, indent=1)
@@ -169,17 +118,12 @@ def _show(ctx, args, name: str, requests, active: bool, changed: bool = False) -
 
 # -- start --
 
-def _request_of(lease: Lease) -> Request:
-    return Request(pool=lease.pool, index=lease.index, mac=lease.mac, vlan=lease.vlan, trust=lease.trust,
-                   spoofchk=lease.spoofchk, type=lease.type, required=lease.required)
-
-
 def cmd_start(args, ctx) -> int:
-    from . import domxml  # lxml: only for the commands that need it
+    from .. import domxml  # lxml: only for the commands that need it
 
-    from .allocator import set_phase
-    from .lease_ops import lease_for_start, now, release_domain
-    from .virt import Connection
+    from ..allocator import set_phase
+    from ..lease_ops import lease_for_start, now, release_domain
+    from ..virt import Connection
 
     with Connection(_uri(args)) as conn:
         dom = conn.domain(args.domain)
@@ -197,7 +141,7 @@ def cmd_start(args, ctx) -> int:
         leases = lease_for_start(ctx, info, now(), phase="reserved")
         try:
             added = [x for x in leases if x.index not in present]
-            live = domxml.add_devices(xml, [(_request_of(x), PciAddress.parse(x.vf), x.mac) for x in added])
+            live = domxml.add_devices(xml, [(x.request(), PciAddress.parse(x.vf), x.mac) for x in added])
             # the hook claims the ua-vfalloc-* devices at `prepare begin` (phase "attached")
             conn.start_with(dom.name, live.decode(), args.paused)
         except VfallocError as exc:
@@ -228,7 +172,7 @@ def cmd_start(args, ctx) -> int:
 # -- gc --
 
 def cmd_gc(args, ctx) -> int:
-    from .gc import collect, names_of, observe
+    from ..stale import collect, names_of, observe
 
     report = collect(ctx, lambda table: observe(ctx.settings.libvirt_run, args.connect, names_of(table)),
                      dry_run=args.dry_run)

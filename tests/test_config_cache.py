@@ -1,4 +1,4 @@
-"""vfalloc.configmemo: the hook's parse of the config file, kept in the runtime directory and
+"""vfalloc.config_cache: the hook's parse of the config file, kept in the runtime directory and
 used only for the very same text."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from vfalloc import configmemo
+from vfalloc import config_cache
 from vfalloc.config import read_config
 from vfalloc.errors import ConfigError
 
@@ -49,7 +49,7 @@ def test_kept_once_then_recalled_equal_to_a_fresh_parse(files):
     (name,) = memos(run)
     path = f"{run}/{name}"
     assert os.stat(run).st_mode & 0o777 == 0o700 and os.stat(path).st_mode & 0o777 == 0o600
-    assert configmemo.recall(run, str(config), CONFIG) is not None
+    assert config_cache.recall(run, str(config), CONFIG) is not None
     assert read_config(config, True, run_dir=run) == parsed == read_config(config, True)
 
 
@@ -93,7 +93,7 @@ def test_a_config_json_cannot_hold_is_parsed_every_time(files):
 
 
 def _memo(run, config, **changes):
-    body = {"version": configmemo.VERSION, "path": os.path.abspath(config), "text": CONFIG,
+    body = {"version": config_cache.VERSION, "path": os.path.abspath(config), "text": CONFIG,
             "data": {"pools": {"evil": {"pfs": ["enp9s0f0"]}}}}
     body.update(changes)
     return json.dumps(body)
@@ -118,7 +118,7 @@ def test_a_memo_that_is_not_trustworthy_is_not_used(files, plant):
     """Each planted memo would turn the config into one pool named `evil`."""
     config, run = files
     os.makedirs(run, mode=0o700)
-    path = configmemo.memo_path(run, str(config))
+    path = config_cache.memo_path(run, str(config))
     plant(path, run, config)
     assert [p.name for p in read_config(config, True, run_dir=run).pools] == ["lan0"]
 
@@ -127,7 +127,7 @@ def test_a_trustworthy_planted_memo_is_used(files):
     """The counterpart of the table above: the planting itself works."""
     config, run = files
     os.makedirs(run, mode=0o700)
-    path = configmemo.memo_path(run, str(config))
+    path = config_cache.memo_path(run, str(config))
     with open(path, "w") as fh:
         fh.write(_memo(run, config))
     os.chmod(path, 0o600)
@@ -143,4 +143,4 @@ def test_nothing_kept_where_it_cannot_be_kept_safely_and_the_config_still_loads(
     config, run = files
     prepare(run)
     assert [p.name for p in read_config(config, True, run_dir=run, keep=True).pools] == ["lan0"]
-    assert not os.path.lexists(configmemo.memo_path(run, str(config)))
+    assert not os.path.lexists(config_cache.memo_path(run, str(config)))

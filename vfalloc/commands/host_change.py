@@ -1,7 +1,7 @@
 """Handlers of the `vfalloc host` commands that change the host: kernel-args, numvfs, persist,
 vf-driver. Every file goes through RootFS (under --root, diff on --dry-run), every sysfs write
 through Sysfs.write_attr, and every command run is printed first.
-Must not: hold the logic of a change (kernelargs, numvfs, persist, vfdriver do)."""
+Must not: hold the logic of a change (boot_config, numvfs, persist, vfdriver do)."""
 
 from __future__ import annotations
 
@@ -11,23 +11,24 @@ import subprocess
 from pathlib import Path
 
 from ..errors import HostError, UsageError
-from . import facts, kernelargs, numvfs, persist, vfdriver
-from .facts import boot_id, line, vendor
-from .rootfs import RootFS
+from ..host import boot_config, numvfs, persist, vfdriver
+from . import host_context as facts
+from .host_context import boot_id, line, vendor
+from ..host.rootfs import RootFS
 
 
 def cmd_kernel_args(args, ctx) -> int:
     rootfs = RootFS(args.root, args.dry_run, ctx.out)
     if args.update and rootfs.root != Path("/"):
         raise UsageError("--update runs this host's bootloader tool; it works only with --root /")
-    wanted, note = kernelargs.wanted_args(vendor(ctx), args.add, args.acs_override, args.realloc,
+    wanted, note = boot_config.wanted_args(vendor(ctx), args.add, args.acs_override, args.realloc,
                                           args.assign_busses, not args.no_defaults)
-    before = kernelargs.load(rootfs)
-    plan = kernelargs.plan(before, wanted)
+    before = boot_config.load(rootfs)
+    plan = boot_config.plan(before, wanted)
     eff = before.effective()
-    where = f"{rootfs.shown(eff.file)}:{eff.line}" if eff else f"{rootfs.shown(kernelargs.grub.MAIN)} (no assignment)"
+    where = f"{rootfs.shown(eff.file)}:{eff.line}" if eff else f"{rootfs.shown(boot_config.grub.MAIN)} (no assignment)"
     line(ctx.out, f"configured ({where}): {' '.join(before.cmdline_tokens()) or '(empty)'}")
-    running = kernelargs.running_tokens(ctx.settings.proc_root, ctx.err)
+    running = boot_config.running_tokens(ctx.settings.proc_root, ctx.err)
     if running is not None:
         line(ctx.out, f"running (/proc/cmdline): {' '.join(running)}")
     line(ctx.out, f"wanted: {' '.join(wanted)} ({note})")
@@ -41,7 +42,7 @@ def cmd_kernel_args(args, ctx) -> int:
     return 0
 
 
-def _report_plan(out, plan: kernelargs.Plan, rootfs: RootFS, dry_run: bool) -> None:
+def _report_plan(out, plan: boot_config.Plan, rootfs: RootFS, dry_run: bool) -> None:
     if plan.already:
         line(out, f"already configured: {' '.join(plan.already)}")
     if plan.cut:
@@ -55,19 +56,19 @@ def _report_plan(out, plan: kernelargs.Plan, rootfs: RootFS, dry_run: bool) -> N
 
 
 def _next_step(ctx, args, plan, wanted, running) -> None:
-    missing = [a for a in wanted if running is not None and not kernelargs.kargs.has(running, a)]
-    cmd = kernelargs.regenerate_command()
+    missing = [a for a in wanted if running is not None and not boot_config.cmdline.has(running, a)]
+    cmd = boot_config.regenerate_command()
     if args.update:
         if cmd is None:
             raise HostError("found none of update-grub, grubby, grub2-mkconfig, grub-mkconfig; regenerate "
                             "the boot config by hand")
-        full = kernelargs.full_command(cmd, wanted)
+        full = boot_config.full_command(cmd, wanted)
         if args.dry_run:
             line(ctx.out, f"would run: {' '.join(full)}")
         else:
-            kernelargs.regenerate(full, ctx.out)
+            boot_config.regenerate(full, ctx.out)
     elif plan.texts or missing:
-        shown = " ".join(kernelargs.full_command(cmd, wanted)) if cmd else "update-grub (or your distro's tool)"
+        shown = " ".join(boot_config.full_command(cmd, wanted)) if cmd else "update-grub (or your distro's tool)"
         line(ctx.out, f"next: {shown} (or rerun with --update)")
     if missing:
         line(ctx.out, f"the running kernel lacks {' '.join(missing)}: reboot after regenerating")

@@ -1,5 +1,5 @@
 """Handlers of the `vfalloc host` commands that only read: check, iommu-groups, acs. They gather
-facts from the Context, call doctor / iommu / acs, and render lines or JSON to ctx.out.
+facts from the Context, call check / iommu / acs, and render lines or JSON to ctx.out.
 Must not: write anything, or decide verdicts (the modules do)."""
 
 from __future__ import annotations
@@ -8,28 +8,28 @@ import json
 
 from ..errors import HostError, UsageError
 from ..model import PciAddress
-from . import acs, doctor, iommu, kernelargs
-from . import facts
-from .facts import line, vendor
-from .rootfs import RootFS
+from ..host import acs, boot_config, check, iommu
+from . import host_context as facts
+from .host_context import line, vendor
+from ..host.rootfs import RootFS
 
 
 def cmd_check(args, ctx) -> int:
     rootfs = RootFS(args.root)
     counts_wanted, config_error = facts.wanted(ctx)
-    gathered = doctor.Facts(ctx.sysfs, ctx.host, rootfs, kernelargs.running_tokens(ctx.settings.proc_root, ctx.err),
+    gathered = check.Facts(ctx.sysfs, ctx.host, rootfs, boot_config.running_tokens(ctx.settings.proc_root, ctx.err),
                             vendor(ctx), counts_wanted, config_error, args.hooks_dir)
-    checks = doctor.run(gathered)
-    counts = doctor.summary(checks)
+    checks = check.run(gathered)
+    counts = check.summary(checks)
     if args.json:
         json.dump({"checks": [c.to_json() for c in checks], "summary": counts}, ctx.out, indent=1)
         ctx.out.write("\n")
     else:
         for c in checks:
-            fix = f"; fix: {c.fix}" if c.fix and c.status != doctor.OK else ""
+            fix = f"; fix: {c.fix}" if c.fix and c.status != check.OK else ""
             line(ctx.out, f"{c.status:<4}  {c.check:<11} {c.subject}: {c.message}{fix}")
         line(ctx.out, f"{counts['ok']} ok, {counts['warn']} warn, {counts['fail']} fail")
-    return 1 if counts[doctor.FAIL] else 0
+    return 1 if counts[check.FAIL] else 0
 
 
 # -- iommu-groups --

@@ -19,8 +19,9 @@ import binascii
 import json
 import os
 import stat
-from contextlib import suppress
 from typing import Any
+
+from .atomicfile import write_atomic
 
 RUN_DIR_ENV = "VFALLOC_RUN_DIR"
 DEFAULT_RUN_DIR = "/run/vfalloc"
@@ -67,21 +68,13 @@ def keep(run_dir: str, config_path: str, text: str, data: dict[str, Any]) -> Non
     except (TypeError, ValueError):
         return  # a TOML date or time: JSON has none, so such a config is parsed every time
     path = memo_path(run_dir, config_path)
-    tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
         if not _ours(os.stat(run_dir, follow_symlinks=False), directory=True):
             return
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            if os.write(fd, body) != len(body):
-                raise OSError("short write")
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)  # whole or not at all; a torn one would fail the text check anyway
+        write_atomic(path, body, 0o600, sync=False)  # a cache: a torn one fails the text check anyway
     except OSError:
-        with suppress(OSError):
-            os.unlink(tmp)
+        pass
 
 
 def _ours(st: os.stat_result, directory: bool = False) -> bool:

@@ -17,7 +17,7 @@ from conftest import REPO
 from fakehost import i350
 
 import vfalloc.hook
-from vfalloc.gc import NOT_RUNNING, RUNDIR_GRACE, Observed, Running, collect, find_stale, from_rundir
+from vfalloc.stale import NOT_RUNNING, RUNDIR_GRACE, Observed, Running, collect, find_stale, from_rundir
 from vfalloc.model import Lease, LeaseTable
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
@@ -277,6 +277,6 @@ def test_reconnect_hook_frees_stale_leases_without_libvirt(lab, tmp_path):
 
 
 def test_import_hook_does_not_import_libvirt():
-    r = subprocess.run([sys.executable, "-c", "import sys, vfalloc.hook, vfalloc.gc; print('libvirt' in sys.modules)"],
+    r = subprocess.run([sys.executable, "-c", "import sys, vfalloc.hook, vfalloc.stale; print('libvirt' in sys.modules)"],
                        capture_output=True, text=True, cwd=REPO)
     assert r.stdout == "False\n", r.stderr

@@ -6,7 +6,7 @@ A lease is stale when it was taken in an earlier boot (its boot_id is not this b
 VF no longer exists, or when its domain is not running. A lease in phase "reserved" (taken by
 `vfalloc alloc` or by `vfalloc start` before the domain runs) is never stale for the last reason:
 it is meant for a domain that does not run yet. The first two reasons are the allocator's
-(allocator.stale_reason); "not running" is judged here, the same way usage.vf_rows judges it.
+(allocator.stale_reason); "not running" is judged here, the same way holdings.vf_rows judges it.
 
 Which domains run is learnt from libvirt when it answers (virt.py, imported lazily and only by
 `observe`), else from libvirt's runtime status directory (settings.libvirt_run, default
@@ -95,7 +95,7 @@ def find_stale(table: LeaseTable, vfs: dict[str, VF], boot_id: str, running: Run
 
 
 def treated_as_running(table: LeaseTable, running: Running | None, now: datetime) -> frozenset[str] | None:
-    """The UUIDs usage.vf_rows should take as running so that `vfalloc list` shows exactly what
+    """The UUIDs holdings.vf_rows should take as running so that `vfalloc list` shows exactly what
     `vfalloc gc` would free."""
     if running is None:
         return None

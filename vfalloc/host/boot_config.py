@@ -2,7 +2,7 @@
 needs, show them next to what the running kernel got, and regenerate the boot config on request.
 
 Owns: choosing the wanted arguments (vendor default + the flags), the edit plan, and the choice of
-the distro's regenerate command. Must not: parse shell (grub), know argument semantics (kargs),
+the distro's regenerate command. Must not: parse shell (grub), know argument semantics (cmdline),
 write files other than through RootFS, or run the regenerate command unless asked.
 """
 
@@ -15,7 +15,7 @@ from typing import Callable, TextIO
 
 from ..errors import HostError, UsageError, VfallocError
 from .. import procfs
-from . import grub, kargs
+from . import grub, cmdline
 from .rootfs import RootFS
 
 
@@ -31,9 +31,9 @@ class Plan:
 
 def wanted_args(vendor: str | None, add: list[str], acs_ids: list[str], realloc: bool,
                 assign_busses: bool, defaults: bool = True) -> tuple[list[str], str]:
-    base, note = kargs.vendor_defaults(vendor) if defaults else ([], "vendor defaults skipped")
-    extra = [kargs.check_arg(a) for a in add]
-    extra += [kargs.acs_override(i) for i in acs_ids]
+    base, note = cmdline.vendor_defaults(vendor) if defaults else ([], "vendor defaults skipped")
+    extra = [cmdline.check_arg(a) for a in add]
+    extra += [cmdline.acs_override(i) for i in acs_ids]
     extra += ["pci=realloc"] if realloc else []
     extra += ["pci=assign-busses"] if assign_busses else []
     wanted = list(dict.fromkeys(base + extra))
@@ -56,15 +56,15 @@ def load(rootfs: RootFS) -> grub.Grub:
 
 def plan(before: grub.Grub, wanted: list[str]) -> Plan:
     current = before.cmdline_tokens()
-    cut = list(dict.fromkeys(t for a in wanted for t in kargs.undoing(current, a)))
+    cut = list(dict.fromkeys(t for a in wanted for t in cmdline.undoing(current, a)))
     kept = [t for t in current if t not in cut]
-    already = [a for a in wanted if kargs.has(current, a) and not kargs.undoing(current, a)]
-    add = [a for a in wanted if not kargs.has(kept, a)]
+    already = [a for a in wanted if cmdline.has(current, a) and not cmdline.undoing(current, a)]
+    add = [a for a in wanted if not cmdline.has(kept, a)]
     texts = grub.edit(before, add, cut)
     after = grub.Grub.parse({**before.texts, **texts}).cmdline_tokens()
     for a in wanted:
-        blocking = kargs.undoing(after, a)
-        if blocking or not kargs.has(after, a):
+        blocking = cmdline.undoing(after, a)
+        if blocking or not cmdline.has(after, a):
             where = _where(before, blocking[0]) if blocking else "the grub files"
             raise grub.GrubError(where, f"{blocking[0] if blocking else a} is set through a "
                                  "variable or quoting vfalloc does not rewrite")
@@ -100,7 +100,7 @@ def full_command(cmd: list[str], wanted: list[str]) -> list[str]:
 
 def running_tokens(proc_root, err: TextIO) -> list[str] | None:
     try:
-        return kargs.split(procfs.cmdline(proc_root))
+        return cmdline.split(procfs.cmdline(proc_root))
     except VfallocError as exc:
         err.write(f"vfalloc: warning: {exc}\n")
         return None

@@ -1,0 +1,117 @@
+"""Handlers of the lease table's commands: `vfalloc list`, `pools`, `alloc` and `release`.
+Each reads the table (or changes it under its lock) through the library and prints a table for
+people or JSON for scripts. Must not: decide anything about VFs (allocator, holdings, stale do).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TextIO
+
+
+def cmd_list(args, ctx) -> int:
+    from ..holdings import vf_rows
+
+    table = ctx.store.read()
+    rows = vf_rows(ctx.host, ctx.pools, table, ctx.boot_id, _running(ctx, table, args.connect))
+    _warn(ctx)
+    if args.json:
+        json.dump(rows, ctx.out, indent=1)
+        ctx.out.write("\n")
+        return 0
+    cols = [("VF", "vf"), ("PF", "pf_netdev"), ("#", "vf_index"), ("POOL", "pool"), ("STATE", "state"),
+            ("DOMAIN", "domain"), ("MAC", "mac"), ("VLAN", "vlan"), ("NUMA", "numa_node"),
+            ("GROUP", "iommu_group"), ("DRIVER", "driver")]
+    table = [[_cell(r, key) for _, key in cols] for r in rows]
+    _print_table(ctx.out, [c for c, _ in cols], table)
+    if not rows:
+        ctx.out.write("no SR-IOV VFs found; create some with `vfalloc host numvfs PF N`\n")
+    for r in rows:
+        if r["state"] == "stale":
+            ctx.out.write(f"stale: {r['vf']} leased to {r['domain']}: {r['reason']} (free it with `vfalloc gc`)\n")
+    return 0
+
+
+def _running(ctx, table, uri):
+    """UUIDs to take as running, so list/pools show what `vfalloc gc` would free (stale.py)."""
+    if all(x.phase == "reserved" for x in table.leases):  # no lease to judge by "not running"
+        return None
+    from ..stale import names_of, now_utc, observe, treated_as_running
+
+    seen = observe(ctx.settings.libvirt_run, uri, names_of(table))
+    return treated_as_running(table, seen.running, now_utc())
+
+
+def _cell(row, key) -> str:
+    value = row.get(key)
+    if key == "pf_netdev" and value is None:
+        value = row.get("pf")
+    return "-" if value is None else str(value)
+
+
+def cmd_pools(args, ctx) -> int:
+    from ..holdings import pool_rows, vf_rows
+
+    table = ctx.store.read()
+    rows = pool_rows(ctx.host, ctx.pools, vf_rows(ctx.host, ctx.pools, table, ctx.boot_id, _running(ctx, table, args.connect)))
+    _warn(ctx)
+    if args.json:
+        json.dump(rows, ctx.out, indent=1)
+        ctx.out.write("\n")
+        return 0
+    table = []
+    for pool in rows:
+        table.append([pool["pool"], f"({pool['policy']})", *(str(pool[k]) for k in ("total", "free", "leased", "stale"))])
+        for pf in pool["pfs"]:
+            table.append(["", pf["pf_netdev"] or pf["pf"], *(str(pf[k]) for k in ("total", "free", "leased", "stale"))])
+    _print_table(ctx.out, ["POOL", "PF", "TOTAL", "FREE", "LEASED", "STALE"], table)
+    if not rows:
+        ctx.out.write("no pools: no SR-IOV PF found and none configured\n")
+    return 0
+
+
+def cmd_alloc(args, ctx) -> int:
+    from ..allocator import allocate
+    from ..lease_ops import now as lease_now
+    from ..model import Request, check_uuid
+
+    uuid = check_uuid(args.uuid)
+    request = Request(pool=args.pool, index=args.index, mac=args.mac, vlan=args.vlan, trust=args.trust,
+                      spoofchk=args.spoofchk, type=args.type)
+    with ctx.store.transaction() as txn:
+        grant = allocate(ctx.host, ctx.pools, txn.table, domain=args.domain, uuid=uuid, requests=[request],
+                         boot_id=ctx.boot_id, now=lease_now(), phase="reserved")
+        txn.table = grant.table
+    lease = grant.leases[0]
+    if args.json:
+        json.dump(lease.to_json(), ctx.out, indent=1)
+        ctx.out.write("\n")
+    else:
+        ctx.out.write(f"{lease.vf} (VF {lease.index} of {lease.pf}, pool {lease.pool}) leased to {lease.domain}"
+                      f"{' mac ' + lease.mac if lease.mac else ''}\n")
+    return 0
+
+
+def cmd_release(args, ctx) -> int:
+    from ..allocator import release
+    from ..model import check_uuid
+
+    uuid = check_uuid(args.uuid)
+    with ctx.store.transaction() as txn:
+        txn.table, gone = release(txn.table, uuid)
+    for lease in gone:
+        ctx.out.write(f"released {lease.vf} from {lease.domain}\n")
+    if not gone:
+        ctx.out.write(f"no leases held by {uuid}\n")
+    return 0
+
+
+def _warn(ctx) -> None:
+    for warning in ctx.store.warnings:
+        ctx.err.write(f"vfalloc: warning: {warning}\n")
+
+
+def _print_table(out: TextIO, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    for line in [header, *rows]:
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() + "\n")

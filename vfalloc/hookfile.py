@@ -1,0 +1,66 @@
+"""The hook file libvirt runs: where it goes, whether vfalloc wrote it, writing and removing it.
+
+libvirt >= 6.5 runs every executable in /etc/libvirt/hooks/qemu.d/ (after the main `qemu`
+script, in name order); vfalloc installs `qemu.d/vfalloc` there and so never has to touch a
+`qemu` script someone else wrote. libvirt looks for hook files when the daemon starts: a new hook
+takes effect after a restart of libvirtd (or virtqemud).
+
+Must not: print (commands/install_hook.py reports), or overwrite a file vfalloc did not write.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .atomicfile import write_atomic
+from .errors import UsageError, VfallocError
+from .templates import HOOK_MARKER
+
+DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks"
+
+
+def hook_path(hooks_dir: str | os.PathLike[str]) -> Path:
+    return Path(hooks_dir) / "qemu.d" / "vfalloc"
+
+
+def main_hook(hooks_dir: str | os.PathLike[str]) -> Path:
+    """The single `qemu` script libvirt runs before qemu.d/*."""
+    return Path(hooks_dir) / "qemu"
+
+
+def is_ours(path: Path) -> bool:
+    try:
+        return HOOK_MARKER in path.read_text(errors="replace")[:512]
+    except OSError:
+        return False
+
+
+def check_replaceable(path: Path) -> None:
+    if path.exists() and not is_ours(path):
+        raise UsageError(f"{path} exists and was not written by vfalloc; move it away or choose --hooks-dir")
+
+
+def is_current(path: Path, text: str) -> bool:
+    try:
+        return path.read_text() == text
+    except OSError:
+        return False
+
+
+def write(path: Path, text: str) -> None:
+    check_replaceable(path)
+    try:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        write_atomic(str(path), text.encode(), 0o755)
+    except OSError as exc:
+        raise VfallocError(f"cannot write {path} ({exc.strerror}); run as root or choose --hooks-dir") from exc
+
+
+def remove(path: Path) -> None:
+    if not is_ours(path):
+        raise UsageError(f"{path} was not written by vfalloc; it is left alone")
+    try:
+        path.unlink()
+    except OSError as exc:
+        raise VfallocError(f"cannot remove {path} ({exc.strerror}); run as root") from exc
