@@ -4,12 +4,17 @@ VENV   := $(CURDIR)/.venv
 PY     := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: test unit e2e setup bench clean
+.PHONY: test unit e2e setup bench clean lint
 
 # The unit, hook and libvirt layers, then the end-to-end run on the emulated SR-IOV host.
 test: setup
 	$(PYTEST) tests --ignore=tests/e2e
 	tests/e2e/run
+
+# ruff (pyflakes, bugbear, pyupgrade, import order) and mypy, both configured in pyproject.toml.
+lint: setup
+	$(VENV)/bin/ruff check vfalloc tests bench demo
+	$(VENV)/bin/mypy
 
 e2e: setup
 	tests/e2e/run
@@ -30,7 +35,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml tools/setup-debian
 	 else echo "make: not root, skipping apt packages (run tools/setup-debian as root once)"; fi
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,lint]'
 	touch $@
 
 # Benchmarks run vfalloc as users install it (a regular, not an editable, install).
