@@ -11,7 +11,8 @@ from vfalloc.allocator import Claim, allocate, claim
 from vfalloc.config import load_settings
 from vfalloc.context import Context
 from vfalloc.errors import VfallocError, VfsNotRead
-from vfalloc.lease_ops import focus, lease_for_start, on_host
+from vfalloc.hostview import HostView
+from vfalloc.lease_ops import lease_for_start
 from vfalloc.domxml import read_domain
 from vfalloc.model import PF, VF, Host, Lease, LeaseTable, PciAddress, Pool, PoolMember, Request
 from vfalloc.record import replace
@@ -34,7 +35,7 @@ def unread(host: Host, read=frozenset()) -> Host:
 
 
 def decide_reading(full: Host, partial: Host, decide):
-    """What lease_ops.on_host does, with the whole host standing in for sysfs: returns the
+    """What HostView.decide does, with the whole host standing in for sysfs: returns the
     answer (or the error) and the PFs read."""
     host, reads = partial, []
     while True:
@@ -160,7 +161,7 @@ def test_a_partial_snapshot_never_answers_from_half_the_host(lookup):
 
 def test_the_hook_path_reads_one_pf_of_sixteen_on_sysfs(tmp_path):
     """Through real sysfs (a fake tree): lease_for_start on the bench's 1,024-VF host leaves 15
-    of its 16 PFs' VFs unread, and on_host answers lookups on them by reading."""
+    of its 16 PFs' VFs unread, and the view answers lookups on them by reading."""
     fs = FakeSys(tmp_path / "sys")
     names = build_big_host(fs, 1024)
     config = tmp_path / "vfalloc.toml"
@@ -173,12 +174,12 @@ def test_the_hook_path_reads_one_pf_of_sixteen_on_sysfs(tmp_path):
     ctx = Context(load_settings({}, env))
     info = read_domain(f"<domain><name>vm1</name><uuid>{UUID}</uuid><metadata><v:vfs xmlns:v='urn:vfalloc:1'>"
                        "<v:vf pool='all'/></v:vfs></metadata></domain>".encode())
-    (lease,) = lease_for_start(ctx, info, "now")
-    assert len(ctx.host.pfs) == 16 and len(ctx.host.unread) == 15
-    assert lease.pf == str(ctx.host.pfs[0].address) and lease.vf == str(ctx.host.pfs[0].vfs[0].address)
-    last = ctx.host.pfs[-1]
-    vf = on_host(ctx, lambda host: host.find_vf(str(PciAddress.parse(lease.vf))))
-    assert vf is not None and len(ctx.host.unread) == 15
-    assert len(on_host(ctx, lambda host: host.vfs_of(last.address))) == 64 and len(ctx.host.unread) == 14
-    focus(ctx, "vm1", ["all"])
-    assert len(ctx.host.unread) == 16
+    (lease,), view = lease_for_start(ctx, info, "now")
+    assert len(view.host.pfs) == 16 and len(view.host.unread) == 15
+    assert lease.pf == str(view.host.pfs[0].address) and lease.vf == str(view.host.pfs[0].vfs[0].address)
+    last = view.host.pfs[-1]
+    vf = view.find_vf(lease.vf)
+    assert vf is not None and len(view.host.unread) == 15
+    assert len(view.decide(lambda host: host.vfs_of(last.address))) == 64 and len(view.host.unread) == 14
+    fresh = HostView.for_domain(ctx.sysfs, ctx.settings.config, "vm1", ["all"])
+    assert len(fresh.host.unread) == 16 and [p.name for p in fresh.pools] == ["all"]

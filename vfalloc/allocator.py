@@ -18,14 +18,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from .errors import AllocationError, PoolExhausted, UnknownPool, VfConflict, VfsNotRead
-from .model import PF, VF, Host, Lease, LeaseTable, PciAddress, Pool, Request, derive_mac
+from .model import PF, VF, Host, Lease, LeaseTable, PciAddress, Phase, Pool, Request, derive_mac
 from .record import Record, replace
 
 
 class Grant(Record):
     table: LeaseTable
-    leases: tuple[Lease, ...]          # the domain's leases for the requests, in request order
+    leases: tuple[Lease, ...]          # the domain's leases: claims first, then requests, in order
     reclaimed: tuple[Lease, ...] = ()  # leases of an earlier boot that were taken over
+    dropped: tuple[Lease, ...] = ()    # a running domain's attached leases whose device is gone
 
 
 class Claim(Record):
@@ -35,67 +36,140 @@ class Claim(Record):
     address: PciAddress
 
 
+class Demand(Record):
+    """Everything one domain asks for at once: the VFs its XML names (claims, taken in phase
+    attached) and the requests without a device (leased in `phase`). `running`: the domain runs
+    already (reconciled after a daemon restart): a claim keeps the time of its lease, and an
+    attached lease whose device is gone is dropped."""
+
+    domain: str
+    uuid: str
+    claims: tuple[Claim, ...] = ()
+    requests: tuple[Request, ...] = ()
+    phase: str = Phase.PENDING
+    numa_nodes: frozenset[int] = frozenset()
+    running: bool = False
+
+
+def grant(host: Host, pools: Sequence[Pool], table: LeaseTable, demand: Demand, *, boot_id: str,
+          now: str) -> Grant:
+    """The leases `demand` gets on `host`, and the table with them. Linear in the table and the
+    demand: the table is indexed once, not copied per claim."""
+    book = _Book(table)
+    dropped: list[Lease] = []
+    if demand.running:
+        present = {c.request.index for c in demand.claims}
+        dropped = [x for x in book.of_domain(demand.uuid) if x.phase == Phase.ATTACHED and x.index not in present]
+        for lease in dropped:
+            book.drop(lease)
+    granted = [_claim(host, pools, book, demand, item, boot_id, now) for item in demand.claims]
+    by_name = {p.name: p for p in pools}
+    for request in demand.requests:
+        pool = by_name.get(request.pool)
+        if pool is None:
+            raise UnknownPool(request.pool, demand.domain, tuple(by_name))
+        granted.append(_allocate(host, pool, book, demand, request.with_defaults(pool), boot_id, now))
+    return Grant(book.table(), tuple(granted), tuple(book.reclaimed), tuple(dropped))
+
+
 def allocate(host: Host, pools: Sequence[Pool], table: LeaseTable, *, domain: str, uuid: str,
              requests: Sequence[Request], boot_id: str, now: str, phase: str,
              numa_nodes: frozenset[int] = frozenset()) -> Grant:
-    by_name = {p.name: p for p in pools}
-    granted: list[Lease] = []
-    reclaimed: list[Lease] = []
-    for request in requests:
-        pool = by_name.get(request.pool)
-        if pool is None:
-            raise UnknownPool(request.pool, domain, tuple(by_name))
-        request = request.with_defaults(pool)
-        held = _held(table, uuid, request.index)
-        if held is not None and held.pool == pool.name and host.find_vf(held.vf) is not None:
-            # The same VF again, taken anew: this start's phase (a lease reserved by hand must
-            # now be hot-plugged) and time (gc tells a lease taken again from the one it read).
-            fresh = replace(held, domain=domain, boot_id=boot_id, since=now, phase=phase)
-            table = table.replaced(held, fresh)
-            granted.append(fresh)
-            continue
-        if held is not None:
-            table = table.without([held])
-        vf, old = _choose(host, pool, table, uuid, request.index, boot_id, numa_nodes, domain)
-        if old is not None:
-            table = table.without([old])
-            reclaimed.append(old)
-        lease = _lease(vf, pool, request, domain, uuid, boot_id, now, phase)
-        table = table.with_leases([lease])
-        granted.append(lease)
-    return Grant(table, tuple(granted), tuple(reclaimed))
+    """`grant` for requests alone."""
+    demand = Demand(domain, uuid, requests=tuple(requests), phase=phase, numa_nodes=numa_nodes)
+    return grant(host, pools, table, demand, boot_id=boot_id, now=now)
 
 
 def claim(host: Host, pools: Sequence[Pool], table: LeaseTable, *, domain: str, uuid: str,
-          claims: Sequence[Claim], boot_id: str, now: str, phase: str = "attached",
-          running: bool = False) -> Grant:
-    """Take exactly the VFs a domain's XML already names (free, of an earlier boot, or already
-    this domain's); refuse when another domain holds one. A domain that starts takes its lease
-    anew, with this start's time, so that gc tells it from a lease it read before; a `running`
-    one (reconciled after a daemon restart) keeps the time of its lease."""
-    granted: list[Lease] = []
-    reclaimed: list[Lease] = []
-    for item in claims:
-        address = str(item.address)
-        vf = host.find_vf(address)
-        if vf is None:
-            raise AllocationError(f"VF {address} in the XML of {domain} is not a VF on this host; "
-                                  "create it with `vfalloc host numvfs` or remove the device")
-        holder = table.by_vf().get(address)
-        if holder is not None and holder.uuid != uuid and holder.boot_id == boot_id:
-            raise VfConflict(address, domain, holder.domain)
-        if holder is not None and holder.uuid != uuid:
-            reclaimed.append(holder)
-        mine = _held(table, uuid, item.request.index)
-        table = table.without([x for x in (holder, mine) if x is not None])
-        pool = next((p for p in pools if p.admits(vf)), None)
-        request = item.request.with_defaults(pool) if pool and pool.name == item.request.pool else item.request
-        lease = _lease(vf, pool, request, domain, uuid, boot_id, now, phase)
-        if running and mine is not None and mine.vf == address and mine.boot_id == boot_id:
-            lease = replace(lease, since=mine.since)
-        table = table.with_leases([lease])
-        granted.append(lease)
-    return Grant(table, tuple(granted), tuple(reclaimed))
+          claims: Sequence[Claim], boot_id: str, now: str, running: bool = False) -> Grant:
+    """`grant` for claims alone: take exactly the VFs a domain's XML already names (free, of an
+    earlier boot, or already this domain's); refuse when another domain holds one."""
+    demand = Demand(domain, uuid, claims=tuple(claims), running=running)
+    return grant(host, pools, table, demand, boot_id=boot_id, now=now)
+
+
+class _Book:
+    """The lease table while one demand is granted: leases by VF (in table order, a VF holds one
+    lease) and by (domain, request index), changed in place, turned into a table once."""
+
+    def __init__(self, table: LeaseTable) -> None:
+        self.by_vf = {x.vf: x for x in table.leases}
+        self.mine = {(x.uuid, x.index): x for x in table.leases}
+        self.last = table.last
+        self.added: list[Lease] = []
+        self.reclaimed: list[Lease] = []
+
+    def of_domain(self, uuid: str) -> list[Lease]:
+        return [x for x in self.by_vf.values() if x.uuid == uuid]
+
+    def held(self, uuid: str, index: int) -> Lease | None:
+        return self.mine.get((uuid, index))
+
+    def drop(self, lease: Lease) -> None:
+        if self.by_vf.get(lease.vf) == lease:
+            del self.by_vf[lease.vf]
+        if self.mine.get((lease.uuid, lease.index)) == lease:
+            del self.mine[(lease.uuid, lease.index)]
+
+    def put(self, lease: Lease) -> None:
+        """Add `lease`; a VF's lease keeps its place in the table when it is renewed."""
+        self.by_vf[lease.vf] = lease
+        self.mine[(lease.uuid, lease.index)] = lease
+        self.added.append(lease)
+
+    def table(self) -> LeaseTable:
+        last = {uuid: dict(m) for uuid, m in self.last.items()}
+        for lease in self.added:
+            last.setdefault(lease.uuid, {})[str(lease.index)] = lease.vf
+        return LeaseTable(tuple(self.by_vf.values()), last)
+
+
+def _claim(host: Host, pools: Sequence[Pool], book: _Book, demand: Demand, item: Claim, boot_id: str,
+           now: str) -> Lease:
+    """A device in the XML: its VF, taken anew with this start's time, so that gc tells it from a
+    lease it read before; a running domain keeps the time of its lease on the same VF."""
+    address = str(item.address)
+    vf = host.find_vf(address)
+    if vf is None:
+        raise AllocationError(f"VF {address} in the XML of {demand.domain} is not a VF on this host; "
+                              "create it with `vfalloc host numvfs` or remove the device")
+    holder = book.by_vf.get(address)
+    if holder is not None and holder.uuid != demand.uuid:
+        if holder.boot_id == boot_id:
+            raise VfConflict(address, demand.domain, holder.domain)
+        book.reclaimed.append(holder)
+    mine = book.held(demand.uuid, item.request.index)
+    for old in (holder, mine):
+        if old is not None:
+            book.drop(old)
+    pool = next((p for p in pools if p.admits(vf)), None)
+    request = item.request.with_defaults(pool) if pool and pool.name == item.request.pool else item.request
+    lease = _lease(vf, pool, request, demand.domain, demand.uuid, boot_id, now, Phase.ATTACHED)
+    if demand.running and mine is not None and mine.vf == address and mine.boot_id == boot_id:
+        lease = replace(lease, since=mine.since)
+    book.put(lease)
+    return lease
+
+
+def _allocate(host: Host, pool: Pool, book: _Book, demand: Demand, request: Request, boot_id: str,
+              now: str) -> Lease:
+    """A VF of `pool` for `request`. The domain's own lease for it keeps its VF, taken anew with
+    what the request asks now (MAC, VLAN, trust, ...), this start's phase and time."""
+    held = book.held(demand.uuid, request.index)
+    if held is not None:
+        vf = host.find_vf(held.vf) if held.pool == pool.name else None
+        if vf is not None:
+            lease = _lease(vf, pool, request, demand.domain, demand.uuid, boot_id, now, demand.phase)
+            book.put(lease)  # the same VF: the lease keeps its place in the table
+            return lease
+        book.drop(held)
+    vf, old = _choose(host, pool, book, demand.uuid, request.index, boot_id, demand.numa_nodes, demand.domain)
+    if old is not None:
+        book.drop(old)
+        book.reclaimed.append(old)
+    lease = _lease(vf, pool, request, demand.domain, demand.uuid, boot_id, now, demand.phase)
+    book.put(lease)
+    return lease
 
 
 def release(table: LeaseTable, uuid: str) -> tuple[LeaseTable, tuple[Lease, ...]]:
@@ -121,20 +195,16 @@ def stale_reason(lease: Lease, vfs: dict[str, VF], boot_id: str) -> str | None:
     return None
 
 
-def _held(table: LeaseTable, uuid: str, index: int) -> Lease | None:
-    return next((x for x in table.leases if x.uuid == uuid and x.index == index), None)
-
-
-def _choose(host: Host, pool: Pool, table: LeaseTable, uuid: str, index: int, boot_id: str,
+def _choose(host: Host, pool: Pool, book: _Book, uuid: str, index: int, boot_id: str,
             numa_nodes: frozenset[int], domain: str) -> tuple[VF, Lease | None]:
-    holders = table.by_vf()
-    sticky = table.last.get(uuid, {}).get(str(index))
+    holders = book.by_vf
+    sticky = book.last.get(uuid, {}).get(str(index))
     sticky_vf = None
     if sticky is not None and (sticky not in holders or holders[sticky].boot_id != boot_id):
         sticky_vf = host.find_vf(sticky)
     load: dict[PciAddress, int] = {}
     if pool.policy == "spread":
-        for lease in table.leases:
+        for lease in holders.values():
             if lease.pool == pool.name:
                 pf = PciAddress.parse(lease.pf)
                 load[pf] = load.get(pf, 0) + 1

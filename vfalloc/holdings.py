@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from .allocator import stale_reason
-from .model import Host, LeaseTable, Pool
+from .model import Host, LeaseTable, Phase, Pool
 
 STATES = ("free", "leased", "stale", "unusable")
 VF_KEYS = ("vf", "pf", "pf_netdev", "vf_index", "pool", "state", "domain", "domain_uuid", "mac",
@@ -53,7 +53,7 @@ def vf_rows(host: Host, pools: Sequence[Pool], table: LeaseTable, boot_id: str,
 
 def _apply_lease(row: dict, lease, vfs, boot_id: str, running: set[str] | None) -> None:
     reason = stale_reason(lease, vfs, boot_id)
-    if reason is None and running is not None and lease.uuid not in running and lease.phase != "reserved":
+    if reason is None and running is not None and lease.uuid not in running and lease.phase != Phase.RESERVED:
         reason = "its domain is not running"
     row.update(state="stale" if reason else "leased", domain=lease.domain, domain_uuid=lease.uuid,
                mac=lease.mac, vlan=lease.vlan, phase=lease.phase, since=lease.since, reason=reason)

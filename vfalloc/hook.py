@@ -25,10 +25,13 @@ from typing import TYPE_CHECKING, BinaryIO, TextIO
 from . import domxml
 from .errors import DomainXMLError, VfallocError
 from .log import log
+from .model import Phase
 
 if TYPE_CHECKING:
     from .config import Settings
     from .context import Context
+    from .hostview import HostView
+    from .model import Lease
 
 # Tests and admins may point these at other programs; libvirt gives hooks a minimal environment,
 # so on a real host the defaults apply.
@@ -54,6 +57,11 @@ class Call:
         if self.settings is None:
             self.settings = load_settings({}, self.environ, keep_memo=True)
         return Context(self.settings, out=self.out, err=self.err)
+
+    def holds_leases(self) -> bool:
+        """Whether the lease table names this domain: a lease reserved by hand (`vfalloc alloc`)
+        for a domain whose XML asks for no VF is given to it at its start and back at its stop."""
+        return any(x.domain == self.domain for x in self.context().store.read().leases)
 
     def info(self) -> domxml.DomainInfo:
         if not self.xml.strip():
@@ -93,17 +101,18 @@ def main(argv: Sequence[str], stdin: BinaryIO | None = None, out: TextIO | None 
         if not domxml.mentions_vfalloc(xml) and (op, subop) != ("reconnect", "begin"):
             if not xml.strip() and op in ("prepare", "migrate", "restore"):
                 call.info()  # raises: these operations need the XML
-            return 0
+            if (op, subop) not in BY_NAME or not call.holds_leases():
+                return 0
         message = handler(call)
     except VfallocError as exc:
         err.write(f"vfalloc: {exc}\n")
-        log(environ, f"{where}: {'refused' if may_refuse else 'failed'}: {exc}", call and call.settings)
+        log(environ, f"{where}: {'refused' if may_refuse else 'failed'}: {exc}", call.settings if call else None)
         return 1 if may_refuse else 0
     except Exception as exc:  # never a traceback into libvirt's error message
         err.write(f"vfalloc: internal error in the hook: {type(exc).__name__}: {exc}\n")
-        log(environ, f"{where}: internal error: {type(exc).__name__}: {exc}", call and call.settings)
+        log(environ, f"{where}: internal error: {type(exc).__name__}: {exc}", call.settings if call else None)
         return 1 if may_refuse else 0
-    log(environ, f"{where}: {message or 'nothing to do'}", call and call.settings)
+    log(environ, f"{where}: {message or 'nothing to do'}", call.settings if call else None)
     return 0
 
 
@@ -113,12 +122,10 @@ def on_prepare(call: Call) -> str:
     from .lease_ops import lease_for_start, now
 
     info = call.info()
-    if not info.requests and not info.devices:
-        return ""
     ctx = call.context()
-    leases = lease_for_start(ctx, info, now())
+    leases, view = lease_for_start(ctx, info, now())
     try:
-        _apply_vf_settings(call, ctx, leases)
+        _apply_vf_settings(call, view, leases)
     except VfallocError:
         from .lease_ops import release_domain
 
@@ -130,7 +137,7 @@ def on_prepare(call: Call) -> str:
 def on_started(call: Call) -> str:
     info = call.info()
     ctx = call.context()
-    pending = [x for x in ctx.store.read().of_domain(info.uuid) if x.phase == "pending-attach"]
+    pending = [x for x in ctx.store.read().of_domain(info.uuid) if x.phase == Phase.PENDING]
     if not pending:
         return ""
     pid = spawn_detached(_hotplug_argv(call, info), call.environ)
@@ -184,6 +191,8 @@ def on_reconnect(call: Call) -> str:
 
 
 REFUSING = {("prepare", "begin"), ("migrate", "begin"), ("restore", "begin")}
+# Run for a domain whose XML does not mention vfalloc when the lease table names it.
+BY_NAME = {("prepare", "begin"), ("started", "begin"), ("release", "end")}
 
 HANDLERS: dict[tuple[str, str], Callable[[Call], str]] = {
     ("prepare", "begin"): on_prepare,
@@ -203,11 +212,10 @@ def _address(text: str):
     return PciAddress.parse(text)
 
 
-def _apply_vf_settings(call: Call, ctx, leases) -> None:
+def _apply_vf_settings(call: Call, view: HostView, leases: Sequence[Lease]) -> None:
     """Trust and spoof checking are set on the VF through its PF (`ip link set PF vf N ...`,
-    iproute2; the PF's driver must support them) before QEMU starts."""
-    from .lease_ops import on_host
-
+    iproute2; the PF's driver must support them) before QEMU starts, at every start, as the
+    domain's request asks now."""
     for lease in leases:
         args = []
         if lease.trust:
@@ -216,8 +224,8 @@ def _apply_vf_settings(call: Call, ctx, leases) -> None:
             args += ["spoofchk", lease.spoofchk]
         if not args:
             continue
-        pf = ctx.host.pf(lease.pf)
-        vf = on_host(ctx, lambda host: host.find_vf(lease.vf))
+        pf = view.pf(lease.pf)
+        vf = view.find_vf(lease.vf)
         if pf is None or pf.netdev is None or vf is None:
             raise VfallocError(f"cannot set {' '.join(args)} on VF {lease.vf} for {call.domain}: its PF "
                                f"{lease.pf} has no network interface; remove trust/spoofchk from the request")

@@ -31,7 +31,7 @@ from . import domxml
 from .allocator import set_phase
 from .errors import VfallocError
 from .log import log
-from .model import Lease, PciAddress
+from .model import Lease, PciAddress, Phase
 
 WAIT_SECONDS = 60.0
 
@@ -97,7 +97,7 @@ def run(name: str, uuid: str, environ: Mapping[str, str], wait: float = WAIT_SEC
 
 
 def _pending(ctx, uuid: str) -> list[Lease]:
-    return sorted((x for x in ctx.store.read().of_domain(uuid) if x.phase == "pending-attach"),
+    return sorted((x for x in ctx.store.read().of_domain(uuid) if x.phase == Phase.PENDING),
                   key=lambda x: x.index)
 
 
@@ -105,7 +105,7 @@ def _still_pending(ctx, lease: Lease) -> Lease | None:
     """The lease as it is now, if it is still this domain's and still waiting (a stop meanwhile
     gave it back; a second worker may have done the work)."""
     return next((x for x in ctx.store.read().leases if x.vf == lease.vf and x.uuid == lease.uuid
-                 and x.index == lease.index and x.phase == "pending-attach"), None)
+                 and x.index == lease.index and x.phase == Phase.PENDING), None)
 
 
 def _attach(ctx, dom, lease: Lease, deadline: float) -> str:
@@ -125,13 +125,13 @@ def _attach(ctx, dom, lease: Lease, deadline: float) -> str:
 
 def _set_attached(ctx, lease: Lease) -> None:
     with ctx.store.transaction() as txn:
-        txn.table = set_phase(txn.table, [lease], "attached")
+        txn.table = set_phase(txn.table, [lease], Phase.ATTACHED)
 
 
 def _give_back(ctx, lease: Lease) -> bool:
     with ctx.store.transaction() as txn:
         mine = [x for x in txn.table.leases if x.vf == lease.vf and x.uuid == lease.uuid
-                and x.phase == "pending-attach"]
+                and x.phase == Phase.PENDING]
         txn.table = txn.table.without(mine)
     return bool(mine)
 

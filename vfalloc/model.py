@@ -26,10 +26,16 @@ ON_OFF = ("on", "off")
 REQUEST_TYPES = ("interface", "hostdev")
 POLICIES = ("pack", "spread")
 
-# Lease phases. "reserved": taken by hand or by `vfalloc start` before the domain runs;
-# "pending-attach": taken by the hook at prepare, device to be hot-plugged after the start;
-# "attached": the device is in the running domain.
-PHASES = ("reserved", "pending-attach", "attached")
+
+class Phase:
+    """Where a lease stands; the values are the state file's."""
+
+    RESERVED = "reserved"        # taken by hand (`vfalloc alloc`) or by `vfalloc start` before the domain runs
+    PENDING = "pending-attach"   # taken by the hook at prepare: the device is hot-plugged after the start
+    ATTACHED = "attached"        # the device is in the running domain
+
+
+PHASES = (Phase.RESERVED, Phase.PENDING, Phase.ATTACHED)
 
 
 class PciAddress(Record, order=True):

@@ -32,7 +32,7 @@ from typing import Callable, Iterable
 
 from .allocator import stale_reason
 from .errors import VfallocError
-from .model import Lease, LeaseTable, PciAddress, VF
+from .model import VF, Lease, LeaseTable, PciAddress, Phase
 from .record import Record
 
 RUNDIR_GRACE = 300.0
@@ -87,7 +87,7 @@ def find_stale(table: LeaseTable, vfs: dict[str, VF], boot_id: str, running: Run
     found = []
     for lease in table.leases:
         reason = stale_reason(lease, vfs, boot_id)
-        if reason is None and running is not None and lease.phase != "reserved" and not running.covers(lease, now):
+        if reason is None and running is not None and lease.phase != Phase.RESERVED and not running.covers(lease, now):
             reason = NOT_RUNNING
         if reason:
             found.append((lease, reason))

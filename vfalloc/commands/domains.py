@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 from ..errors import DomainXMLError, UnknownPool, UsageError, VfallocError, VirtError
-from ..model import Lease, PciAddress, Request
+from ..model import Lease, PciAddress, Phase, Request
 from ..record import replace
 
 
@@ -138,7 +138,7 @@ def cmd_start(args, ctx) -> int:
             raise UsageError(f"{dom.name} asks for no VFs; add one with `vfalloc request {dom.name} --pool POOL`, "
                              f"or start it with `virsh start {dom.name}`")
         present = {d.index for d in info.devices}
-        leases = lease_for_start(ctx, info, now(), phase="reserved")
+        leases, _ = lease_for_start(ctx, info, now(), phase=Phase.RESERVED)
         try:
             added = [x for x in leases if x.index not in present]
             live = domxml.add_devices(xml, [(x.request(), PciAddress.parse(x.vf), x.mac) for x in added])
@@ -156,8 +156,8 @@ def cmd_start(args, ctx) -> int:
             raise VirtError(f"{exc}; VF{'s' if len(leases) > 1 else ''} {given} given back") from exc
     ours = {x.vf for x in leases}
     with ctx.store.transaction() as txn:
-        unclaimed = [x for x in txn.table.of_domain(info.uuid) if x.phase == "reserved" and x.vf in ours]
-        txn.table = set_phase(txn.table, unclaimed, "attached")
+        unclaimed = [x for x in txn.table.of_domain(info.uuid) if x.phase == Phase.RESERVED and x.vf in ours]
+        txn.table = set_phase(txn.table, unclaimed, Phase.ATTACHED)
     for lease in leases:
         what = f"{lease.pool}" + (f", mac {lease.mac}" if lease.mac else "") + (f", vlan {lease.vlan}" if lease.vlan else "")
         ctx.out.write(f"{dom.name}: {domxml.ALIAS_PREFIX}{lease.index} = VF {lease.vf} ({what})\n")

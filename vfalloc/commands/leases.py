@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import TextIO
 
+from ..model import Phase
+
 
 def cmd_list(args, ctx) -> int:
     from ..holdings import vf_rows
@@ -29,12 +31,15 @@ def cmd_list(args, ctx) -> int:
     for r in rows:
         if r["state"] == "stale":
             ctx.out.write(f"stale: {r['vf']} leased to {r['domain']}: {r['reason']} (free it with `vfalloc gc`)\n")
+        elif r["phase"] == Phase.RESERVED:
+            ctx.out.write(f"reserved: {r['vf']} for {r['domain']}, given to it at its next start "
+                          f"(`vfalloc release --uuid {r['domain_uuid']}` frees it)\n")
     return 0
 
 
 def _running(ctx, table, uri):
     """UUIDs to take as running, so list/pools show what `vfalloc gc` would free (stale.py)."""
-    if all(x.phase == "reserved" for x in table.leases):  # no lease to judge by "not running"
+    if all(x.phase == Phase.RESERVED for x in table.leases):  # no lease to judge by "not running"
         return None
     from ..stale import names_of, now_utc, observe, treated_as_running
 
@@ -80,7 +85,7 @@ def cmd_alloc(args, ctx) -> int:
                       spoofchk=args.spoofchk, type=args.type)
     with ctx.store.transaction() as txn:
         grant = allocate(ctx.host, ctx.pools, txn.table, domain=args.domain, uuid=uuid, requests=[request],
-                         boot_id=ctx.boot_id, now=lease_now(), phase="reserved")
+                         boot_id=ctx.boot_id, now=lease_now(), phase=Phase.RESERVED)
         txn.table = grant.table
     lease = grant.leases[0]
     if args.json:
