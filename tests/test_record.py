@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import pytest
 
-from vfalloc.record import Factory, FrozenRecordError, Record, fields, replace
+from vfalloc.record import FrozenRecordError, field, Record, fields, replace
 
 
 class Point(Record, order=True):
@@ -26,7 +26,7 @@ class Checked(Record):
     """A record that validates and normalises in __post_init__, as model.Request does."""
 
     name: str
-    tags: dict = Factory(dict)
+    tags: dict = field(default_factory=dict)
     KIND: ClassVar[str] = "checked"
 
     def __post_init__(self) -> None:

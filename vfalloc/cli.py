@@ -13,7 +13,8 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Sequence, TextIO
+from collections.abc import Sequence
+from typing import NoReturn, TextIO
 
 from . import __version__
 from .errors import UsageError, VfallocError
@@ -23,7 +24,7 @@ HOOKS_DIR = "/etc/libvirt/hooks"  # = hookfile.DEFAULT_HOOKS_DIR, without import
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, no usage dump
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 

@@ -35,7 +35,7 @@ from . import config_cache
 from .config_cache import DEFAULT_RUN_DIR, RUN_DIR_ENV
 from .errors import ConfigError, UsageError
 from .model import POLICIES, Host, PciAddress, Pool, PoolMember, parse_vlan
-from .record import Factory, Record
+from .record import Record, field
 
 DEFAULT_CONFIG = "/etc/vfalloc/vfalloc.toml"
 DEFAULTS = {
@@ -76,9 +76,9 @@ class ConfigFile(Record):
 
     path: str
     exists: bool
-    settings: Mapping[str, Any] = Factory(dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)
     pools: tuple[PoolSpec, ...] = ()
-    pf_numvfs: Mapping[str, int] = Factory(dict)
+    pf_numvfs: Mapping[str, int] = field(default_factory=dict)
 
 
 class Settings(Record):

@@ -80,8 +80,8 @@ def run(name: str, uuid: str, environ: Mapping[str, str], wait: float = WAIT_SEC
                          "its release hook gives them back")
             return 1
         failed = 0
-        for lease in pending:
-            lease = _still_pending(ctx, lease)
+        for seen in pending:
+            lease = _still_pending(ctx, seen)
             if lease is None:
                 continue
             try:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 
 from .errors import UsageError, VfsNotRead
-from .record import Factory, Record, replace
+from .record import Record, field, replace
 
 _PCI_RE = re.compile(
     r"^(?:(?P<domain>[0-9a-fA-F]{4,8}):)?(?P<bus>[0-9a-fA-F]{2}):"
@@ -274,7 +274,7 @@ class LeaseTable(Record):
     """All leases, plus the VF each domain held last (for sticky allocation)."""
 
     leases: tuple[Lease, ...] = ()
-    last: Mapping[str, Mapping[str, str]] = Factory(dict)
+    last: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def of_domain(self, uuid: str) -> tuple[Lease, ...]:
         return tuple(lease for lease in self.leases if lease.uuid == uuid)

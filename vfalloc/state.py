@@ -147,7 +147,7 @@ class StateStore:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        held = self._lock_now()
+        held: _Releasable | None = self._lock_now()
         if held is None:
             held = self._lock_waiting()
         try:

@@ -40,7 +40,7 @@ def find(rootfs: RootFS, pf: PF, mac: str | None = None) -> list[Owner]:
 
 def _ini(text: str) -> configparser.ConfigParser | None:
     parser = configparser.ConfigParser(interpolation=None, strict=False)
-    parser.optionxform = str  # keys are case-sensitive in both formats
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive in both formats
     try:
         parser.read_string(text)
     except configparser.Error:
