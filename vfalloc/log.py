@@ -1,6 +1,6 @@
 """The record of what vfalloc did: one line per event, to syslog (facility daemon, ident
 vfalloc) and, when the config's `hook_log` or VFALLOC_HOOK_LOG names a file, appended there too.
-The hook, the hot-plug worker and the commands that change the host or the lease table log here.
+The hook and the hot-plug worker log here (the commands print to the admin instead).
 
 Must not: fail its caller. A log line is a copy of what the caller already decided; a log file
 that cannot be written is reported to syslog and otherwise ignored.

@@ -334,7 +334,8 @@ def domain_xml(name: str, vf: str | None = None, mac: str | None = None,
 
 
 def qemu_pid(domain: str) -> int | None:
-    """libvirt keeps /run/libvirt/qemu/<name>.pid exactly while the domain runs (DESIGN.md)."""
+    """libvirt keeps /run/libvirt/qemu/<name>.pid exactly while the domain runs (docs/architecture.md,
+    "libvirt")."""
     try:
         return int(Path(f"/run/libvirt/qemu/{domain}.pid").read_text().strip())
     except (FileNotFoundError, ValueError):

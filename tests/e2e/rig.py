@@ -1,6 +1,7 @@
 """The emulated SR-IOV host: builds its initramfs, boots it under QEMU and reads what it reported.
 
-This file owns the host side of the hardware test layer (DESIGN.md, "Test layers"):
+This file owns the host side of the hardware test layer (docs/testing.md, "The emulated SR-IOV
+host"):
 - finding the kernel, QEMU and busybox on this machine, and saying what is missing;
 - the initramfs (busybox-static, stage1.sh as /init, the modules stage1 needs);
 - the QEMU command line and running it under a wall-clock bound;
@@ -359,8 +360,8 @@ def kernel_cmdline(config: RigConfig, boot: int = 1) -> str:
 
 def pf_devices(count: int) -> list[str]:
     """Each igb PF behind its own pcie-root-port. QEMU's root port has the ACS capability (the
-    igb PF has none), so every PF and every VF lands in an IOMMU group of its own
-    (shared/rig/README.md). restrict=on: the user netdev has no way out."""
+    igb PF has none), so every PF and every VF lands in an IOMMU group of its own (docs/testing.md,
+    "The emulated SR-IOV host"). restrict=on: the user netdev has no way out."""
     args = []
     for i in range(1, count + 1):
         args += [
@@ -397,18 +398,19 @@ def disk(config: RigConfig) -> list[str]:
 def qemu_argv(config: RigConfig, boot: int = 1) -> list[str]:
     return [
         QEMU,
-        # TCG: /dev/kvm here is kvm_pvm and cannot run a stock kernel (shared/rig/README.md).
+        # TCG: /dev/kvm here is kvm_pvm and cannot run a stock kernel
+        # (docs/testing.md, "The emulated SR-IOV host").
         "-accel", "tcg,thread=multi",
         # An Intel CPU, as the Intel IOMMU below (the reference host is Intel: I350 and VT-d).
         "-cpu", "max,vendor=GenuineIntel",
         "-smp", str(config.cpus),
         "-m", str(config.memory_mib),
         # kernel-irqchip=split: intel-iommu refuses intremap=on with an in-kernel irqchip under
-        # KVM; a no-op under TCG, kept so the line stays the known-good one of DESIGN.md.
+        # KVM; a no-op under TCG, kept so the line stays the known-good one of docs/testing.md.
         "-M", "q35,kernel-irqchip=split",
         "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot",
         # The vIOMMU comes before the devices it translates. caching-mode=on (VT-d CM bit: the
-        # guest also reports new mappings) as in DESIGN.md's known-good configuration.
+        # guest also reports new mappings), the known-good configuration of docs/testing.md.
         "-device", "intel-iommu,intremap=on,caching-mode=on",
         *pf_devices(config.pfs),
         *shares(config),

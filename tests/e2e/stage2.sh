@@ -73,7 +73,7 @@ load_drivers() {
     modprobe -a igbvf vfio-pci igb || say "modprobe failed"
 }
 
-# libvirt refuses a VF whose PF link is down ("the PF is not online", DESIGN.md).
+# libvirt refuses a VF whose PF link is down ("the PF is not online"; docs/architecture.md, "libvirt").
 pf_links_up() {
     ip link set lo up
     local dev

@@ -1,5 +1,5 @@
-"""The hardware test layer (DESIGN.md, "Test layers"): the real kernel, igb/igbvf, vfio and
-libvirt on an emulated SR-IOV host. One test per step of scenario.py, read from the records of
+"""The hardware test layer (docs/testing.md, "The emulated SR-IOV host"): the real kernel,
+igb/igbvf, vfio and libvirt on an emulated SR-IOV host. One test per step of scenario.py, read from the records of
 one run of the rig (the rig_run fixture in conftest.py; one or more boots). A failed step fails its test with
 the step's output tail; a step that left no record fails too (the VM died or timed out first)."""
 

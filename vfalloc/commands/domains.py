@@ -1,5 +1,5 @@
 """Handlers of `vfalloc request`, `vfalloc start` and `vfalloc gc`: the commands that talk to
-libvirt. Thin: check every value before anything changes, call lease_ops / gc / virt,
+libvirt. Thin: check every value before anything changes, call lease_ops / stale / virt,
 print one result. libvirt is reached only through virt.py; leases change only under the state
 lock, and never while libvirt is being asked something (see virt.py for why).
 

@@ -3,7 +3,7 @@ config space through Sysfs, judge it the way Linux judges it, and propose the
 `pcie_acs_override=id:VVVV:DDDD` argument for the hops that block isolation.
 
 Owns: the per-hop verdicts and the override proposal. Must not: parse config bytes (pciconfig),
-edit kernel arguments (boot_config), or print (show renders the report).
+edit kernel arguments (boot_config), or print (commands/host_show renders the report).
 
 Kernel facts (drivers/pci/pci.c pci_acs_enabled() and drivers/iommu/iommu.c pci_device_group(),
 Linux 4.x .. 6.x): every bridge on the path to the root must have ACS, or everything below the

@@ -2,7 +2,7 @@
 one line each: ok, warn or fail, with the fix. A fail means guests cannot get working VFs.
 
 Owns: the list of checks and their verdicts. Must not: change anything (every fix is a command
-the admin runs), or print (show renders the lines and the JSON).
+the admin runs), or print (commands/host_show renders the lines and the JSON).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ A group is the unit vfio hands to a guest: a VF can go to a guest alone only if 
 nothing else (bridges aside, vfio refuses a group with devices bound to host drivers).
 
 Owns: the group table and the lspci names (lspci reads a dump built from sysfs IDs, never the
-real bus). Must not: judge isolation (doctor does), explain it (acs does), or print (show does).
+real bus). Must not: judge isolation (check does), explain it (acs does), or print (commands/host_show does).
 """
 
 from __future__ import annotations
