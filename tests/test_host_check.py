@@ -15,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent / "data"))
 
 import configspace as cs  # noqa: E402
 
+DATA = Path(__file__).parent / "data"
+BOOT_ARGS = {"GenuineIntel": "intel_iommu=on iommu=pt", "AuthenticAMD": "iommu=pt"}
 CONFIG = '[pools.lan]\npfs = ["enp1s0f0", "enp1s0f1"]\nnumvfs = 2\n'
 
 
@@ -40,6 +42,8 @@ def build(scratch, *, vf_driver=None, numvfs=2, cpu="GenuineIntel", cmdline="roo
         "[Service]\nExecStart=/usr/bin/vfalloc host numvfs 0000:01:00.0 2\n"
         "ExecStart=/usr/bin/vfalloc host numvfs 0000:01:00.1 2\n")
     (unit / "multi-user.target.wants/vfalloc-numvfs.service").symlink_to("/etc/systemd/system/vfalloc-numvfs.service")
+    grub = (DATA / "boot/debian-12/etc/default/grub").read_text()  # Debian's stock file, IOMMU on
+    write(scratch.target, "etc/default/grub", grub.replace('GRUB_CMDLINE_LINUX=""', f'GRUB_CMDLINE_LINUX="{BOOT_ARGS[cpu]}"'))
     return scratch
 
 
@@ -65,7 +69,7 @@ def test_healthy_host_is_all_ok(scratch):
     assert lines(res) == lines(res, "ok")
     assert res.out.splitlines()[-1] == f"{len(lines(res))} ok, 0 warn, 0 fail"
     names = {ln.split()[1] for ln in lines(res)}
-    assert names == {"iommu", "kernel-args", "iommu-pt", "vfio-pci", "hook", "sr-iov", "link", "isolation",
+    assert names == {"iommu", "boot", "kernel-args", "iommu-pt", "vfio-pci", "hook", "sr-iov", "link", "isolation",
                      "vf-driver", "persist", "owners"}
 
 
