@@ -59,7 +59,7 @@ def sh_cmdline(root: Path) -> list[str]:
 def changed_lines(before: bytes, after: bytes) -> list[tuple[str, str]]:
     old, new = before.decode().split("\n"), after.decode().split("\n")
     assert len(old) == len(new), "a line was added or removed"
-    return [(a, b) for a, b in zip(old, new) if a != b]
+    return [(a, b) for a, b in zip(old, new, strict=True) if a != b]
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_kernel_args_add_again_remove_on_real_files(target, tmp_path, name, setu
     assert [a for a in now if a in before_args] == before_args
     for rel in original:
         if after[rel] != original[rel]:
-            for old, new in changed_lines(original[rel], after[rel]):
+            for old, _new in changed_lines(original[rel], after[rel]):
                 assert old.startswith(("GRUB_CMDLINE_LINUX=", "GRUB_CMDLINE_LINUX_DEFAULT=")) or rel == "etc/kernel/cmdline", \
                     f"{rel}: {old!r} changed"
     assert after[edited.lstrip("/")] != original[edited.lstrip("/")]

@@ -14,8 +14,7 @@ import shutil
 import subprocess
 
 import pytest
-
-from test_host_check import DATA, build, check, lines, write
+from test_host_check import DATA, build, check, lines
 
 TOOLS = {"update-grub", "grubby", "proxmox-boot-tool", "kernel-install", "grub-mkconfig", "grub2-mkconfig"}
 

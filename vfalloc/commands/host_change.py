@@ -14,10 +14,10 @@ from pathlib import Path
 
 from ..errors import HostError, UsageError
 from ..host import boot_config, numvfs, persist, vfdriver
+from ..host.rootfs import RootFS
 from . import host_context as facts
 from .audit import record
 from .host_context import boot_id, line, vendor
-from ..host.rootfs import RootFS
 
 
 def cmd_kernel_args(args, ctx) -> int:
@@ -63,7 +63,7 @@ def _union(groups) -> list[str]:
 
 def _report_plans(out, plans: list[boot_config.Plan], sources, rootfs: RootFS, dry_run: bool) -> None:
     many = len(plans) > 1
-    for plan, source in zip(plans, sources):
+    for plan, source in zip(plans, sources, strict=True):
         place = f" in {rootfs.shown(boot_config.where(source).rsplit(':', 1)[0])}" if many else ""
         if plan.already:
             line(out, f"already configured{place}: {' '.join(plan.already)}")

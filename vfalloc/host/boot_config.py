@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass
-from typing import TextIO, Union
+from typing import TextIO
 
-from ..errors import HostError, UsageError, VfallocError
 from .. import procfs
+from ..errors import HostError, UsageError, VfallocError
 from . import bootsetup, cmdline, grub, kernelcmdline
 from .rootfs import RootFS
 
-Source = Union[grub.Grub, kernelcmdline.KernelCmdline]
+Source = grub.Grub | kernelcmdline.KernelCmdline
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,9 @@ INTEL, AMD = ("GenuineIntel",), ("AuthenticAMD", "HygonGenuine")
 def split(cmdline: str) -> list[str]:
     """Split a kernel command line; double quotes group (`a="b c"`), as the kernel's
     next_arg() does (lib/cmdline.c)."""
-    tokens, cur, quoted, have = [], [], False, False
+    tokens: list[str] = []
+    cur: list[str] = []
+    quoted, have = False, False
     for ch in cmdline:
         if ch == '"':
             quoted, have = not quoted, True

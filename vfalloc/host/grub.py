@@ -131,7 +131,8 @@ def _paren_end(text: str, j: int) -> int:
 def assignments(file: str, text: str) -> list[Assignment]:
     """Every `NAME=value` at the start of a line, in order; a value spanning lines (quotes) hides
     what looks like assignments inside it."""
-    found, pos = [], 0
+    found: list[Assignment] = []
+    pos = 0
     while True:
         m = _ASSIGN.search(text, pos)
         if m is None:
@@ -241,7 +242,7 @@ class Grub:
     _memo: dict[int, str] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def parse(cls, texts: dict[str, str]) -> "Grub":
+    def parse(cls, texts: dict[str, str]) -> Grub:
         found = [a for file, text in texts.items() for a in assignments(file, text)]
         grub = cls(texts, found)
         grub.values()  # refuse now what cannot be evaluated
