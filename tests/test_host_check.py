@@ -270,3 +270,12 @@ def test_check_writes_nothing(scratch):
     after = sorted((str(p), p.stat().st_mtime_ns) for p in scratch.root.rglob("*") if not p.is_symlink())
     assert before == after
     assert os.access(scratch.target / "etc/libvirt/hooks/qemu.d/vfalloc", os.X_OK)
+
+
+def test_pf_table_of_a_pf_in_no_pool_is_checked(scratch):
+    build(scratch)
+    scratch.write_config('[pools.lan]\npfs = ["enp1s0f0"]\nnumvfs = 2\n\n[pf.enp1s0f1]\nnumvfs = 3\n')
+    res = check(scratch)
+    assert "warn  sr-iov      enp1s0f1: 2 of 7 VFs, the config wants 3; fix: `vfalloc host numvfs enp1s0f1 3`" in res.out
+    assert "warn  persist     enp1s0f1: systemd creates 2 VFs at boot, the config wants 3; " \
+           "fix: `vfalloc host persist --enable`" in res.out

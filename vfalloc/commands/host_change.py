@@ -162,7 +162,9 @@ def cmd_persist(args, ctx) -> int:
         line(ctx.out, f"{'would remove' if args.dry_run else 'removed'} {', '.join(rootfs.shown(p) for p in gone)}"
               if gone else "nothing to remove")
         return 0
-    items = persist.targets(ctx.host, ctx.pools, args.specs)
+    from ..config import pf_counts
+
+    items = persist.targets(ctx.host, ctx.pools, args.specs, pf_counts(ctx.settings.config, ctx.host))
     autoprobe = None if args.autoprobe is None else args.autoprobe == "on"
     if args.method == "systemd":
         exe = persist.check_exe(args.exe or shutil.which("vfalloc") or "/usr/local/bin/vfalloc")
