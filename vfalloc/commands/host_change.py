@@ -129,6 +129,10 @@ def cmd_numvfs(args, ctx) -> int:
     elif not args.dry_run:
         vfs = " ".join(str(vf.address) for vf in result.pf.vfs)
         line(ctx.out, f"{pf.name}: {len(result.pf.vfs)} VFs (was {result.before}){': ' + vfs if vfs else ''}")
+        record(ctx, f"host numvfs: {pf.name} ({pf.address}) {result.before} -> {len(result.pf.vfs)} VFs"
+                    f"{' (--force)' if args.force else ''}")
+    if autoprobe is not None and not args.dry_run and result.writes:
+        record(ctx, f"host numvfs: {pf.name} sriov_drivers_autoprobe {'on' if autoprobe else 'off'}")
     return 0
 
 
@@ -161,6 +165,8 @@ def cmd_persist(args, ctx) -> int:
         gone = [p for p in (persist.WANTS_LINK, persist.UNIT_PATH, persist.RULE_PATH) if rootfs.remove(p)]
         line(ctx.out, f"{'would remove' if args.dry_run else 'removed'} {', '.join(rootfs.shown(p) for p in gone)}"
               if gone else "nothing to remove")
+        if gone and not args.dry_run:
+            record(ctx, f"host persist: removed {', '.join(rootfs.shown(p) for p in gone)}")
         return 0
     from ..config import pf_counts
 
@@ -179,8 +185,10 @@ def cmd_persist(args, ctx) -> int:
         if rootfs.remove(p):
             line(ctx.out, f"{'would remove' if args.dry_run else 'removed'} {rootfs.shown(p)} (the other method)")
     verb = "would write" if args.dry_run else "wrote"
-    line(ctx.out, f"{verb if changed else 'unchanged'} {rootfs.shown(path)}: "
-          + ", ".join(f"{t.netdev or t.address}={t.numvfs}" for t in items))
+    counts = ", ".join(f"{t.netdev or t.address}={t.numvfs}" for t in items)
+    line(ctx.out, f"{verb if changed else 'unchanged'} {rootfs.shown(path)}: {counts}")
+    if changed and not args.dry_run:
+        record(ctx, f"host persist: wrote {rootfs.shown(path)} ({args.method}): {counts}")
     if args.method == "systemd" and args.enable:
         _enable(ctx, rootfs, args.dry_run)
     elif args.method == "systemd":
@@ -204,6 +212,7 @@ def _enable(ctx, rootfs: RootFS, dry_run: bool) -> None:
         last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
         raise HostError(f"{' '.join(cmd)} failed ({proc.returncode}): {last}")
     line(ctx.out, f"enabled {persist.UNIT_NAME}")
+    record(ctx, f"host persist: ran {' '.join(cmd)}")
 
 
 # -- vf-driver --
@@ -234,6 +243,8 @@ def _blacklist(ctx, rootfs: RootFS, driver: str, remove: bool, dry_run: bool) ->
     changed = rootfs.remove(vfdriver.BLACKLIST_PATH) if text is None else rootfs.write(vfdriver.BLACKLIST_PATH, text)
     state = "no longer blacklisted" if remove else "blacklisted"
     line(ctx.out, f"{driver} {state} in {path}" if changed else f"{path} unchanged ({driver} already {state})")
+    if changed and not dry_run:
+        record(ctx, f"host vf-driver: {driver} {state} in {path}")
     if changed and not remove:
         line(ctx.out, f"takes effect at the next boot; now: modprobe -r {driver} (unbinds it from every device); "
                        "if the initramfs carries it: update-initramfs -u (dracut -f)")
@@ -246,6 +257,7 @@ def _autoprobe(ctx, refs: list[str], on: bool, dry_run: bool) -> None:
         target = ctx.sysfs.describe(pf.address, "sriov_drivers_autoprobe")
         if not dry_run:
             ctx.sysfs.write_attr(pf.address, "sriov_drivers_autoprobe", value)
+            record(ctx, f"host vf-driver: {pf.name} sriov_drivers_autoprobe <- {value}")
         line(ctx.out, f"{'would write' if dry_run else 'wrote'} {target} <- {value}")
         warning = vfdriver.autoprobe_warning(pf, on)
         if warning:
