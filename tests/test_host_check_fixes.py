@@ -46,6 +46,10 @@ def apply_fix(scratch, fix: str) -> None:
                 run_vfalloc(scratch, argv[1:])
             elif argv[0] in TOOLS:
                 regenerated = True
+                if argv[0] == "grubby":  # each option's value is one word: the arguments, quoted
+                    assert argv[1] == "--update-kernel=ALL" and argv[2] in ("--args", "--remove-args"), argv
+                    assert all(not a.startswith("-") or a in ("--args", "--remove-args") for a in argv[2:]), argv
+                    assert len(argv) in (4, 6), argv
             elif argv[0] == "chmod":
                 subprocess.run(argv, check=True)
             else:

@@ -8,6 +8,7 @@ the admin runs), or print (show renders the lines and the JSON).
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import asdict, dataclass
 
 from ..errors import VfallocError
@@ -104,7 +105,12 @@ def _kernel_args_fix(f: Facts) -> str:
         return "`vfalloc host kernel-args`; regenerate the boot config"
     wanted, _ = cmdline.vendor_defaults(f.vendor)
     cmds = bootsetup.commands(setup, wanted, cmdline.iommu_off_args(f.vendor), "$(uname -r)")
-    return "; ".join(["`vfalloc host kernel-args`", *(f"`{' '.join(c)}`" for c in cmds)])
+    return "; ".join(["`vfalloc host kernel-args`", *(f"`{_shell(c)}`" for c in cmds)])
+
+
+def _shell(cmd: list[str]) -> str:
+    """A command as the admin types it: quoted, except the $(uname -r) the shell must expand."""
+    return " ".join(w if "$(uname -r)" in w else shlex.quote(w) for w in cmd)
 
 
 def boot(f: Facts) -> Check:
@@ -126,7 +132,8 @@ def boot(f: Facts) -> Check:
             problems.append(f"{f.rootfs.shown(place)} " + " and ".join(
                 x for x in (f"lacks {' '.join(lacks)}" if lacks else "", f"has {' '.join(has)}" if has else "") if x))
     if problems:
-        return Check(WARN, "boot", "host", f"{setup.name}: {'; '.join(problems)}: the next boot comes up so",
+        return Check(WARN, "boot", "host", f"{setup.name}: {'; '.join(problems)} (the next boot gets what "
+                     "these files say)",
                      _kernel_args_fix(f))
     places = ", ".join(f.rootfs.shown(p) for p, _ in sources)
     return Check(OK, "boot", "host", f"{setup.name}: {places} carry {' '.join(wanted) or 'no IOMMU argument to add'}")
