@@ -140,3 +140,17 @@ def _setup(kind, tool=None):
 def test_regenerate_commands_per_setup(kind, tool, expect):
     from vfalloc.host import bootsetup
     assert bootsetup.commands(_setup(kind, tool), INTEL, ["amd_iommu=off"], "6.1.0-18-amd64") == expect
+
+
+def test_regenerate_runs_the_command_and_reports_its_failure():
+    import io
+
+    from vfalloc.errors import HostError
+
+    out = io.StringIO()
+    boot_config.regenerate(["sh", "-c", "exit 0"], out)
+    assert out.getvalue() == "running sh -c exit 0\n"
+    with pytest.raises(HostError, match=r"sh -c echo no ESP >&2; exit 3 failed with exit code 3: no ESP"):
+        boot_config.regenerate(["sh", "-c", "echo no ESP >&2; exit 3"], io.StringIO())
+    with pytest.raises(HostError, match=r"proxmox-boot-tool-absent: cannot run"):
+        boot_config.regenerate(["proxmox-boot-tool-absent", "refresh"], io.StringIO())

@@ -86,7 +86,7 @@ def _next_step(ctx, args, setup, plans, wanted: boot_config.Wanted, running) -> 
     removed = _union([*(p.cut for p in plans), wanted.remove])
     changed = any(p.texts for p in plans)
     if args.update:
-        if setup.tool is None:
+        if setup.tool is None and not args.dry_run:
             raise HostError(f"{bootsetup.tool_name(setup)} is not installed under {args.root}; regenerate "
                             "the boot config by hand")
         for cmd in bootsetup.commands(setup, list(wanted.add), removed, os.uname().release):

@@ -69,15 +69,6 @@ class Token:
     literal: bool  # written plainly, so it can be cut out
 
 
-def value_end(text: str, i: int, where: str = "") -> int:
-    """Where the shell word starting at `i` ends (quotes, backslashes, `...` and $(...) skipped).
-    Raises GrubError for an unterminated construct."""
-    try:
-        return _word_end(text, i)
-    except _Unterminated as exc:
-        raise GrubError(where, f"unterminated {exc.what}") from None
-
-
 def _word_end(text: str, i: int) -> int:
     while i < len(text) and text[i] not in _ENDERS:
         ch = text[i]
@@ -302,12 +293,6 @@ def edit(grub: Grub, add: list[str], cut: list[str]) -> dict[str, str]:
     if add:
         _append(grub, add, edits)
     return {file: apply_edits(grub.texts[file], spans) for file, spans in edits.items()}
-
-
-def literal_in(grub: Grub, token: str) -> list[str]:
-    """Where (file:line) `token` is written literally in a command-line assignment."""
-    return [a.where for a in grub.found if a.var in CMDLINE_VARS
-            and any(t.literal and t.text == token for t in tokens(a.raw))]
 
 
 def _cut_span(raw: str, tok: Token) -> tuple[int, int]:

@@ -50,9 +50,6 @@ class KernelCmdline:
             text += "\n"
         return {self.file: text}
 
-    def literal(self, token: str) -> bool:
-        return token in _WORD.findall(self.first_line())
-
 
 def _skip_blanks(text: str, i: int) -> int:
     while i < len(text) and text[i] in " \t":
