@@ -97,7 +97,7 @@ def _next_step(ctx, args, setup, plans, wanted: boot_config.Wanted, running) -> 
                 record(ctx, f"kernel-args: ran {shlex.join(cmd)}")
     elif changed or missing or present:
         cmds = bootsetup.commands(setup, list(wanted.add), removed, "$(uname -r)")
-        shown = " && ".join(" ".join(c) if "$(uname -r)" in c else shlex.join(c) for c in cmds)
+        shown = " && ".join(bootsetup.shown(c) for c in cmds)
         line(ctx.out, f"next: {shown or 'nothing to regenerate'} (or rerun with --update)")
     if missing:
         line(ctx.out, f"the running kernel lacks {' '.join(missing)}: reboot after regenerating")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from dataclasses import dataclass
 
 from . import grub, kernelcmdline
@@ -104,6 +105,11 @@ def commands(setup: Setup, wanted: list[str], removed: list[str], kernel: str) -
     if setup.tool and setup.tool.endswith("grub-mkconfig"):
         return [["grub-mkconfig", "-o", "/boot/grub/grub.cfg"]]
     return [["update-grub"]]
+
+
+def shown(cmd: list[str]) -> str:
+    """A command as the admin types it: quoted, except the $(uname -r) the shell must expand."""
+    return " ".join(w if "$(uname -r)" in w else shlex.quote(w) for w in cmd)
 
 
 def tool_name(setup: Setup) -> str:

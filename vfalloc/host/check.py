@@ -8,7 +8,6 @@ the admin runs), or print (show renders the lines and the JSON).
 from __future__ import annotations
 
 import os
-import shlex
 from dataclasses import asdict, dataclass
 
 from ..errors import VfallocError
@@ -105,12 +104,7 @@ def _kernel_args_fix(f: Facts) -> str:
         return "`vfalloc host kernel-args`; regenerate the boot config"
     wanted, _ = cmdline.vendor_defaults(f.vendor)
     cmds = bootsetup.commands(setup, wanted, cmdline.iommu_off_args(f.vendor), "$(uname -r)")
-    return "; ".join(["`vfalloc host kernel-args`", *(f"`{_shell(c)}`" for c in cmds)])
-
-
-def _shell(cmd: list[str]) -> str:
-    """A command as the admin types it: quoted, except the $(uname -r) the shell must expand."""
-    return " ".join(w if "$(uname -r)" in w else shlex.quote(w) for w in cmd)
+    return "; ".join(["`vfalloc host kernel-args`", *(f"`{bootsetup.shown(c)}`" for c in cmds)])
 
 
 def boot(f: Facts) -> Check:
