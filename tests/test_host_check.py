@@ -279,3 +279,24 @@ def test_pf_table_of_a_pf_in_no_pool_is_checked(scratch):
     assert "warn  sr-iov      enp1s0f1: 2 of 7 VFs, the config wants 3; fix: `vfalloc host numvfs enp1s0f1 3`" in res.out
     assert "warn  persist     enp1s0f1: systemd creates 2 VFs at boot, the config wants 3; " \
            "fix: `vfalloc host persist --enable`" in res.out
+
+
+@pytest.mark.parametrize("change, status, message", [
+    (lambda t: None, "ok", "GRUB (Debian, Ubuntu, Proxmox VE without proxmox-boot-tool): {t}/etc/default/grub:10 carry "
+                           "intel_iommu=on iommu=pt"),
+    (lambda t: (t / "etc/default/grub").unlink(), "warn", "no boot configuration vfalloc knows under {t}"),
+    (lambda t: write(t, "etc/default/grub.d/90-extra.cfg", 'GRUB_CMDLINE_LINUX="$(cat /etc/extra)"\n'), "warn",
+     "{t}/etc/default/grub.d/90-extra.cfg:1: uses $(...) command substitution; edit GRUB_CMDLINE_LINUX there by hand"),
+    (lambda t: (shutil.copytree(DATA / "boot/pve-8-zfs/etc", t / "etc", dirs_exist_ok=True),
+                write(t, "etc/kernel/cmdline", "root=ZFS=rpool/ROOT/pve-1 boot=zfs intel_iommu=on \n")), "warn",
+     "Proxmox VE proxmox-boot-tool (ESPs from /etc/kernel/proxmox-boot-uuids): {t}/etc/default/grub:10 lacks "
+     "intel_iommu=on iommu=pt; {t}/etc/kernel/cmdline:1 lacks iommu=pt (the next boot gets what these files say); "
+     "fix: `vfalloc host kernel-args`; `proxmox-boot-tool refresh`"),
+], ids=["debian-ok", "none", "unreadable", "proxmox-both-files"])
+def test_boot_line_names_the_setup_and_its_files(scratch, change, status, message):
+    build(scratch)
+    change(scratch.target)
+    res = check(scratch)
+    boot = lines(res, name="boot")
+    assert len(boot) == 1 and boot[0].startswith(f"{status} "), res.out
+    assert message.format(t=scratch.target) in boot[0]

@@ -69,17 +69,18 @@ def load(rootfs: RootFS, setup: bootsetup.Setup) -> list[Source]:
     sources: list[Source] = []
     texts = {f: t for f in setup.grub_files if (t := rootfs.read(f)) is not None}
     if texts:
-        sources.append(grub.Grub.parse(texts))
+        sources.append(grub.Grub.parse(texts, rootfs.shown))
     if setup.kernel_cmdline:
         sources.append(kernelcmdline.KernelCmdline(kernelcmdline.PATH, rootfs.read(kernelcmdline.PATH) or ""))
     return sources
 
 
 def where(source: Source) -> str:
+    """file:line of the assignment new arguments go into, as on the target (not under --root)."""
     if isinstance(source, kernelcmdline.KernelCmdline):
         return f"{source.file}:1"
     eff = source.effective()
-    return eff.where if eff else f"{grub.MAIN} (no {grub.LINUX} yet)"
+    return f"{eff.file}:{eff.line}" if eff else f"{grub.MAIN} (no {grub.LINUX} yet)"
 
 
 def plan(source: Source, wanted: Wanted | list[str]) -> Plan:
@@ -111,7 +112,7 @@ def plan(source: Source, wanted: Wanted | list[str]) -> Plan:
 def _reparse(source: Source, texts: dict[str, str]) -> Source:
     if isinstance(source, kernelcmdline.KernelCmdline):
         return kernelcmdline.KernelCmdline(source.file, texts.get(source.file, source.text))
-    return grub.Grub.parse({**source.texts, **texts})
+    return grub.Grub.parse({**source.texts, **texts}, source.label)
 
 
 def _refuse(source: Source, token: str) -> None:

@@ -55,10 +55,11 @@ class Assignment:
     end: int
     raw: str
     problem: str | None = None   # why the value's end could not be found (then raw runs to the line's end)
+    label: str = ""              # how messages name the file (under --root); default: `file`
 
     @property
     def where(self) -> str:
-        return f"{self.file}:{self.line}"
+        return f"{self.label or self.file}:{self.line}"
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def _paren_end(text: str, j: int) -> int:
     raise _Unterminated("$( command substitution")
 
 
-def assignments(file: str, text: str) -> list[Assignment]:
+def assignments(file: str, text: str, label: str = "") -> list[Assignment]:
     """Every `NAME=value` at the start of a line, in order; a value spanning lines (quotes) hides
     what looks like assignments inside it."""
     found: list[Assignment] = []
@@ -136,7 +137,7 @@ def assignments(file: str, text: str) -> list[Assignment]:
             problem = f"unterminated {exc.what}"
             newline = text.find("\n", m.end())
             end = len(text) if newline < 0 else newline
-        found.append(Assignment(file, m[1], line, m.end(), end, text[m.end():end], problem))
+        found.append(Assignment(file, m[1], line, m.end(), end, text[m.end():end], problem, label))
         pos = max(end, m.end() + 1)
 
 
@@ -230,12 +231,14 @@ class Grub:
 
     texts: dict[str, str]
     found: list[Assignment]
+    label: Callable[[str], str] | None = None   # how messages name a file (RootFS.shown)
     _memo: dict[int, str] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def parse(cls, texts: dict[str, str]) -> Grub:
-        found = [a for file, text in texts.items() for a in assignments(file, text)]
-        grub = cls(texts, found)
+    def parse(cls, texts: dict[str, str], label: Callable[[str], str] | None = None) -> Grub:
+        found = [a for file, text in texts.items()
+                 for a in assignments(file, text, label(file) if label else "")]
+        grub = cls(texts, found, label)
         grub.values()  # refuse now what cannot be evaluated
         return grub
 
@@ -312,7 +315,8 @@ def _append(grub: Grub, add: list[str], edits: dict[str, list[tuple[int, int, st
     if target is None:
         text = grub.texts.get(MAIN)
         if text is None:
-            raise GrubError(MAIN, "does not exist (is this a GRUB host, and is --root right?)")
+            raise GrubError(grub.label(MAIN) if grub.label else MAIN,
+                            "does not exist (is this a GRUB host, and is --root right?)")
         sep = "" if text.endswith("\n") or not text else "\n"
         edits.setdefault(MAIN, []).append((len(text), len(text), f'{sep}{LINUX}="{words}"\n'))
         return
