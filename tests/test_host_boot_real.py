@@ -148,3 +148,10 @@ def test_a_command_line_value_vfalloc_cannot_evaluate_names_file_and_line(target
     assert "/etc/default/grub:9: uses $(...) command substitution" in res.err
     assert "edit GRUB_CMDLINE_LINUX there by hand" in res.err
     assert grub.read_text() == text
+
+
+def test_every_fixture_file_says_where_it_came_from():
+    sources = (DATA / "SOURCES.md").read_text()
+    files = [str(p.relative_to(DATA)) for p in DATA.rglob("*") if p.is_file() and p.name != "SOURCES.md"]
+    assert files
+    assert [f for f in files if f"`{f}`" not in sources] == []
