@@ -3,10 +3,14 @@ idempotent edits of grub files as admins and distributions write them."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
-from vfalloc.host import grub, boot_config
+from vfalloc.errors import HostError
+from vfalloc.host import boot_config, bootsetup, grub
 from vfalloc.host.grub import Grub, GrubError
+from vfalloc.host.kernelcmdline import PATH, KernelCmdline
 
 INTEL = ["intel_iommu=on", "iommu=pt"]
 MAIN, D = grub.MAIN, grub.DROPIN_DIR
@@ -122,7 +126,6 @@ def test_undoing_arg_set_through_a_variable_is_refused():
 
 
 def _setup(kind, tool=None):
-    from vfalloc.host import bootsetup
     return bootsetup.Setup(kind, (MAIN,), kind != bootsetup.GRUB, tool)
 
 
@@ -138,15 +141,10 @@ def _setup(kind, tool=None):
                                                    "/lib/modules/6.1.0-18-amd64/vmlinuz"]]),
 ], ids=["debian", "fedora-legacy", "plain-grub", "no-tool-found", "rhel-bls", "proxmox", "systemd-boot"])
 def test_regenerate_commands_per_setup(kind, tool, expect):
-    from vfalloc.host import bootsetup
     assert bootsetup.commands(_setup(kind, tool), INTEL, ["amd_iommu=off"], "6.1.0-18-amd64") == expect
 
 
 def test_regenerate_runs_the_command_and_reports_its_failure():
-    import io
-
-    from vfalloc.errors import HostError
-
     out = io.StringIO()
     boot_config.regenerate(["sh", "-c", "exit 0"], out)
     assert out.getvalue() == "running sh -c exit 0\n"
@@ -154,3 +152,17 @@ def test_regenerate_runs_the_command_and_reports_its_failure():
         boot_config.regenerate(["sh", "-c", "echo no ESP >&2; exit 3"], io.StringIO())
     with pytest.raises(HostError, match=r"proxmox-boot-tool-absent: cannot run"):
         boot_config.regenerate(["proxmox-boot-tool-absent", "refresh"], io.StringIO())
+
+
+@pytest.mark.parametrize("text, add, cut, after", [
+    ("root=/dev/sda1 quiet\n", ["iommu=pt"], [], "root=/dev/sda1 quiet iommu=pt\n"),
+    ("root=/dev/sda1 boot=zfs \n", ["iommu=pt"], [], "root=/dev/sda1 boot=zfs iommu=pt \n"),
+    ("amd_iommu=off root=/dev/sda1\n", [], ["amd_iommu=off"], "root=/dev/sda1\n"),
+    ("a b c\n", [], ["a", "b", "c"], "\n"),
+    ("a b\n", ["c"], ["b"], "a c\n"),
+    ("", ["iommu=pt"], [], "iommu=pt\n"),
+    ("root=/dev/sda1\n# second line, not read by proxmox-boot-tool: quiet\n", ["iommu=pt"], ["quiet"],
+     "root=/dev/sda1 iommu=pt\n# second line, not read by proxmox-boot-tool: quiet\n"),
+], ids=["append", "trailing-space-kept", "cut-first", "cut-all", "cut-and-add", "empty-file", "first-line-only"])
+def test_kernel_cmdline_file_edits(text, add, cut, after):
+    assert KernelCmdline(PATH, text).edit(add, cut) == {PATH: after}
