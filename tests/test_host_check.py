@@ -15,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent / "data"))
 
 import configspace as cs  # noqa: E402
 
+DATA = Path(__file__).parent / "data"
+BOOT_ARGS = {"GenuineIntel": "intel_iommu=on iommu=pt", "AuthenticAMD": "iommu=pt"}
 CONFIG = '[pools.lan]\npfs = ["enp1s0f0", "enp1s0f1"]\nnumvfs = 2\n'
 
 
@@ -40,6 +42,8 @@ def build(scratch, *, vf_driver=None, numvfs=2, cpu="GenuineIntel", cmdline="roo
         "[Service]\nExecStart=/usr/bin/vfalloc host numvfs 0000:01:00.0 2\n"
         "ExecStart=/usr/bin/vfalloc host numvfs 0000:01:00.1 2\n")
     (unit / "multi-user.target.wants/vfalloc-numvfs.service").symlink_to("/etc/systemd/system/vfalloc-numvfs.service")
+    grub = (DATA / "boot/debian-12/etc/default/grub").read_text()  # Debian's stock file, IOMMU on
+    write(scratch.target, "etc/default/grub", grub.replace('GRUB_CMDLINE_LINUX=""', f'GRUB_CMDLINE_LINUX="{BOOT_ARGS[cpu]}"'))
     return scratch
 
 
@@ -65,7 +69,7 @@ def test_healthy_host_is_all_ok(scratch):
     assert lines(res) == lines(res, "ok")
     assert res.out.splitlines()[-1] == f"{len(lines(res))} ok, 0 warn, 0 fail"
     names = {ln.split()[1] for ln in lines(res)}
-    assert names == {"iommu", "kernel-args", "iommu-pt", "vfio-pci", "hook", "sr-iov", "link", "isolation",
+    assert names == {"iommu", "boot", "kernel-args", "iommu-pt", "vfio-pci", "hook", "sr-iov", "link", "isolation",
                      "vf-driver", "persist", "owners"}
 
 
@@ -266,3 +270,33 @@ def test_check_writes_nothing(scratch):
     after = sorted((str(p), p.stat().st_mtime_ns) for p in scratch.root.rglob("*") if not p.is_symlink())
     assert before == after
     assert os.access(scratch.target / "etc/libvirt/hooks/qemu.d/vfalloc", os.X_OK)
+
+
+def test_pf_table_of_a_pf_in_no_pool_is_checked(scratch):
+    build(scratch)
+    scratch.write_config('[pools.lan]\npfs = ["enp1s0f0"]\nnumvfs = 2\n\n[pf.enp1s0f1]\nnumvfs = 3\n')
+    res = check(scratch)
+    assert "warn  sr-iov      enp1s0f1: 2 of 7 VFs, the config wants 3; fix: `vfalloc host numvfs enp1s0f1 3`" in res.out
+    assert "warn  persist     enp1s0f1: systemd creates 2 VFs at boot, the config wants 3; " \
+           "fix: `vfalloc host persist --enable`" in res.out
+
+
+@pytest.mark.parametrize("change, status, message", [
+    (lambda t: None, "ok", "GRUB (Debian, Ubuntu, Proxmox VE without proxmox-boot-tool): {t}/etc/default/grub:10 carry "
+                           "intel_iommu=on iommu=pt"),
+    (lambda t: (t / "etc/default/grub").unlink(), "warn", "no boot configuration vfalloc knows under {t}"),
+    (lambda t: write(t, "etc/default/grub.d/90-extra.cfg", 'GRUB_CMDLINE_LINUX="$(cat /etc/extra)"\n'), "warn",
+     "{t}/etc/default/grub.d/90-extra.cfg:1: uses $(...) command substitution; edit GRUB_CMDLINE_LINUX there by hand"),
+    (lambda t: (shutil.copytree(DATA / "boot/pve-8-zfs/etc", t / "etc", dirs_exist_ok=True),
+                write(t, "etc/kernel/cmdline", "root=ZFS=rpool/ROOT/pve-1 boot=zfs intel_iommu=on \n")), "warn",
+     "Proxmox VE proxmox-boot-tool (ESPs from /etc/kernel/proxmox-boot-uuids): {t}/etc/default/grub:10 lacks "
+     "intel_iommu=on iommu=pt; {t}/etc/kernel/cmdline:1 lacks iommu=pt (the next boot gets what these files say); "
+     "fix: `vfalloc host kernel-args`; `proxmox-boot-tool refresh`"),
+], ids=["debian-ok", "none", "unreadable", "proxmox-both-files"])
+def test_boot_line_names_the_setup_and_its_files(scratch, change, status, message):
+    build(scratch)
+    change(scratch.target)
+    res = check(scratch)
+    boot = lines(res, name="boot")
+    assert len(boot) == 1 and boot[0].startswith(f"{status} "), res.out
+    assert message.format(t=scratch.target) in boot[0]

@@ -3,10 +3,14 @@ idempotent edits of grub files as admins and distributions write them."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
-from vfalloc.host import grub, boot_config
+from vfalloc.errors import HostError
+from vfalloc.host import boot_config, bootsetup, grub
 from vfalloc.host.grub import Grub, GrubError
+from vfalloc.host.kernelcmdline import PATH, KernelCmdline
 
 INTEL = ["intel_iommu=on", "iommu=pt"]
 MAIN, D = grub.MAIN, grub.DROPIN_DIR
@@ -89,7 +93,7 @@ CASES = [
      INTEL, {f"{D}/50-cloudimg-settings.cfg": 'GRUB_CMDLINE_LINUX="console=tty1 console=ttyS0 intel_iommu=on iommu=pt"\n'}),
     ("grub.d-appends", {MAIN: 'GRUB_CMDLINE_LINUX="intel_iommu=on"\n',
                         f"{D}/90-net.cfg": 'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX net.ifnames=0"\n'},
-     INTEL, {f"{D}/90-net.cfg": 'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX net.ifnames=0 iommu=pt"\n'}),
+     INTEL, {MAIN: 'GRUB_CMDLINE_LINUX="intel_iommu=on iommu=pt"\n'}),
     ("pci-flags-merge", {MAIN: 'GRUB_CMDLINE_LINUX="pci=realloc"\n'},
      ["pci=realloc", "pci=assign-busses"], {MAIN: 'GRUB_CMDLINE_LINUX="pci=realloc pci=assign-busses"\n'}),
     ("pci-flags-combined", {MAIN: 'GRUB_CMDLINE_LINUX="pci=realloc,assign-busses"\n'},
@@ -121,17 +125,44 @@ def test_undoing_arg_set_through_a_variable_is_refused():
         boot_config.plan(Grub.parse(before), INTEL)
 
 
-@pytest.mark.parametrize("present, expect", [
-    ({"update-grub"}, ["update-grub"]),
-    ({"grubby", "grub2-mkconfig"}, ["grubby", "--update-kernel=ALL", "--args"]),
-    ({"grub2-mkconfig"}, ["grub2-mkconfig", "-o", "/boot/grub2/grub.cfg"]),
-    ({"grub-mkconfig"}, ["grub-mkconfig", "-o", "/boot/grub/grub.cfg"]),
-    (set(), None),
-], ids=["debian", "fedora", "opensuse", "plain-grub", "none"])
-def test_regenerate_command_per_distro(present, expect):
-    assert boot_config.regenerate_command(lambda name: f"/usr/sbin/{name}" if name in present else None) == expect
+def _setup(kind, tool=None):
+    return bootsetup.Setup(kind, (MAIN,), kind != bootsetup.GRUB, tool)
 
 
-def test_grubby_gets_the_arguments():
-    assert boot_config.full_command(["grubby", "--update-kernel=ALL", "--args"], INTEL) == [
-        "grubby", "--update-kernel=ALL", "--args", "intel_iommu=on iommu=pt"]
+@pytest.mark.parametrize("kind, tool, expect", [
+    ("grub", "/usr/sbin/update-grub", [["update-grub"]]),
+    ("grub", "/usr/sbin/grub2-mkconfig", [["grub2-mkconfig", "-o", "/boot/grub2/grub.cfg"]]),
+    ("grub", "/usr/sbin/grub-mkconfig", [["grub-mkconfig", "-o", "/boot/grub/grub.cfg"]]),
+    ("grub", None, [["update-grub"]]),
+    ("grub-bls", "/usr/sbin/grubby", [["grubby", "--update-kernel=ALL", "--args", "intel_iommu=on iommu=pt",
+                                       "--remove-args", "amd_iommu=off"]]),
+    ("proxmox-boot-tool", "/usr/sbin/proxmox-boot-tool", [["proxmox-boot-tool", "refresh"]]),
+    ("kernel-install", "/usr/bin/kernel-install", [["kernel-install", "add", "6.1.0-18-amd64",
+                                                   "/lib/modules/6.1.0-18-amd64/vmlinuz"]]),
+], ids=["debian", "fedora-legacy", "plain-grub", "no-tool-found", "rhel-bls", "proxmox", "systemd-boot"])
+def test_regenerate_commands_per_setup(kind, tool, expect):
+    assert bootsetup.commands(_setup(kind, tool), INTEL, ["amd_iommu=off"], "6.1.0-18-amd64") == expect
+
+
+def test_regenerate_runs_the_command_and_reports_its_failure():
+    out = io.StringIO()
+    boot_config.regenerate(["sh", "-c", "exit 0"], out)
+    assert out.getvalue() == "running sh -c exit 0\n"
+    with pytest.raises(HostError, match=r"sh -c echo no ESP >&2; exit 3 failed with exit code 3: no ESP"):
+        boot_config.regenerate(["sh", "-c", "echo no ESP >&2; exit 3"], io.StringIO())
+    with pytest.raises(HostError, match=r"proxmox-boot-tool-absent: cannot run"):
+        boot_config.regenerate(["proxmox-boot-tool-absent", "refresh"], io.StringIO())
+
+
+@pytest.mark.parametrize("text, add, cut, after", [
+    ("root=/dev/sda1 quiet\n", ["iommu=pt"], [], "root=/dev/sda1 quiet iommu=pt\n"),
+    ("root=/dev/sda1 boot=zfs \n", ["iommu=pt"], [], "root=/dev/sda1 boot=zfs iommu=pt \n"),
+    ("amd_iommu=off root=/dev/sda1\n", [], ["amd_iommu=off"], "root=/dev/sda1\n"),
+    ("a b c\n", [], ["a", "b", "c"], "\n"),
+    ("a b\n", ["c"], ["b"], "a c\n"),
+    ("", ["iommu=pt"], [], "iommu=pt\n"),
+    ("root=/dev/sda1\n# second line, not read by proxmox-boot-tool: quiet\n", ["iommu=pt"], ["quiet"],
+     "root=/dev/sda1 iommu=pt\n# second line, not read by proxmox-boot-tool: quiet\n"),
+], ids=["append", "trailing-space-kept", "cut-first", "cut-all", "cut-and-add", "empty-file", "first-line-only"])
+def test_kernel_cmdline_file_edits(text, add, cut, after):
+    assert KernelCmdline(PATH, text).edit(add, cut) == {PATH: after}

@@ -201,3 +201,24 @@ def test_persisted_reads_back_what_was_written():
     items = [persist.Target("0000:01:00.0", "enp1s0f0", 7)]
     assert persist.persisted(persist.render_unit(items, "/usr/bin/vfalloc", None), None) == {"0000:01:00.0": ("systemd", 7)}
     assert persist.persisted(None, persist.render_rules(items, False)) == {"0000:01:00.0": ("udev", 7)}
+
+
+def test_pf_table_counts_for_a_pf_in_no_pool(host):
+    host.write_config(CONFIG + "\n[pf.enp1s0f3]\nnumvfs = 2\n")
+    res = run(host)
+    assert res.code == 0, res.err
+    assert re.findall(r"^ExecStart=\S+ host numvfs (\S+) (\d+)", (host.target / UNIT).read_text(), re.M) == [
+        ("0000:01:00.0", "7"), ("0000:01:00.1", "4"), ("0000:01:00.3", "2")]
+
+
+@pytest.mark.parametrize("command", [["host", "persist"], ["host", "check"], ["list"], ["pools"]],
+                         ids=["persist", "check", "list", "pools"])
+def test_pf_table_naming_no_pf_is_a_config_error(host, command):
+    host.write_config(CONFIG + "\n[pf.enp9s0]\nnumvfs = 2\n")
+    argv = [*command, "--root", str(host.target)] if command[0] == "host" else command
+    res = host.run(*argv)
+    shown = res.out if command == ["host", "check"] else res.err  # the doctor prints it as a fail line
+    assert "[pf.enp9s0] names 'enp9s0', which is not an SR-IOV PF on this host" in shown
+    assert "lspci -D" in shown
+    assert res.code != 0
+    assert files(host) == {}

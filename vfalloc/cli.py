@@ -190,9 +190,12 @@ def _host_commands(sub, parents) -> None:
             "host_show:cmd_acs")
     p.add_argument("device", nargs="?", help="PF/interface name or PCI address")
 
-    p = add("kernel-args", "put IOMMU (and ACS/realloc) args into GRUB_CMDLINE_LINUX",
-            "Edit GRUB_CMDLINE_LINUX in /etc/default/grub (or the /etc/default/grub.d/*.cfg that sets "
-            "it) idempotently: intel_iommu=on iommu=pt on Intel, iommu=pt on AMD, plus the flags.",
+    p = add("kernel-args", "put the IOMMU (and ACS/realloc) arguments into the boot config",
+            "Find the boot set-up under --root (GRUB with update-grub; GRUB with BLS entries and grubby; "
+            "Proxmox VE's proxmox-boot-tool; systemd-boot/kernel-install) and edit its files in place, "
+            "idempotently: GRUB_CMDLINE_LINUX in /etc/default/grub or the grub.d/*.cfg it is set in, "
+            "/etc/kernel/cmdline. Adds intel_iommu=on iommu=pt on Intel, iommu=pt on AMD (and takes "
+            "amd_iommu=off out), plus the flags. Every other line of the files stays as it is.",
             "host_change:cmd_kernel_args", changes=True)
     p.add_argument("--add", action="append", default=[], metavar="ARG", help="another argument (repeatable)")
     p.add_argument("--acs-override", action="append", default=[], metavar="VVVV:DDDD",
@@ -200,9 +203,12 @@ def _host_commands(sub, parents) -> None:
     p.add_argument("--realloc", action="store_true", help="add pci=realloc (BIOS without SR-IOV support)")
     p.add_argument("--assign-busses", action="store_true",
                    help="add pci=assign-busses (VFs need bus numbers; may renumber PCI addresses)")
+    p.add_argument("--remove", action="append", default=[], metavar="ARG",
+                   help="take an argument out where it is written (repeatable)")
     p.add_argument("--no-defaults", action="store_true", help="do not add the vendor's IOMMU arguments")
     p.add_argument("--update", action="store_true",
-                   help="run update-grub / grubby / grub2-mkconfig afterwards (only with --root /)")
+                   help="then run the set-up's tool: update-grub, grubby, proxmox-boot-tool refresh or "
+                        "kernel-install (only with --root /)")
 
     p = add("numvfs", "set a PF's number of VFs (0, then N)",
             "Write 0 then N to the PF's sriov_numvfs, wait for the VFs, explain the kernel's refusals.",

@@ -250,6 +250,8 @@ def parse_member(path: str, where: str, text: str) -> tuple[str, frozenset[int] 
 def resolve_pools(config: ConfigFile, host: Host, names: set[str] | None = None) -> tuple[Pool, ...]:
     """Pools from the file, or with no pools configured one pool per SR-IOV PF. With `names`,
     only those pools (the host snapshot then only needs their PFs)."""
+    if names is None:
+        pf_counts(config, host)  # a [pf.X] naming no PF is refused like any other config error
     if not config.pools:
         return tuple(Pool(pf.name, (PoolMember(pf.address, None, _pf_numvfs(config, pf)),))
                      for pf in host.pfs if names is None or pf.name in names)
@@ -265,6 +267,18 @@ def pf_refs(config: ConfigFile, names: set[str]) -> set[str]:
     if not config.pools:
         return set(names)
     return {ref for spec in config.pools if spec.name in names for ref, _ in spec.members}
+
+
+def pf_counts(config: ConfigFile, host: Host) -> dict[str, int]:
+    """PF address -> numvfs of every [pf.NAME] table, whether or not the PF is in a pool."""
+    counts = {}
+    for ref, n in config.pf_numvfs.items():
+        pf = host.pf(ref)
+        if pf is None:
+            raise ConfigError(config.path, f"[pf.{ref}] names {ref!r}, which is not an SR-IOV PF on this host",
+                              "name a PF by interface (`ip link`) or PCI address (`lspci -D`), or remove the table")
+        counts[str(pf.address)] = n
+    return counts
 
 
 def _pf_numvfs(config: ConfigFile, pf) -> int | None:

@@ -16,6 +16,7 @@ import json
 from ..errors import DomainXMLError, UnknownPool, UsageError, VfallocError, VirtError
 from ..model import Lease, PciAddress, Phase, Request
 from ..record import replace
+from .audit import record
 
 
 def _uri(args) -> str:
@@ -179,6 +180,8 @@ def cmd_gc(args, ctx) -> int:
     verb = "would free" if args.dry_run else "freed"
     for lease, why in report.stale:
         ctx.out.write(f"{verb} {lease.vf} from {lease.domain} ({lease.uuid}, {lease.phase}): {why}\n")
+        if not args.dry_run:
+            record(ctx, f"gc: freed {lease.vf} ({lease.pool}) from {lease.domain} ({lease.uuid}): {why}")
     if report.running is None and report.note:
         ctx.out.write(f"running domains unknown ({report.note}): only earlier-boot leases and vanished VFs "
                       "were judged\n")

@@ -6,72 +6,103 @@ Must not: hold the logic of a change (boot_config, numvfs, persist, vfdriver do)
 from __future__ import annotations
 
 import math
+import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
 from ..errors import HostError, UsageError
 from ..host import boot_config, numvfs, persist, vfdriver
-from . import host_context as facts
-from .host_context import boot_id, line, vendor
 from ..host.rootfs import RootFS
+from . import host_context as facts
+from .audit import record
+from .host_context import boot_id, line, vendor
 
 
 def cmd_kernel_args(args, ctx) -> int:
     rootfs = RootFS(args.root, args.dry_run, ctx.out)
     if args.update and rootfs.root != Path("/"):
-        raise UsageError("--update runs this host's bootloader tool; it works only with --root /")
-    wanted, note = boot_config.wanted_args(vendor(ctx), args.add, args.acs_override, args.realloc,
-                                          args.assign_busses, not args.no_defaults)
-    before = boot_config.load(rootfs)
-    plan = boot_config.plan(before, wanted)
-    eff = before.effective()
-    where = f"{rootfs.shown(eff.file)}:{eff.line}" if eff else f"{rootfs.shown(boot_config.grub.MAIN)} (no assignment)"
-    line(ctx.out, f"configured ({where}): {' '.join(before.cmdline_tokens()) or '(empty)'}")
+        raise UsageError("--update runs this host's boot loader tool; it works only with --root /")
+    wanted = boot_config.wanted_args(vendor(ctx), args.add, args.acs_override, args.realloc,
+                                     args.assign_busses, not args.no_defaults, args.remove)
+    setup = boot_config.detect(rootfs)
+    sources = boot_config.load(rootfs, setup)
+    plans = [boot_config.plan(s, wanted) for s in sources]
+    line(ctx.out, f"boot set-up: {setup.name}")
+    for source in sources:
+        where = rootfs.shown(boot_config.where(source))
+        line(ctx.out, f"configured ({where}): {' '.join(source.cmdline_tokens()) or '(empty)'}")
     running = boot_config.running_tokens(ctx.settings.proc_root, ctx.err)
     if running is not None:
         line(ctx.out, f"running (/proc/cmdline): {' '.join(running)}")
-    line(ctx.out, f"wanted: {' '.join(wanted)} ({note})")
-    for file, text in plan.texts.items():
-        rootfs.write(file, text)
-    _report_plan(ctx.out, plan, rootfs, args.dry_run)
+    if wanted.add:
+        line(ctx.out, f"wanted: {' '.join(wanted.add)} ({wanted.note})")
+    if wanted.remove:
+        line(ctx.out, f"unwanted: {' '.join(wanted.remove)}")
+    for plan in plans:
+        for file, text in plan.texts.items():
+            rootfs.write(file, text)
+    _report_plans(ctx.out, plans, sources, rootfs, args.dry_run)
     if args.assign_busses:
         ctx.err.write("vfalloc: warning: pci=assign-busses lets the kernel renumber buses: PCI addresses "
                       "may change, so check PF addresses in vfalloc's config after the reboot\n")
-    _next_step(ctx, args, plan, wanted, running)
+    _next_step(ctx, args, setup, plans, wanted, running)
+    changed = sorted({f for p in plans for f in p.texts})
+    if changed and not args.dry_run:
+        changes = "; ".join(f"{verb} {' '.join(words)}" for verb, words in
+                            (("added", _union(p.add for p in plans)), ("removed", _union(p.cut for p in plans)))
+                            if words)
+        record(ctx, f"kernel-args: {changes} in {', '.join(rootfs.shown(f) for f in changed)}")
     return 0
 
 
-def _report_plan(out, plan: boot_config.Plan, rootfs: RootFS, dry_run: bool) -> None:
-    if plan.already:
-        line(out, f"already configured: {' '.join(plan.already)}")
-    if plan.cut:
-        line(out, f"{'would remove' if dry_run else 'removed'}: {' '.join(plan.cut)}")
-    if plan.add:
-        line(out, f"{'would add' if dry_run else 'added'}: {' '.join(plan.add)}")
-    if not plan.texts:
+def _union(groups) -> list[str]:
+    return list(dict.fromkeys(a for g in groups for a in g))
+
+
+def _report_plans(out, plans: list[boot_config.Plan], sources, rootfs: RootFS, dry_run: bool) -> None:
+    many = len(plans) > 1
+    for plan, source in zip(plans, sources, strict=True):
+        place = f" in {rootfs.shown(boot_config.where(source).rsplit(':', 1)[0])}" if many else ""
+        if plan.already:
+            line(out, f"already configured{place}: {' '.join(plan.already)}")
+        if plan.cut:
+            line(out, f"{'would remove' if dry_run else 'removed'}{place}: {' '.join(plan.cut)}")
+        if plan.add:
+            line(out, f"{'would add' if dry_run else 'added'}{place}: {' '.join(plan.add)}")
+    written = [f for p in plans for f in p.texts]
+    if not written:
         line(out, "nothing to change")
     elif not dry_run:
-        line(out, f"wrote {', '.join(rootfs.shown(f) for f in plan.texts)}")
+        line(out, f"wrote {', '.join(rootfs.shown(f) for f in written)}")
 
 
-def _next_step(ctx, args, plan, wanted, running) -> None:
-    missing = [a for a in wanted if running is not None and not boot_config.cmdline.has(running, a)]
-    cmd = boot_config.regenerate_command()
+def _next_step(ctx, args, setup, plans, wanted: boot_config.Wanted, running) -> None:
+    from ..host import bootsetup, cmdline
+
+    missing = [a for a in wanted.add if running is not None and not cmdline.has(running, a)]
+    present = [a for a in wanted.remove if running is not None and any(cmdline.matches(t, a) for t in running)]
+    removed = _union([*(p.cut for p in plans), wanted.remove])
+    changed = any(p.texts for p in plans)
     if args.update:
-        if cmd is None:
-            raise HostError("found none of update-grub, grubby, grub2-mkconfig, grub-mkconfig; regenerate "
+        if setup.tool is None and not args.dry_run:
+            raise HostError(f"{bootsetup.tool_name(setup)} is not installed under {args.root}; regenerate "
                             "the boot config by hand")
-        full = boot_config.full_command(cmd, wanted)
-        if args.dry_run:
-            line(ctx.out, f"would run: {' '.join(full)}")
-        else:
-            boot_config.regenerate(full, ctx.out)
-    elif plan.texts or missing:
-        shown = " ".join(boot_config.full_command(cmd, wanted)) if cmd else "update-grub (or your distro's tool)"
-        line(ctx.out, f"next: {shown} (or rerun with --update)")
+        for cmd in bootsetup.commands(setup, list(wanted.add), removed, os.uname().release):
+            if args.dry_run:
+                line(ctx.out, f"would run: {shlex.join(cmd)}")
+            else:
+                boot_config.regenerate(cmd, ctx.out)
+                record(ctx, f"kernel-args: ran {shlex.join(cmd)}")
+    elif changed or missing or present:
+        cmds = bootsetup.commands(setup, list(wanted.add), removed, "$(uname -r)")
+        shown = " && ".join(bootsetup.shown(c) for c in cmds)
+        line(ctx.out, f"next: {shown or 'nothing to regenerate'} (or rerun with --update)")
     if missing:
         line(ctx.out, f"the running kernel lacks {' '.join(missing)}: reboot after regenerating")
+    if present:
+        line(ctx.out, f"the running kernel has {' '.join(present)}: reboot after regenerating")
 
 
 # -- numvfs --
@@ -98,6 +129,10 @@ def cmd_numvfs(args, ctx) -> int:
     elif not args.dry_run:
         vfs = " ".join(str(vf.address) for vf in result.pf.vfs)
         line(ctx.out, f"{pf.name}: {len(result.pf.vfs)} VFs (was {result.before}){': ' + vfs if vfs else ''}")
+        record(ctx, f"host numvfs: {pf.name} ({pf.address}) {result.before} -> {len(result.pf.vfs)} VFs"
+                    f"{' (--force)' if args.force else ''}")
+    if autoprobe is not None and not args.dry_run and result.writes:
+        record(ctx, f"host numvfs: {pf.name} sriov_drivers_autoprobe {'on' if autoprobe else 'off'}")
     return 0
 
 
@@ -130,8 +165,12 @@ def cmd_persist(args, ctx) -> int:
         gone = [p for p in (persist.WANTS_LINK, persist.UNIT_PATH, persist.RULE_PATH) if rootfs.remove(p)]
         line(ctx.out, f"{'would remove' if args.dry_run else 'removed'} {', '.join(rootfs.shown(p) for p in gone)}"
               if gone else "nothing to remove")
+        if gone and not args.dry_run:
+            record(ctx, f"host persist: removed {', '.join(rootfs.shown(p) for p in gone)}")
         return 0
-    items = persist.targets(ctx.host, ctx.pools, args.specs)
+    from ..config import pf_counts
+
+    items = persist.targets(ctx.host, ctx.pools, args.specs, pf_counts(ctx.settings.config, ctx.host))
     autoprobe = None if args.autoprobe is None else args.autoprobe == "on"
     if args.method == "systemd":
         exe = persist.check_exe(args.exe or shutil.which("vfalloc") or "/usr/local/bin/vfalloc")
@@ -146,8 +185,10 @@ def cmd_persist(args, ctx) -> int:
         if rootfs.remove(p):
             line(ctx.out, f"{'would remove' if args.dry_run else 'removed'} {rootfs.shown(p)} (the other method)")
     verb = "would write" if args.dry_run else "wrote"
-    line(ctx.out, f"{verb if changed else 'unchanged'} {rootfs.shown(path)}: "
-          + ", ".join(f"{t.netdev or t.address}={t.numvfs}" for t in items))
+    counts = ", ".join(f"{t.netdev or t.address}={t.numvfs}" for t in items)
+    line(ctx.out, f"{verb if changed else 'unchanged'} {rootfs.shown(path)}: {counts}")
+    if changed and not args.dry_run:
+        record(ctx, f"host persist: wrote {rootfs.shown(path)} ({args.method}): {counts}")
     if args.method == "systemd" and args.enable:
         _enable(ctx, rootfs, args.dry_run)
     elif args.method == "systemd":
@@ -171,6 +212,7 @@ def _enable(ctx, rootfs: RootFS, dry_run: bool) -> None:
         last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
         raise HostError(f"{' '.join(cmd)} failed ({proc.returncode}): {last}")
     line(ctx.out, f"enabled {persist.UNIT_NAME}")
+    record(ctx, f"host persist: ran {' '.join(cmd)}")
 
 
 # -- vf-driver --
@@ -201,6 +243,8 @@ def _blacklist(ctx, rootfs: RootFS, driver: str, remove: bool, dry_run: bool) ->
     changed = rootfs.remove(vfdriver.BLACKLIST_PATH) if text is None else rootfs.write(vfdriver.BLACKLIST_PATH, text)
     state = "no longer blacklisted" if remove else "blacklisted"
     line(ctx.out, f"{driver} {state} in {path}" if changed else f"{path} unchanged ({driver} already {state})")
+    if changed and not dry_run:
+        record(ctx, f"host vf-driver: {driver} {state} in {path}")
     if changed and not remove:
         line(ctx.out, f"takes effect at the next boot; now: modprobe -r {driver} (unbinds it from every device); "
                        "if the initramfs carries it: update-initramfs -u (dracut -f)")
@@ -213,6 +257,7 @@ def _autoprobe(ctx, refs: list[str], on: bool, dry_run: bool) -> None:
         target = ctx.sysfs.describe(pf.address, "sriov_drivers_autoprobe")
         if not dry_run:
             ctx.sysfs.write_attr(pf.address, "sriov_drivers_autoprobe", value)
+            record(ctx, f"host vf-driver: {pf.name} sriov_drivers_autoprobe <- {value}")
         line(ctx.out, f"{'would write' if dry_run else 'wrote'} {target} <- {value}")
         warning = vfdriver.autoprobe_warning(pf, on)
         if warning:

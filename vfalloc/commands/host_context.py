@@ -43,12 +43,17 @@ def pf(ctx, ref: str) -> PF:
 
 
 def wanted(ctx) -> tuple[dict[str, int], str | None]:
-    """PF address -> numvfs from the config's pools, and the config error if the pools are bad."""
+    """PF address -> numvfs from the config's pools and [pf.NAME] tables (a PF in no pool too), and
+    the config error if the config is bad."""
+    from ..config import pf_counts
+
     try:
         pools = ctx.pools
+        counts = pf_counts(ctx.settings.config, ctx.host)
     except VfallocError as exc:
         return {}, str(exc)
-    return {str(m.pf): m.numvfs for p in pools for m in p.members if m.numvfs is not None}, None
+    counts.update({str(m.pf): m.numvfs for p in pools for m in p.members if m.numvfs is not None})
+    return counts, None
 
 
 def line(out, text: str) -> None:

@@ -18,7 +18,7 @@ def cmd_check(args, ctx) -> int:
     rootfs = RootFS(args.root)
     counts_wanted, config_error = facts.wanted(ctx)
     gathered = check.Facts(ctx.sysfs, ctx.host, rootfs, boot_config.running_tokens(ctx.settings.proc_root, ctx.err),
-                            vendor(ctx), counts_wanted, config_error, args.hooks_dir)
+                            vendor(ctx), counts_wanted, config_error, args.hooks_dir, boot_config.configured(rootfs))
     checks = check.run(gathered)
     counts = check.summary(checks)
     if args.json:

@@ -10,12 +10,13 @@ from pathlib import Path
 from .. import hookfile
 from ..config import DEFAULT_CONFIG
 from ..templates import hook_script
+from .audit import record
 
 
 def cmd_install_hook(args, ctx) -> int:
     path = hookfile.hook_path(args.hooks_dir)
     if args.remove:
-        return _remove(ctx.out, path, args.dry_run)
+        return _remove(ctx, path, args.dry_run)
     config = ctx.settings.config
     custom = os.path.realpath(config.path) if config.exists and config.path != DEFAULT_CONFIG else None
     text = hook_script(sys.executable, custom)
@@ -27,6 +28,7 @@ def cmd_install_hook(args, ctx) -> int:
         ctx.out.write(f"{path} is already installed and current\n")
         return 0
     hookfile.write(path, text)
+    record(ctx, f"install-hook: installed {path}")
     ctx.out.write(f"installed {path}\n"
                   "restart libvirt so it sees the hook: systemctl restart libvirtd (or virtqemud)\n")
     main_hook = hookfile.main_hook(args.hooks_dir)
@@ -35,7 +37,8 @@ def cmd_install_hook(args, ctx) -> int:
     return 0
 
 
-def _remove(out, path: Path, dry_run: bool) -> int:
+def _remove(ctx, path: Path, dry_run: bool) -> int:
+    out = ctx.out
     if not path.exists():
         out.write(f"{path} is not installed; nothing to remove\n")
         return 0
@@ -45,5 +48,6 @@ def _remove(out, path: Path, dry_run: bool) -> int:
         out.write(f"would remove {path}\n")
         return 0
     hookfile.remove(path)
+    record(ctx, f"install-hook: removed {path}")
     out.write(f"removed {path}; restart libvirt so it forgets the hook\n")
     return 0

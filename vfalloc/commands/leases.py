@@ -9,6 +9,7 @@ import json
 from typing import TextIO
 
 from ..model import Phase
+from .audit import record
 
 
 def cmd_list(args, ctx) -> int:
@@ -88,12 +89,16 @@ def cmd_alloc(args, ctx) -> int:
                          boot_id=ctx.boot_id, now=lease_now(), phase=Phase.RESERVED)
         txn.table = grant.table
     lease = grant.leases[0]
+    vf = ctx.host.find_vf(lease.vf)
+    vf_index = vf.index if vf is not None else "?"
+    said = (f"{lease.vf} (VF {vf_index} of {lease.pf}, pool {lease.pool}) leased to {lease.domain}"
+            f"{' as request ' + str(lease.index) if lease.index else ''}{' mac ' + lease.mac if lease.mac else ''}")
+    record(ctx, f"alloc: {said} ({uuid}, reserved by hand)")
     if args.json:
         json.dump(lease.to_json(), ctx.out, indent=1)
         ctx.out.write("\n")
     else:
-        ctx.out.write(f"{lease.vf} (VF {lease.index} of {lease.pf}, pool {lease.pool}) leased to {lease.domain}"
-                      f"{' mac ' + lease.mac if lease.mac else ''}\n")
+        ctx.out.write(said + "\n")
     return 0
 
 
@@ -106,6 +111,7 @@ def cmd_release(args, ctx) -> int:
         txn.table, gone = release(txn.table, uuid)
     for lease in gone:
         ctx.out.write(f"released {lease.vf} from {lease.domain}\n")
+        record(ctx, f"release: {lease.vf} ({lease.pool}) from {lease.domain} ({uuid})")
     if not gone:
         ctx.out.write(f"no leases held by {uuid}\n")
     return 0

@@ -1,6 +1,7 @@
 """The host prerequisites of SR-IOV passthrough behind `vfalloc host ...`, one module per step
-of the admin's manual process: kernel arguments (cmdline: their meaning; grub: the files that
-set them; boot_config: the edit plan and the regenerate command), IOMMU groups (iommu), ACS (acs,
+of the admin's manual process: kernel arguments (cmdline: their meaning; grub and kernelcmdline:
+the files that set them; bootsetup: which boot set-up a host has and its tool; boot_config: the
+edit plan and running the tool), IOMMU groups (iommu), ACS (acs,
 pciconfig), numvfs, its persistence (persist), VF drivers (vfdriver), other owners of numvfs
 (owners), and the doctor that checks them all (check).
 

@@ -14,7 +14,8 @@ from ..errors import VfallocError
 from ..hookfile import DEFAULT_HOOKS_DIR
 from ..model import PF, Host
 from ..sysfs import Sysfs
-from . import acs, cmdline, owners, persist, vfdriver
+from . import acs, bootsetup, cmdline, owners, persist, vfdriver
+from .bootsetup import Setup
 from .rootfs import RootFS
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -44,10 +45,12 @@ class Facts:
     wanted: dict[str, int]          # PF address -> numvfs from the config
     config_error: str | None = None
     hooks_dir: str = DEFAULT_HOOKS_DIR
+    # the boot set-up under the root, each of its files' place and arguments, or why unreadable
+    boot: tuple[Setup | None, list[tuple[str, list[str]]], str | None] = (None, [], None)
 
 
 def run(f: Facts) -> list[Check]:
-    checks = iommu(f) + [vfio(f.sysfs), hook(f.rootfs, f.hooks_dir)]
+    checks = iommu(f) + [boot(f), vfio(f.sysfs), hook(f.rootfs, f.hooks_dir)]
     if f.config_error:
         checks.append(Check(FAIL, "config", "host", f.config_error, "fix the config file"))
     if not f.host.pfs:
@@ -72,25 +75,62 @@ def iommu(f: Facts) -> list[Check]:
         checks.append(Check(OK, "iommu", "host", "IOMMU groups present: the IOMMU is on"))
     else:
         checks.append(Check(FAIL, "iommu", "host", "no IOMMU groups: the IOMMU is off in the firmware or the kernel",
-                            "enable VT-d / AMD-Vi (IOMMU) in the BIOS/UEFI setup; `vfalloc host kernel-args`; reboot"))
+                            f"enable VT-d / AMD-Vi (IOMMU) in the BIOS/UEFI setup; {_kernel_args_fix(f)}; reboot"))
     if f.cmdline is None:
         return checks + [Check(WARN, "kernel-args", "host", "cannot read the running kernel's command line")]
     state, why = cmdline.iommu_state(f.cmdline, f.vendor)
     if state is False:
         checks.append(Check(FAIL, "kernel-args", "host", f"the kernel was booted with {why}",
-                            "`vfalloc host kernel-args`, regenerate the boot config, reboot"))
+                            f"{_kernel_args_fix(f)}; reboot"))
     elif state is None and f.vendor in cmdline.INTEL:
         status = WARN if has_groups else FAIL
         checks.append(Check(status, "kernel-args", "host", "intel_iommu=on is not on the kernel command line",
-                            "`vfalloc host kernel-args`, regenerate the boot config, reboot"))
+                            f"{_kernel_args_fix(f)}; reboot"))
     else:
         checks.append(Check(OK, "kernel-args", "host", why))
     if cmdline.has(f.cmdline, "iommu=pt"):
         checks.append(Check(OK, "iommu-pt", "host", "iommu=pt: host devices use passthrough mappings"))
     else:
         checks.append(Check(WARN, "iommu-pt", "host", "no iommu=pt: the host's own DMA goes through the IOMMU (slower)",
-                            "`vfalloc host kernel-args` adds it"))
+                            f"{_kernel_args_fix(f)}; reboot"))
     return checks
+
+
+def _kernel_args_fix(f: Facts) -> str:
+    """`vfalloc host kernel-args` and the set-up's own tool that puts the edit into the boot
+    loader's config."""
+    setup = f.boot[0]
+    if setup is None:
+        return "`vfalloc host kernel-args`; regenerate the boot config"
+    wanted, _ = cmdline.vendor_defaults(f.vendor)
+    cmds = bootsetup.commands(setup, wanted, cmdline.iommu_off_args(f.vendor), "$(uname -r)")
+    return "; ".join(["`vfalloc host kernel-args`", *(f"`{bootsetup.shown(c)}`" for c in cmds)])
+
+
+def boot(f: Facts) -> Check:
+    """Whether the next boot gets the IOMMU arguments: the set-up's files, not /proc/cmdline."""
+    setup, sources, error = f.boot
+    where = f.rootfs.shown("/")
+    if setup is None:
+        return Check(WARN, "boot", "host", f"no boot configuration vfalloc knows under {where} (/etc/default/grub, "
+                     "/etc/kernel/cmdline): the next boot's kernel arguments are not checked")
+    if error:
+        return Check(WARN, "boot", "host", f"{setup.name}: {error}")
+    wanted, _ = cmdline.vendor_defaults(f.vendor)
+    unwanted = cmdline.iommu_off_args(f.vendor)
+    problems = []
+    for place, tokens in sources:
+        lacks = [a for a in wanted if not cmdline.has(tokens, a) or cmdline.undoing(tokens, a)]
+        has = [t for t in tokens if any(cmdline.matches(t, u) for u in unwanted)]
+        if lacks or has:
+            problems.append(f"{f.rootfs.shown(place)} " + " and ".join(
+                x for x in (f"lacks {' '.join(lacks)}" if lacks else "", f"has {' '.join(has)}" if has else "") if x))
+    if problems:
+        return Check(WARN, "boot", "host", f"{setup.name}: {'; '.join(problems)} (the next boot gets what "
+                     "these files say)",
+                     _kernel_args_fix(f))
+    places = ", ".join(f.rootfs.shown(p) for p, _ in sources)
+    return Check(OK, "boot", "host", f"{setup.name}: {places} carry {' '.join(wanted) or 'no IOMMU argument to add'}")
 
 
 def vfio(sysfs: Sysfs) -> Check:
@@ -108,7 +148,7 @@ def hook(rootfs: RootFS, hooks_dir: str) -> Check:
             continue
         if not os.access(rootfs.path(name), os.X_OK):
             return Check(FAIL, "hook", "host", f"{rootfs.shown(name)} is not executable (libvirt skips it)",
-                         f"chmod 755 {rootfs.shown(name)}")
+                         f"`chmod 755 {rootfs.shown(name)}`")
         return Check(OK, "hook", "host", f"hook installed: {rootfs.shown(name)}")
     return Check(FAIL, "hook", "host", f"no vfalloc hook in {rootfs.shown(hooks_dir)}: VMs started by virsh get no VF",
                  "`vfalloc install-hook`, then restart libvirtd (or virtqemud)")
@@ -187,11 +227,11 @@ def persisted(pf: PF, want: int | None, files: dict[str, tuple[str, int]], rootf
         if status == OK:
             return Check(OK, "persist", pf.name, "no VFs configured to persist")
         return Check(WARN, "persist", pf.name, "the VF count is not made at boot by vfalloc",
-                     "`vfalloc host persist` (set numvfs in the config first)")
+                     "set numvfs in the config (or pass PF=N); `vfalloc host persist --enable`")
     method, count = entry
     if want is not None and count != want:
         return Check(WARN, "persist", pf.name, f"{method} creates {count} VFs at boot, the config wants {want}",
-                     "`vfalloc host persist`")
+                     f"`vfalloc host persist{' --enable' if method == 'systemd' else ' --method udev'}`")
     if method == "systemd" and not rootfs.exists(persist.WANTS_LINK):
         return Check(WARN, "persist", pf.name, f"{persist.UNIT_NAME} is written but not enabled",
                      "`vfalloc host persist --enable`")

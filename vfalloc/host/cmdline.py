@@ -37,7 +37,7 @@ def split(cmdline: str) -> list[str]:
     next_arg() does (lib/cmdline.c)."""
     tokens: list[str] = []
     cur: list[str] = []
-    quoted = have = False
+    quoted, have = False, False
     for ch in cmdline:
         if ch == '"':
             quoted, have = not quoted, True
@@ -70,6 +70,23 @@ def has(tokens: list[str], arg: str) -> bool:
         return arg in tokens
     present = {p for t in tokens if _parts(t)[0] == key for p in _parts(t)[2]}
     return all(p in present for p in wanted)
+
+
+def matches(token: str, arg: str) -> bool:
+    """Whether one token carries `arg`: the same word, or for a comma key every option of `arg`
+    among the token's (`amd_iommu=off,fullflush` carries amd_iommu=off)."""
+    if token == arg:
+        return True
+    key, value, wanted = _parts(arg)
+    tkey, tvalue, tparts = _parts(token)
+    return key in COMMA_KEYS and tkey == key and value is not None and tvalue is not None \
+        and all(w in tparts for w in wanted)
+
+
+def iommu_off_args(vendor: str | None) -> list[str]:
+    """Arguments that switch this CPU's IOMMU off, which the vendor defaults take out. (Intel's
+    intel_iommu=off is already undone by intel_iommu=on, see UNDOES.)"""
+    return ["amd_iommu=off"] if vendor in AMD else []
 
 
 def undoing(tokens: list[str], arg: str) -> list[str]:

@@ -40,15 +40,17 @@ class Target:
     numvfs: int
 
 
-def targets(host: Host, pools: tuple[Pool, ...], specs: list[str]) -> list[Target]:
-    """PFs with a VF count: from the pools' numvfs, then PF=N arguments (which win)."""
-    counts: dict[str, tuple[int, str]] = {}
+def targets(host: Host, pools: tuple[Pool, ...], specs: list[str],
+            pf_counts: dict[str, int] | None = None) -> list[Target]:
+    """PFs with a VF count: from the pools' numvfs and the [pf.NAME] tables (a PF in no pool
+    too), then PF=N arguments (which win)."""
+    counts: dict[str, tuple[int, str]] = {a: (n, "[pf]") for a, n in (pf_counts or {}).items()}
     for pool in pools:
         for m in pool.members:
             if m.numvfs is None:
                 continue
             key = str(m.pf)
-            if key in counts and counts[key][0] != m.numvfs:
+            if key in counts and counts[key][0] != m.numvfs and counts[key][1] != "[pf]":
                 raise UsageError(f"PF {key} has numvfs {counts[key][0]} in pool {counts[key][1]} and "
                                  f"{m.numvfs} in pool {pool.name}; set it once, in [pf.NAME]")
             counts[key] = (m.numvfs, pool.name)
