@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from lxml import etree
 
 from .errors import DomainXMLError, UsageError
+from .fdb import Guest, Nic
 from .model import PciAddress, Request, normalize_mac
 from .record import Record
 
@@ -87,6 +88,42 @@ def read_domain(xml: bytes | str) -> DomainInfo:
         # <vcpu cpuset> for all vCPUs, <cputune><vcpupin cpuset> for one vCPU each
         cpuset=_union(dom, ("vcpu", "cputune/vcpupin"), "cpuset", name),
     )
+
+
+_NIC_TYPES = ("bridge", "network", "direct")
+
+
+def read_guest(xml: bytes | str) -> Guest:
+    """A domain's name, UUID and the interfaces that may sit on a Linux bridge or a macvtap:
+    <interface type='bridge'> (<source bridge>), type='network' (<source network>, and in the
+    live XML of a running domain the bridge the network gave it, <source bridge>; libvirt 11.3
+    virDomainNetDefFormat) and type='direct' (<source dev>); <target dev> is the tap or macvtap."""
+    dom = _domain_element(_parse(xml))
+    name = _name(dom)
+    nics = []
+    for el in dom.iterfind("devices/interface"):
+        kind = el.get("type")
+        mac_el, source, target = el.find("mac"), el.find("source"), el.find("target")
+        mac = (mac_el.get("address") or "").lower() if mac_el is not None else ""
+        if kind not in _NIC_TYPES or source is None or not mac:
+            continue
+        nics.append(Nic(kind, mac, bridge=source.get("bridge"), dev=source.get("dev") if kind == "direct" else None,
+                        network=source.get("network") if kind == "network" else None,
+                        target=target.get("dev") if target is not None else None))
+    return Guest(name, _uuid(dom, name), tuple(nics))
+
+
+def network_bridge(xml: bytes | str) -> str | None:
+    """The Linux bridge of a libvirt network: <bridge name> of its <network> (the config file
+    under /etc/libvirt/qemu/networks, or the <networkstatus> libvirt keeps while it runs).
+    Networks with <forward mode='bridge'> name the admin's bridge the same way."""
+    root = _parse(xml).getroot()
+    if root.tag == "networkstatus":
+        root = root.find("network")
+    if root is None or root.tag != "network":
+        return None
+    el = root.find("bridge")
+    return el.get("name") if el is not None and el.get("name") else None
 
 
 def render_device(request: Request, address: PciAddress, mac: str | None) -> str:
