@@ -142,7 +142,7 @@ VETH = Owner(PORT, "veth0", "veth0 on br0")
     ([Entry("enp1s0f0", "m1", WEB)], {("enp1s0f0", "m1"): frozenset({WEB})}, {"enp1s0f0": frozenset()}, None,
      [("enp1s0f0", "m1")], [], [], {("enp1s0f0", "m1"): {WEB}}),
     # a port whose MAC the bridge forgot is still a port: its entry stays
-    ([], {("enp1s0f0", "m2"): frozenset({VETH})}, {"enp1s0f0": frozenset({"m2"})}, lambda o: o.kind == PORT,
+    ([], {("enp1s0f0", "m2"): frozenset({VETH})}, {"enp1s0f0": frozenset({"m2"})}, lambda key, o: o.kind == PORT,
      [], [], [], {("enp1s0f0", "m2"): {VETH}}),
     # recorded, gone from the table and from the wants: only forgotten
     ([], {("enp1s0f0", "m1"): frozenset({WEB})}, {"enp1s0f0": frozenset()}, None, [], [], [], {}),

@@ -35,7 +35,9 @@ class BridgeTool:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         environ = os.environ if environ is None else environ
         self.binary = environ.get(ENV_BRIDGE) or "bridge"
-        self._env = {"PATH": environ.get("PATH") or "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+        # libvirt gives hooks a PATH without /usr/sbin on some distributions: add the usual places
+        path = environ.get("PATH") or "/usr/bin:/bin"
+        self._env = {**environ, "PATH": f"{path}:/usr/sbin:/sbin", "LC_ALL": "C"}
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         argv = [self.binary, *args]

@@ -186,11 +186,11 @@ class Plan(Record):
 
 
 def plan(wanted: Iterable[Entry], book: Book, present: Mapping[str, frozenset[str]],
-         keep: Callable[[Owner], bool] = lambda owner: False) -> Plan:
+         keep: Callable[[tuple[str, str], Owner], bool] = lambda key, owner: False) -> Plan:
     """Bring every PF in `present` (PF -> the MACs its own table holds now) to `wanted`.
 
     An entry in the record (vfalloc added it) stays while some owner needs it: an owner among
-    `wanted`, or one `keep` says is still there (a port whose MAC the bridge forgot when it went
+    `wanted`, or one `keep(key, owner)` says is still there (a port whose MAC the bridge forgot when it went
     quiet is still a port). An entry that is wanted and in the table but not in the record was
     put there by someone else: it is left alone and never recorded, so never removed. Entries
     of PFs not in `present` are left as they are."""
@@ -200,7 +200,7 @@ def plan(wanted: Iterable[Entry], book: Book, present: Mapping[str, frozenset[st
             want.setdefault((e.pf, e.mac), set()).add(e.owner)
     for key, owners in book.items():
         if key[0] in present:
-            kept = {o for o in owners if keep(o)}
+            kept = {o for o in owners if keep(key, o)}
             if kept:
                 want.setdefault(key, set()).update(kept)
     add, remove, foreign = [], [], []

@@ -29,7 +29,8 @@ from .fdb import (DOMAIN, PORT, Entry, Guest, Link, Owner, Topology, guest_entri
 
 NETWORK_CONFIG_DIR = "/etc/libvirt/qemu/networks"
 _MARKS = (b"<interface type='bridge'", b"<interface type='network'", b"<interface type='direct'")
-_SOURCE = re.compile(rb"<source\b[^>]*?\b(bridge|dev|network)='([^'<>]+)'")
+_SOURCE = re.compile(rb"<source\b[^>]*>")
+_SOURCE_ATTR = re.compile(rb"\b(bridge|dev|network)='([^'<>]+)'")
 _UUID = re.compile(rb"<uuid>\s*([0-9a-fA-F-]{32,36})\s*</uuid>")
 _BRIDGE_NAME = re.compile(rb"<bridge\b[^>]*?\bname='([^'<>]+)'")
 
@@ -86,7 +87,7 @@ def worth_parsing(xml: bytes, settings, topo: Topology) -> bool:
     that has an SR-IOV PF with VFs as a port, or a macvtap on such a PF?"""
     if not any(mark in xml for mark in _MARKS):
         return False
-    for attr, value in _SOURCE.findall(xml):
+    for attr, value in (a for tag in _SOURCE.findall(xml) for a in _SOURCE_ATTR.findall(tag)):
         name = value.decode("utf-8", "replace")
         if attr == b"network":
             name = network_bridge(settings, name) or ""
@@ -273,7 +274,8 @@ def _sync(ctx, tool, book: dict, report: SyncReport, only: frozenset[str] | None
         del book[key]
     present = {pf: tool.own(pf) for pf in sorted(scope) if pf in links}
     endpoints = {p for br in topo.bridges() for p in topo.endpoint_ports(br)}
-    p = plan(wanted, book, present, keep=lambda o: o.kind == PORT and o.id in endpoints)
+    on = {pf for pf in present if allowed(links[pf])}
+    p = plan(wanted, book, present, keep=lambda key, o: o.kind == PORT and o.id in endpoints and key[0] in on)
     after = p.record()
     report.foreign = list(p.foreign)
     for key in p.add:
