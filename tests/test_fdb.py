@@ -5,8 +5,8 @@ entries each owner needs, and the plan that never removes what vfalloc did not a
 from __future__ import annotations
 
 import pytest
-
 from fakehost import i350
+
 from vfalloc import domxml
 from vfalloc.fdb import BRIDGE, DOMAIN, PORT, Entry, Guest, Nic, Owner, Topology, guest_entries, host_entries, plan
 from vfalloc.sysfs import Sysfs

@@ -13,7 +13,6 @@ import sys
 import uuid as uuidlib
 
 import pytest
-
 from conftest import REPO
 from fakehost import i350
 
@@ -80,9 +79,9 @@ class Host:
     def _fdb(self, head: str, rest):
         import io
 
-        from vfalloc.cli import main
-
         from conftest import Result
+
+        from vfalloc.cli import main
 
         out, err = io.StringIO(), io.StringIO()
         code = main([*head.split(), *self.s.flags(), *rest], out=out, err=err)

@@ -117,8 +117,8 @@ def network_bridge(xml: bytes | str) -> str | None:
     """The Linux bridge of a libvirt network: <bridge name> of its <network> (the config file
     under /etc/libvirt/qemu/networks, or the <networkstatus> libvirt keeps while it runs).
     Networks with <forward mode='bridge'> name the admin's bridge the same way."""
-    root = _parse(xml).getroot()
-    if root.tag == "networkstatus":
+    root: etree._Element | None = _parse(xml).getroot()
+    if root is not None and root.tag == "networkstatus":
         root = root.find("network")
     if root is None or root.tag != "network":
         return None

@@ -205,12 +205,12 @@ def plan(wanted: Iterable[Entry], book: Book, present: Mapping[str, frozenset[st
                 want.setdefault(key, set()).update(kept)
     add, remove, foreign = [], [], []
     after: dict[tuple[str, str], frozenset[Owner]] = {k: v for k, v in book.items() if k[0] not in present}
-    for key, owners in sorted(want.items()):
+    for key, wanting in sorted(want.items()):
         there = key[1] in present[key[0]]
         if key in book or not there:
             if not there:
                 add.append(key)
-            after[key] = frozenset(owners)
+            after[key] = frozenset(wanting)
         else:
             foreign.append(key)
     for key in sorted(book):

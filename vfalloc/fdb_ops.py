@@ -23,9 +23,8 @@ import re
 from collections.abc import Iterator, Mapping
 
 from .errors import VfallocError
+from .fdb import DOMAIN, PORT, Entry, Guest, Link, Owner, Topology, guest_entries, host_entries, plan
 from .record import replace
-from .fdb import (DOMAIN, PORT, Entry, Guest, Link, Owner, Topology, guest_entries, host_entries,
-                  plan)
 
 NETWORK_CONFIG_DIR = "/etc/libvirt/qemu/networks"
 _MARKS = (b"<interface type='bridge'", b"<interface type='network'", b"<interface type='direct'")
