@@ -121,7 +121,9 @@ def keep_for_domain(ctx, environ: Mapping[str, str], xml: bytes) -> str:
     if not entries:
         return ""
     tool = BridgeTool(environ)
-    added, there, failed = [], [], []
+    added: list[str] = []
+    there: list[str] = []
+    failed: list[str] = []
     with FdbBook(settings.state, settings.lock_timeout).transaction() as txn:
         for e in entries:
             key = (e.pf, e.mac)
