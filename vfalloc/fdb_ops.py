@@ -107,14 +107,13 @@ def resolved(guest: Guest, settings) -> Guest:
 def keep_for_domain(ctx, environ: Mapping[str, str], xml: bytes) -> str:
     """`started begin` / `reconnect begin`: add the entries this domain needs; what was there
     already, put by someone else, is left alone and not recorded."""
-    from .bridge_tool import BridgeTool
-    from .fdb_book import FdbBook
-
     settings = ctx.settings
     topo = Topology(LiveLinks(ctx.sysfs))
     if not worth_parsing(xml, settings, topo):
         return ""
     from . import domxml
+    from .bridge_tool import BridgeTool
+    from .fdb_book import FdbBook
 
     guest = resolved(domxml.read_guest(xml), settings)
     entries = guest_entries(topo, guest, _allowed(settings.config))
