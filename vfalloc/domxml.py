@@ -4,7 +4,8 @@ Owns: reading a domain XML (or the <domstatus> file of a running domain) into a 
 (name, UUID, the VF requests under <metadata> in namespace urn:vfalloc:1, the ua-vfalloc-N
 devices, the NUMA nodes and CPUs the domain is pinned to); rendering the device for a leased
 VF; adding such devices to a domain XML; swapping their host-side source address; the request
-element for libvirt's metadata API.
+element for libvirt's metadata API; a domain's interfaces on bridges, networks and macvtaps
+(read_guest) and a libvirt network's bridge (network_bridge), for the FDB entries (vfalloc.fdb).
 
 Must not: choose VFs or apply any policy, read or write files, look at sysfs, talk to libvirt.
 It parses only the bytes it is given, with a hardened parser (no entity expansion, no DTD, no
