@@ -231,7 +231,9 @@ def test_hook_leaves_an_entry_it_did_not_add(host):
     live_xml(bridge="nosuchbr"),
     "<domain type='kvm'><name>x</name><uuid>" + UUID + "</uuid><devices><interface type='user'>"
     "<mac address='52:54:00:00:00:09'/></interface></devices></domain>",
-], ids=["virbr0", "missing-bridge", "user"])
+    # not even well-formed: were it parsed, the hook would say so on stderr
+    live_xml(kind="network", bridge="virbr0").replace("</domain>", "<oops"),
+], ids=["virbr0", "missing-bridge", "user", "not-parsed"])
 def test_hook_leaves_other_domains_alone(host, xml):
     for op, subop in (("started", "begin"), ("release", "end")):
         r = host.hook("x", op, subop, xml)
@@ -242,6 +244,26 @@ def test_hook_leaves_other_domains_alone(host, xml):
 def test_hook_network_interface_whose_bridge_is_the_pfs(host, tmp_path):
     r = host.hook("web", "started", "begin", live_xml(kind="network", bridge="br0"))
     assert r.returncode == 0 and host.own() == {GUEST_MAC}
+
+
+def test_hook_guest_with_a_vf_and_a_bridged_interface(host, tmp_path):
+    """A guest that asks vfalloc for a VF and also sits on br0: both happen, one log line each."""
+    host.s.write_config('[pools.lan]\npfs = ["enp1s0f1"]\n')
+    host.env["VFALLOC_CONFIG"] = str(host.s.config)
+    host.env["VFALLOC_HOTPLUG_CMD"] = f"{sys.executable} {REPO / 'tests/helpers/record_spawn.py'} {tmp_path / 'spawned'}"
+    xml = live_xml().replace("<devices>", "<metadata><vfalloc:vfs xmlns:vfalloc='urn:vfalloc:1'>"
+                             "<vfalloc:vf pool='lan'/></vfalloc:vfs></metadata><devices>")
+    for op, subop in (("prepare", "begin"), ("started", "begin")):
+        r = host.hook("web", op, subop, xml)
+        assert (r.returncode, r.stderr) == (0, b""), r.stderr
+    assert host.own() == {GUEST_MAC}
+    log = host.hook_log.read_text()
+    assert "web started begin: hot-plug of " in log and f"; fdb added {GUEST_MAC} on enp1s0f0" in log
+    r = host.hook("web", "release", "end", xml, "shutdown")
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert host.own() == set()
+    assert "web release end: released " in host.hook_log.read_text()
+    assert f"fdb removed {GUEST_MAC} on enp1s0f0" in host.hook_log.read_text()
 
 
 def test_hook_failure_does_not_stop_the_guest(host):
