@@ -10,6 +10,10 @@ Facts relied on (libvirt 11.3, src/qemu/qemu_process.c and docs/hooks.rst):
   `release end REASON`; a failed start calls prepare, `stopped end`, `release end failed`;
   a daemon restart calls `reconnect begin` for every running domain.
 
+Besides the leases, the hook keeps the SR-IOV PFs' FDB entries of guests on a bridge over such
+a PF (vfalloc.fdb_ops, docs/bridges.md): added at `started begin`, removed at `release end`,
+synced at `reconnect begin`; for any domain, with or without VFs, and never fatal to it.
+
 This module never imports libvirt. It reads the same settings as the CLI (config file and the
 VFALLOC_* environment), does its work under the lease table's lock, logs one line per call to
 syslog (facility daemon, ident vfalloc) and turns every error into one line on stderr.
