@@ -341,23 +341,30 @@ def _netns_possible() -> str | None:
 @pytest.mark.skipif(_netns_possible() is not None, reason=_netns_possible() or "")
 def test_real_bridge_command_in_a_namespace():
     """BridgeTool against the kernel: add, see, add again (EEXIST), delete, delete again
-    (ENOENT), on a veth interface in a namespace of the test's own."""
+    (ENOENT) on a veth, and what a bridge over it learnt, in a namespace of the test's own."""
     ns = f"vfalloc-test-{uuidlib.uuid4().hex[:8]}"
     made = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True)
     if made.returncode != 0:
         pytest.skip(f"cannot make a network namespace: {made.stderr.strip()}")
     try:
-        subprocess.run(["ip", "-n", ns, "link", "add", "d0", "type", "veth", "peer", "name", "d1"], check=True)
+        for cmd in (["link", "add", "d0", "type", "veth", "peer", "name", "d1"], ["link", "add", "b0", "type", "bridge"],
+                    ["link", "set", "d0", "master", "b0"], ["link", "set", "b0", "up"], ["link", "set", "d0", "up"],
+                    ["link", "set", "d1", "up"]):
+            subprocess.run(["ip", "-n", ns, *cmd], check=True)
+        # what the bridge would learn from a container behind d0
+        subprocess.run(["ip", "netns", "exec", ns, "bridge", "fdb", "add", "52:54:00:00:00:42", "dev", "d0", "master",
+                        "dynamic"], check=True)
         script = (
             "import json; from vfalloc.bridge_tool import BridgeTool\n"
             "t = BridgeTool()\n"
             "m = '52:54:00:12:34:56'\n"
             "out = [t.add('d0', m), m in t.own('d0'), t.add('d0', m), t.delete('d0', m), m in t.own('d0'),"
-            " t.delete('d0', m)]\n"
+            " t.delete('d0', m), ['d0', '52:54:00:00:00:42'] in [list(x) for x in t.learned('b0')],"
+            " all(p == 'd0' for p, _ in t.learned('b0'))]\n"
             "print(json.dumps(out))\n")
         res = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", script], capture_output=True,
                              text=True, timeout=60, cwd=REPO)
         assert res.returncode == 0, res.stderr
-        assert json.loads(res.stdout) == [True, True, False, True, False, False]
+        assert json.loads(res.stdout) == [True, True, False, True, False, False, True, True]
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
