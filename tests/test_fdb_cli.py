@@ -148,6 +148,20 @@ def test_entries_vfalloc_did_not_add_are_never_removed(host):
     assert not [c for c in host.calls() if c.startswith("fdb del") and (admins in c or GUEST_MAC in c)]
 
 
+def test_a_pf_this_namespace_does_not_see_keeps_its_record(host):
+    """A sync run in another network namespace (or after a PF was moved away) cannot see that
+    PF's table: its entries stay recorded, untouched."""
+    host.book.parent.mkdir(parents=True)
+    record = {"version": 1, "entries": [{"pf": "eth9", "mac": "52:54:00:00:00:09",
+                                         "owners": [{"kind": "bridge", "id": "br9", "name": "br9"}]}]}
+    host.book.write_text(json.dumps(record))
+    res = host.run("fdb", "sync")
+    assert res.code == 0, res.err
+    assert "eth9: no such interface here; its entries stay recorded" in res.out
+    assert [e for e in json.loads(host.book.read_text())["entries"] if e["pf"] == "eth9"] == record["entries"]
+    assert not [c for c in host.calls() if "eth9" in c]
+
+
 def test_a_quiet_container_keeps_its_entry(host):
     host.run("fdb", "sync")
     host.set_tables(own={"enp1s0f0": sorted(host.own())}, learned={})  # the bridge forgot the MAC

@@ -196,7 +196,7 @@ class SyncReport:
         self.added: list[tuple[str, str, frozenset[Owner]]] = []
         self.removed: list[tuple[str, str]] = []
         self.foreign: list[tuple[str, str]] = []
-        self.forgotten: list[tuple[str, str]] = []
+        self.unseen: list[str] = []  # PFs with recorded entries that this namespace does not see
         self.kept: dict[tuple[str, str], frozenset[Owner]] = {}
         self.warnings: list[str] = []
         self.failed: list[str] = []
@@ -268,10 +268,9 @@ def _sync(ctx, tool, book: dict, report: SyncReport, only: frozenset[str] | None
     scope = {pf for br in topo.bridges() for pf in topo.bridge_pfs(br)} | {e.pf for e in wanted} | {k[0] for k in book}
     if only is not None:
         scope &= only
-    book = dict(book)
-    for key in [k for k in book if k[0] in scope and k[0] not in links]:
-        report.forgotten.append(key)  # the interface is gone, and its table with it
-        del book[key]
+    # A PF this network namespace does not see (moved to another, or gone) keeps its record as
+    # it is: only a sync that sees it can tell what its table holds.
+    report.unseen = sorted({k[0] for k in book if k[0] in scope and k[0] not in links})
     present = {pf: tool.own(pf) for pf in sorted(scope) if pf in links}
     endpoints = {p for br in topo.bridges() for p in topo.endpoint_ports(br)}
     on = {pf for pf in present if allowed(links[pf])}

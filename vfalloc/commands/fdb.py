@@ -34,11 +34,11 @@ def cmd_sync(args, ctx) -> int:
             line(ctx.out, f"{would}add {mac} to {pf} (for {_owners(owners)})")
         for pf, mac in report.removed:
             line(ctx.out, f"{would}remove {mac} from {pf} (nobody needs it any more)")
-        for pf, mac in report.forgotten:
-            line(ctx.out, f"{would}forget {mac} on {pf} (the interface is gone)")
+        for pf in report.unseen:
+            line(ctx.out, f"{pf}: no such interface here; its entries stay recorded (`vfalloc fdb show`)")
         for pf, mac in report.foreign:
             line(ctx.out, f"left {mac} on {pf} as it is (not added by vfalloc)")
-        if not (report.added or report.removed or report.forgotten):
+        if not (report.added or report.removed):
             line(ctx.out, f"every PF's FDB holds what it should ({len(report.kept)} entries kept by vfalloc)")
     if report.failed:
         raise FdbError("fdb sync", "; ".join(report.failed))
