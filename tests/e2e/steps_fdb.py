@@ -1,6 +1,6 @@
 """e2e steps: bridged guests and VF guests on one port reach each other because vfalloc keeps the
-PF's FDB (docs/bridges.md). Registered from scenario.py at the end of boot 2, when libvirtd runs
-with the hook installed and both PFs have their VFs.
+PF's FDB (docs/bridges.md). Registered from scenario.py at the end of boot 2, once both PFs have
+their VFs again; libvirtd runs with the hook boot 1 installed.
 
 What they prove on the real kernel, igb/igbvf and QEMU's 82576 model:
 - fdb-bridge: PF 0 made a port of br0 (own MAC differing from the PF's): `vfalloc host check`
@@ -24,7 +24,7 @@ import shlex
 import time
 from pathlib import Path
 
-from inside import SYS_PCI, VFALLOC, Context, driver_of, expect, sriov_pfs, vfs_of
+from inside import SYS_PCI, VFALLOC, Context, driver_of, expect, libvirtd_answers, sriov_pfs, start_libvirt, vfs_of
 from scenario import CONFIG, UNIT, step, syslog
 
 BR0, BR0_MAC = "br0", "02:e2:0f:db:00:01"
@@ -74,8 +74,12 @@ def fdb_check(ctx: Context, pf: str) -> dict:
     return found[0]
 
 
-@step("fdb-bridge", timeout=120, needs=("start-after-reboot",), boot=2)
+@step("fdb-bridge", timeout=240, needs=("persist-at-boot", "install-hook"), boot=2)
 def fdb_bridge(ctx: Context) -> None:
+    # These steps need the VFs (made at this boot) and libvirtd with the hook boot 1 installed;
+    # not the lease steps before them, so libvirtd is started here when they did not start it.
+    if not libvirtd_answers():
+        start_libvirt(ctx)
     ctx.run("modprobe", "-a", "bridge", "veth", "tun")
     pf = sriov_pfs()[0].netdev
     ctx.run("ip", "link", "add", BR0, "type", "bridge")
