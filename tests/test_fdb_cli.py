@@ -194,6 +194,22 @@ def test_bad_switch_is_one_line(host, config, message):
     assert not host.book.exists() and not host.calls()
 
 
+@pytest.mark.parametrize("name, what", [("nosuch0", "no network interface"), ("br0", "no SR-IOV PF with VFs")],
+                         ids=["missing", "bridge"])
+def test_sync_of_a_pf_that_is_none(host, name, what):
+    res = host.run("fdb", "sync", name)
+    assert res.code == 2 and f"{name} is {what} on this host" in res.err and len(res.err.splitlines()) == 1
+    assert not host.calls() and not host.book.exists()
+
+
+def test_sync_of_one_pf(host):
+    host.running()
+    res = host.run("fdb", "sync", "enp1s0f1")  # not a bridge port: nothing to do there
+    assert res.code == 0 and host.own() == set()
+    res = host.run("fdb", "sync", "enp1s0f0")
+    assert res.code == 0 and host.own() == {GUEST_MAC, BR_MAC, VETH_PEER}
+
+
 def test_broken_record_is_refused_and_left_as_it_is(host):
     host.book.parent.mkdir(parents=True)
     host.book.write_text('{"version": 7, "entries": []}')

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..errors import FdbError
+from ..errors import FdbError, UsageError
 from .host_context import line
 
 
@@ -18,6 +18,11 @@ def _owners(owners) -> str:
 def cmd_sync(args, ctx) -> int:
     from ..fdb_ops import sync
 
+    for name in args.pfs:
+        link = ctx.sysfs.read_link(name)
+        if link is None or not link.numvfs:
+            what = "no network interface" if link is None else "no SR-IOV PF with VFs"
+            raise UsageError(f"{name} is {what} on this host; name a PF's interface (see `vfalloc pools`)")
     report = sync(ctx, os.environ, dry_run=args.dry_run, only=frozenset(args.pfs) if args.pfs else None)
     for warning in report.warnings:
         ctx.err.write(f"vfalloc: warning: {warning}\n")
