@@ -140,6 +140,15 @@ def bridged_xml(n: int, kind: str, bridge: str) -> bytes:
             f"<emulator>/usr/bin/qemu-system-x86_64</emulator>{nic}</devices></domain>").encode()
 
 
+def check_book(base: Path, case: str) -> None:
+    """After `started begin`: the guest over the PF has its entry recorded, the others none."""
+    path = base / "fdb.json"
+    macs = [e["mac"] for e in json.loads(path.read_text())["entries"]] if path.exists() else []
+    want = ["52:54:00:00:10:01"] if case == "pf_bridge" else []
+    if macs != want:
+        raise SystemExit(f"bench: after started begin of {case} vfalloc recorded {macs}, expected {want}")
+
+
 def bridged_cycle(base: Path, rounds: int) -> dict[str, float]:
     """prepare/started/release of guests without VFs, interleaved with the floor (medians, ms)."""
     host = FakeHost(base, 8)
@@ -158,6 +167,8 @@ def bridged_cycle(base: Path, rounds: int) -> dict[str, float]:
         for case, xml in cases.items():
             for op, sub in (("prepare", "begin"), ("started", "begin"), ("release", "end")):
                 runs.setdefault(f"{case}_{op}", []).append(timed([*HOOK, f"vm-{case}", op, sub, "-"], env, xml))
+                if op == "started":
+                    check_book(base, case)
     book = json.loads((base / "fdb.json").read_text())
     if book["entries"]:
         raise SystemExit(f"bench: the bridged guest's entries were not all removed: {book}")
