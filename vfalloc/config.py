@@ -84,7 +84,7 @@ class ConfigFile(Record):
     pools: tuple[PoolSpec, ...] = ()
     pf_numvfs: Mapping[str, int] = Factory(dict)
     fdb_enabled: bool = True                       # [fdb] enabled
-    pf_fdb: Mapping[str, bool] = Factory(dict)     # [pf.NAME] fdb
+    pf_fdb: Mapping[str, bool] = Factory(dict)  # type: ignore[assignment]  # [pf.NAME] fdb
 
     def fdb_for(self, names: tuple[str, ...]) -> bool:
         """Whether vfalloc keeps the FDB entries of the PF known by these names (interface
