@@ -5,7 +5,10 @@
   can cost), and against bench/lean_hook.py, the same job's I/O with nothing around it;
 - in-process allocation at 1,024 VFs;
 - `vfalloc list` at 1,024 VFs;
-- 64 hook processes started at once for 64 domains, against the same 64 run one after another.
+- 64 hook processes started at once for 64 domains, against the same 64 run one after another;
+- the hook's `prepare begin`, `started begin` and `release end` for a guest without VFs: on a
+  bridge over an SR-IOV PF (its FDB entry added and removed; /bin/true stands in for iproute2's
+  `bridge`), on a bridge without one (libvirt's NAT network), and with no such interface.
 
 Nothing here asserts a time: it prints figures and ratios (and `--json` for scripts).
 """
@@ -125,6 +128,53 @@ def burst(host: FakeHost, count: int) -> tuple[float, float, int]:
     return parallel, sequential, served
 
 
+def bridged_xml(n: int, kind: str, bridge: str) -> bytes:
+    """A guest without VFs as libvirt 11.3 writes its live XML (single quotes, <target dev>)."""
+    nic = "" if kind == "none" else (
+        f"<interface type='{kind}'><mac address='52:54:00:00:10:{n:02x}'/>"
+        + (f"<source bridge='{bridge}'/>" if kind == "bridge" else
+           f"<source network='default' portid='8f1ac7cb-9d67-4f4a-a13a-7d4b1d1c4d4e' bridge='{bridge}'/>")
+        + f"<target dev='vnet{n}'/><model type='virtio'/><alias name='net0'/></interface>")
+    return (f"<domain type='kvm' id='{n}'><name>vm{n}</name><uuid>{uuid(n)}</uuid><memory unit='KiB'>1048576</memory>"
+            "<vcpu>2</vcpu><os><type arch='x86_64' machine='q35'>hvm</type></os><devices>"
+            f"<emulator>/usr/bin/qemu-system-x86_64</emulator>{nic}</devices></domain>").encode()
+
+
+def check_book(base: Path, case: str) -> None:
+    """After `started begin`: the guest over the PF has its entry recorded, the others none."""
+    path = base / "fdb.json"
+    macs = [e["mac"] for e in json.loads(path.read_text())["entries"]] if path.exists() else []
+    want = ["52:54:00:00:10:01"] if case == "pf_bridge" else []
+    if macs != want:
+        raise SystemExit(f"bench: after started begin of {case} vfalloc recorded {macs}, expected {want}")
+
+
+def bridged_cycle(base: Path, rounds: int) -> dict[str, float]:
+    """prepare/started/release of guests without VFs, interleaved with the floor (medians, ms)."""
+    host = FakeHost(base, 8)
+    fs = FakeSys(base / "sys")
+    fs.set_mac("ens0f0", "a0:36:9f:00:00:00")
+    for n in range(4):
+        fs.virtual_netdev(f"vnet{n}", f"fe:54:00:00:00:{n:02x}")
+    fs.linux_bridge("br0", "02:00:00:00:b0:00", ["ens0f0", "vnet0"])
+    fs.linux_bridge("virbr0", "52:54:00:aa:aa:aa", ["vnet1", "vnet2", "vnet3"])
+    env = {**host.env, "VFALLOC_BRIDGE": "/bin/true"}
+    cases = {"pf_bridge": bridged_xml(1, "bridge", "br0"), "nat_network": bridged_xml(2, "network", "virbr0"),
+             "no_interface": bridged_xml(3, "none", "")}
+    runs: dict[str, list[float]] = {"floor": []}
+    for _ in range(rounds):
+        runs["floor"].append(timed([PY, "-I", "-c", "import lxml.etree"], env))
+        for case, xml in cases.items():
+            for op, sub in (("prepare", "begin"), ("started", "begin"), ("release", "end")):
+                runs.setdefault(f"{case}_{op}", []).append(timed([*HOOK, f"vm-{case}", op, sub, "-"], env, xml))
+                if op == "started":
+                    check_book(base, case)
+    book = json.loads((base / "fdb.json").read_text())
+    if book["entries"]:
+        raise SystemExit(f"bench: the bridged guest's entries were not all removed: {book}")
+    return {k: statistics.median(v) * 1000 for k, v in runs.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=21)
@@ -142,6 +192,9 @@ def main() -> int:
         big = hosts[1024]
         results["alloc_1024_in_process_ms"] = round(in_process_allocation(big, args.rounds) * 1000, 2)
         results["list_1024_ms"] = round(list_time(big, max(5, args.rounds // 2)) * 1000, 1)
+        bridged = bridged_cycle(Path(tmp) / "bridged", args.rounds)
+        results["bridged"] = {**{f"{k}_ms": round(v, 1) for k, v in bridged.items()},
+                              **{f"{k}_ratio": round(v / bridged["floor"], 2) for k, v in bridged.items() if k != "floor"}}
         parallel, sequential, served = burst(big, 64)
         results["burst_64"] = {"parallel_s": round(parallel, 2), "sequential_s": round(sequential, 2),
                                "ratio": round(parallel / sequential, 2), "served": served}
@@ -157,6 +210,13 @@ def main() -> int:
               f"({h['lean_prepare_ratio']}x / {h['lean_release_ratio']}x)")
     print(f"allocation at 1024 VFs, in process: {results['alloc_1024_in_process_ms']} ms")
     print(f"vfalloc list at 1024 VFs: {results['list_1024_ms']} ms")
+    g = results["bridged"]
+    print(f"guests without VFs (floor {g['floor_ms']} ms), prepare / started / release begin-end:")
+    for case, what in (("pf_bridge", "on a bridge over an SR-IOV PF (entry added, removed)"),
+                       ("nat_network", "on a bridge without one (libvirt's NAT network)"),
+                       ("no_interface", "with no bridge, network or macvtap interface")):
+        print(f"  {what}: " + " / ".join(f"{g[f'{case}_{op}_ms']} ms ({g[f'{case}_{op}_ratio']}x)"
+                                         for op in ("prepare", "started", "release")))
     b = results["burst_64"]
     print(f"64 hooks at once: {b['served']}/64 served in {b['parallel_s']} s vs {b['sequential_s']} s "
           f"one after another ({b['ratio']}x)")

@@ -163,6 +163,67 @@ class FakeSys:
             (self.root / "class" / "net" / net.name).unlink(missing_ok=True)
         shutil.rmtree(vpath)
 
+    # -- network interfaces above the NICs: bridges, VLAN devices, bonds, veths and taps, laid out
+    # as net/core/net-sysfs.c and netdev_adjacent_sysfs_add (Linux 6.x) lay them out --
+    def netdir(self, ifname: str) -> Path:
+        return (self.root / "class" / "net" / ifname).resolve()
+
+    def virtual_netdev(self, ifname: str, mac: str, devtype: str | None = None) -> Path:
+        """A netdev with no device below it: devices/virtual/net/IFNAME (bridge, vlan, bond,
+        veth, tap). uevent carries DEVTYPE for the kinds that set one (SET_NETDEV_DEVTYPE)."""
+        ndir = self.root / "devices" / "virtual" / "net" / ifname
+        ndir.mkdir(parents=True, exist_ok=True)
+        self._write(ndir / "address", mac)
+        self._write(ndir / "operstate", "up")
+        self._write(ndir / "uevent", (f"DEVTYPE={devtype}\n" if devtype else "") + f"INTERFACE={ifname}\nIFINDEX=9")
+        self._link(self.root / "class" / "net" / ifname, ndir)
+        return ndir
+
+    def set_mac(self, ifname: str, mac: str) -> None:
+        self._write(self.netdir(ifname) / "address", mac)
+
+    def _adjacent(self, upper: str, lower: str) -> None:
+        up, low = self.netdir(upper), self.netdir(lower)
+        self._link(up / f"lower_{lower}", low)
+        self._link(low / f"upper_{upper}", up)
+
+    def linux_bridge(self, name: str, mac: str, ports: list[str]) -> None:
+        """A Linux bridge: bridge/ attributes, brif/PORT -> the port's brport/, and each port's
+        master and brport/bridge links."""
+        ndir = self.virtual_netdev(name, mac, "bridge")
+        self._write(ndir / "bridge" / "forward_delay", "1500")
+        (ndir / "brif").mkdir(exist_ok=True)
+        for port in ports:
+            self.enslave(name, port)
+
+    def enslave(self, master: str, port: str) -> None:
+        up, low = self.netdir(master), self.netdir(port)
+        self._link(low / "master", up)
+        self._adjacent(master, port)
+        if (up / "bridge").is_dir():
+            self._write(low / "brport" / "state", "3")
+            self._link(low / "brport" / "bridge", up)
+            self._link(up / "brif" / port, low / "brport")
+        elif (up / "bonding").is_dir():
+            self._write(low / "bonding_slave" / "state", "active")
+
+    def vlan(self, name: str, lower: str, mac: str | None = None) -> None:
+        low = self.netdir(lower)
+        self.virtual_netdev(name, mac or (low / "address").read_text().strip(), "vlan")
+        self._adjacent(name, lower)
+
+    def bond(self, name: str, mac: str, slaves: list[str]) -> None:
+        ndir = self.virtual_netdev(name, mac, "bond")
+        self._write(ndir / "bonding" / "mode", "active-backup 1")
+        for slave in slaves:
+            self.enslave(name, slave)
+
+    def unplug(self, master: str, port: str) -> None:
+        up, low = self.netdir(master), self.netdir(port)
+        for link in (low / "master", up / f"lower_{port}", low / f"upper_{master}", up / "brif" / port):
+            if link.is_symlink():
+                link.unlink()
+
 # -- realistic hosts --
 
 def i350(fs: FakeSys, numvfs: int = 7, ports: int = 4, bus: int = 1, prefix: str = "enp1s0f") -> list[str]:

@@ -43,3 +43,10 @@ def test_one_round_of_the_hook_cycle_runs_every_command(bench, tmp_path):
     runs = bench.hook_cycle(bench.FakeHost(tmp_path, 8), 1)  # exits on any command that fails
     assert set(runs) == {"floor", "prepare", "release", "lean_prepare", "lean_release"}
     assert all(len(v) == 1 and v[0] > 0 for v in runs.values())
+
+
+def test_one_round_of_the_bridged_guests_adds_and_removes_the_entry(bench, tmp_path):
+    # exits unless the guest over the PF had its entry recorded at started and none is left
+    ms = bench.bridged_cycle(tmp_path, 1)
+    assert {f"{c}_{op}" for c in ("pf_bridge", "nat_network", "no_interface")
+            for op in ("prepare", "started", "release")} | {"floor"} == set(ms)

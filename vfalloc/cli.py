@@ -68,7 +68,32 @@ def build_parser() -> argparse.ArgumentParser:
     _domain_commands(sub, [common, connect])
     _hook_commands(sub, [common])
     _host_commands(sub, [common])
+    _fdb_commands(sub, [common])
     return parser
+
+
+def _fdb_commands(sub, parents) -> None:
+    fdb = sub.add_parser("fdb", help="the SR-IOV PFs' FDB entries that let VFs reach bridged guests",
+                         description="A VF reaches a guest, container or the host on a Linux bridge over "
+                                     "its own PF only when that MAC is in the PF's own FDB. vfalloc keeps "
+                                     "those entries (docs/bridges.md).")
+    fsub = fdb.add_subparsers(dest="fdb_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    fsub.required = True
+    p = fsub.add_parser("sync", parents=parents, help="add missing entries, remove those nobody needs",
+                        description="Bring each PF's FDB to what it should hold: the MACs of running "
+                                    "libvirt guests on a bridge over it (from libvirt's status directory), "
+                                    "the bridge's own MAC when it differs from the PF's, and the MACs the "
+                                    "bridge learnt on its other ports. Only entries vfalloc added are ever "
+                                    "removed.")
+    p.add_argument("pfs", nargs="*", metavar="PF", help="only these PFs (interface names; default: all)")
+    p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p.set_defaults(func=_handler("fdb:cmd_sync"))
+    p = fsub.add_parser("show", parents=parents, help="the entries vfalloc keeps, and for whom",
+                        description="Every FDB entry vfalloc added and keeps, with the domain, bridge or "
+                                    "port that needs it.")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.set_defaults(func=_handler("fdb:cmd_show"))
 
 
 def _lease_commands(sub, parents) -> None:

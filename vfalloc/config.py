@@ -22,6 +22,10 @@ state file itself.
 
     [pf.enp1s0f2]
     numvfs = 4                  # per-PF VF count, overrides the pool's
+    fdb = false                 # do not keep this PF's FDB entries (docs/bridges.md)
+
+    [fdb]
+    enabled = false             # keep no PF's FDB entries on this host (default: true)
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ ENV = {
     "hook_log": "VFALLOC_HOOK_LOG",
 }
 _POOL_KEYS = {"pfs", "policy", "vlan", "trust", "spoofchk", "numvfs"}
-_TOP_KEYS = {"settings", "pools", "pf"}
+_TOP_KEYS = {"settings", "pools", "pf", "fdb"}
 
 
 class PoolSpec(Record):
@@ -79,6 +83,15 @@ class ConfigFile(Record):
     settings: Mapping[str, Any] = field(default_factory=dict)
     pools: tuple[PoolSpec, ...] = ()
     pf_numvfs: Mapping[str, int] = field(default_factory=dict)
+    fdb_enabled: bool = True                                  # [fdb] enabled
+    pf_fdb: Mapping[str, bool] = field(default_factory=dict)  # [pf.NAME] fdb
+
+    def fdb_for(self, names: tuple[str, ...]) -> bool:
+        """Whether vfalloc keeps the FDB entries of the PF known by these names (interface
+        name, PCI address): on unless [fdb] enabled = false or its [pf.NAME] says fdb = false."""
+        if not self.fdb_enabled:
+            return False
+        return all(self.pf_fdb.get(n, True) for n in names)
 
 
 class Settings(Record):
@@ -166,13 +179,26 @@ def parse_config(path: str, data: Mapping[str, Any]) -> ConfigFile:
         raise ConfigError(path, "`pools` must be a table of [pools.NAME] sections")
     pools = tuple(_pool_spec(path, _checked_name(path, "pool", name), body) for name, body in pools_raw.items())
     pf_numvfs = {}
+    pf_fdb = {}
     pf_tables = data.get("pf", {})
     _no_unknown(path, "[pf]", pf_tables, set(pf_tables))
     for ref, body in pf_tables.items():
         ref = _checked_name(path, "PF", ref)
-        _no_unknown(path, f"[pf.{ref}]", body, {"numvfs"})
-        pf_numvfs[ref] = _count(path, f"[pf.{ref}] numvfs", body.get("numvfs"))
-    return ConfigFile(path, True, settings, pools, pf_numvfs)
+        _no_unknown(path, f"[pf.{ref}]", body, {"numvfs", "fdb"})
+        if "numvfs" in body or "fdb" not in body:
+            pf_numvfs[ref] = _count(path, f"[pf.{ref}] numvfs", body.get("numvfs"))
+        if "fdb" in body:
+            pf_fdb[ref] = _switch(path, f"[pf.{ref}] fdb", body["fdb"])
+    fdb = data.get("fdb", {})
+    _no_unknown(path, "[fdb]", fdb, {"enabled"})
+    enabled = _switch(path, "[fdb] enabled", fdb.get("enabled", True))
+    return ConfigFile(path, True, settings, pools, pf_numvfs, enabled, pf_fdb)
+
+
+def _switch(path: str, where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(path, f"{where} = {value!r} is not true or false", "write true or false")
+    return value
 
 
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")

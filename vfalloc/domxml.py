@@ -4,7 +4,8 @@ Owns: reading a domain XML (or the <domstatus> file of a running domain) into a 
 (name, UUID, the VF requests under <metadata> in namespace urn:vfalloc:1, the ua-vfalloc-N
 devices, the NUMA nodes and CPUs the domain is pinned to); rendering the device for a leased
 VF; adding such devices to a domain XML; swapping their host-side source address; the request
-element for libvirt's metadata API.
+element for libvirt's metadata API; a domain's interfaces on bridges, networks and macvtaps
+(read_guest) and a libvirt network's bridge (network_bridge), for the FDB entries (vfalloc.fdb).
 
 Must not: choose VFs or apply any policy, read or write files, look at sysfs, talk to libvirt.
 It parses only the bytes it is given, with a hardened parser (no entity expansion, no DTD, no
@@ -22,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from lxml import etree
 
 from .errors import DomainXMLError, UsageError
+from .fdb import Guest, Nic
 from .model import PciAddress, Request, normalize_mac
 from .record import Record
 
@@ -87,6 +89,42 @@ def read_domain(xml: bytes | str) -> DomainInfo:
         # <vcpu cpuset> for all vCPUs, <cputune><vcpupin cpuset> for one vCPU each
         cpuset=_union(dom, ("vcpu", "cputune/vcpupin"), "cpuset", name),
     )
+
+
+_NIC_TYPES = ("bridge", "network", "direct")
+
+
+def read_guest(xml: bytes | str) -> Guest:
+    """A domain's name, UUID and the interfaces that may sit on a Linux bridge or a macvtap:
+    <interface type='bridge'> (<source bridge>), type='network' (<source network>, and in the
+    live XML of a running domain the bridge the network gave it, <source bridge>; libvirt 11.3
+    virDomainNetDefFormat) and type='direct' (<source dev>); <target dev> is the tap or macvtap."""
+    dom = _domain_element(_parse(xml))
+    name = _name(dom)
+    nics = []
+    for el in dom.iterfind("devices/interface"):
+        kind = el.get("type")
+        mac_el, source, target = el.find("mac"), el.find("source"), el.find("target")
+        mac = (mac_el.get("address") or "").lower() if mac_el is not None else ""
+        if kind not in _NIC_TYPES or source is None or not mac:
+            continue
+        nics.append(Nic(kind, mac, bridge=source.get("bridge"), dev=source.get("dev") if kind == "direct" else None,
+                        network=source.get("network") if kind == "network" else None,
+                        target=target.get("dev") if target is not None else None))
+    return Guest(name, _uuid(dom, name), tuple(nics))
+
+
+def network_bridge(xml: bytes | str) -> str | None:
+    """The Linux bridge of a libvirt network: <bridge name> of its <network> (the config file
+    under /etc/libvirt/qemu/networks, or the <networkstatus> libvirt keeps while it runs).
+    Networks with <forward mode='bridge'> name the admin's bridge the same way."""
+    root: etree._Element | None = _parse(xml).getroot()
+    if root is not None and root.tag == "networkstatus":
+        root = root.find("network")
+    if root is None or root.tag != "network":
+        return None
+    el = root.find("bridge")
+    return el.get("name") if el is not None and el.get("name") else None
 
 
 def render_device(request: Request, address: PciAddress, mac: str | None) -> str:

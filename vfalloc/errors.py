@@ -65,6 +65,11 @@ class StateError(_AboutOne):
     label = "state file {}"
 
 
+class FdbError(_AboutOne):
+    """A PF's forwarding table could not be read or changed, or vfalloc's record of the
+    entries it added cannot be used; the subject is the command or the file."""
+
+
 class AllocationError(VfallocError):
     """A request for VFs cannot be met."""
 

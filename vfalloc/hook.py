@@ -10,6 +10,10 @@ Facts relied on (libvirt 11.3, src/qemu/qemu_process.c and docs/hooks.rst):
   `release end REASON`; a failed start calls prepare, `stopped end`, `release end failed`;
   a daemon restart calls `reconnect begin` for every running domain.
 
+Besides the leases, the hook keeps the SR-IOV PFs' FDB entries of guests on a bridge over such
+a PF (vfalloc.fdb_ops, docs/bridges.md): added at `started begin`, removed at `release end`,
+synced at `reconnect begin`; for any domain, with or without VFs, and never fatal to it.
+
 This module never imports libvirt. It reads the same settings as the CLI (config file and the
 VFALLOC_* environment), does its work under the lease table's lock, logs one line per call to
 syslog (facility daemon, ident vfalloc) and turns every error into one line on stderr.
@@ -49,6 +53,7 @@ class Call:
         self.environ = environ
         self.out, self.err = out, err
         self.settings: Settings | None = None  # loaded by the first operation that needs them, then kept
+        self.notes: list[str] = []  # what the FDB steps did, for the log line
 
     def context(self) -> Context:
         from .config import load_settings
@@ -101,9 +106,16 @@ def main(argv: Sequence[str], stdin: BinaryIO | None = None, out: TextIO | None 
         if not domxml.mentions_vfalloc(xml) and (op, subop) != ("reconnect", "begin"):
             if not xml.strip() and op in ("prepare", "migrate", "restore"):
                 call.info()  # raises: these operations need the XML
-            if (op, subop) not in BY_NAME or not call.holds_leases():
-                return 0
-        message = handler(call)
+            if (op, subop) in BY_NAME and call.holds_leases():
+                message = handler(call)  # a lease reserved by hand for this domain
+            else:
+                FDB_ONLY.get((op, subop), _fdb_none)(call)  # a domain without VFs on a bridge with one
+                if not call.notes:
+                    return 0
+                message = ""
+        else:
+            message = handler(call)
+        message = "; ".join(part for part in (message, *call.notes) if part)
     except VfallocError as exc:
         err.write(f"vfalloc: {exc}\n")
         log(environ, f"{where}: {'refused' if may_refuse else 'failed'}: {exc}", call.settings if call else None)
@@ -135,6 +147,7 @@ def on_prepare(call: Call) -> str:
 
 
 def on_started(call: Call) -> str:
+    _fdb_keep(call)
     info = call.info()
     ctx = call.context()
     pending = [x for x in ctx.store.read().of_domain(info.uuid) if x.phase == Phase.PENDING]
@@ -147,6 +160,7 @@ def on_started(call: Call) -> str:
 def on_release(call: Call) -> str:
     from .lease_ops import release_domain
 
+    _fdb_drop(call)
     info = call.info()
     gone = release_domain(call.context(), info.uuid)
     if not gone:
@@ -175,6 +189,7 @@ def on_reconnect(call: Call) -> str:
     from .lease_ops import now, reconcile_running
 
     ctx = call.context()
+    _fdb_sync(call)
     parts = []
     kept: tuple = ()
     dropped: tuple = ()
@@ -201,6 +216,58 @@ HANDLERS: dict[tuple[str, str], Callable[[Call], str]] = {
     ("migrate", "begin"): on_incoming,
     ("restore", "begin"): on_incoming,
     ("reconnect", "begin"): on_reconnect,
+}
+
+
+# -- the PFs' FDB entries (vfalloc.fdb_ops): never fatal, the outcome goes into the log line --
+
+def _fdb_keep(call: Call) -> None:
+    """`started begin`: the live XML names the bridge of every interface (also type='network')."""
+    _fdb(call, lambda fdb_ops: fdb_ops.keep_for_domain(call.context(), call.environ, call.xml))
+
+
+def _fdb_drop(call: Call) -> None:
+    _fdb(call, lambda fdb_ops: fdb_ops.drop_for_domain(call.context(), call.environ, call.xml))
+
+
+def _fdb_sync(call: Call) -> None:
+    """`reconnect begin`: entries may have been lost (a PF reset) or left behind (a domain that
+    stopped while the daemon was down)."""
+    def run(fdb_ops) -> str:
+        report = fdb_ops.sync(call.context(), call.environ)
+        done = [f"added {m} on {pf}" for pf, m, _ in report.added] + [f"removed {m} on {pf}" for pf, m in report.removed]
+        if report.failed:
+            raise VfallocError("; ".join(report.failed))
+        return f"fdb sync {', '.join(done)}" if done else ""
+    _fdb(call, run)
+
+
+def _fdb_none(call: Call) -> None:
+    return None
+
+
+# libvirt writes <interface type='...'> with single quotes (virDomainNetDefFormat, 11.3): a
+# domain without such an interface costs the FDB steps one byte search and no import.
+_FDB_MARKS = (b"<interface type='bridge'", b"<interface type='network'", b"<interface type='direct'")
+
+
+def _fdb(call: Call, step: Callable) -> None:
+    if (call.op, call.subop) != ("reconnect", "begin") and not any(m in call.xml for m in _FDB_MARKS):
+        return
+    from . import fdb_ops
+
+    try:
+        note = step(fdb_ops)
+    except VfallocError as exc:
+        note = f"fdb failed: {exc}"
+        call.err.write(f"vfalloc: warning: {note}\n")
+    if note:
+        call.notes.append(note)
+
+
+FDB_ONLY: dict[tuple[str, str], Callable[[Call], None]] = {
+    ("started", "begin"): _fdb_keep,
+    ("release", "end"): _fdb_drop,
 }
 
 

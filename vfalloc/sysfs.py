@@ -12,6 +12,12 @@ Layout relied on (Documentation/ABI/testing/sysfs-bus-pci, Linux 6.x):
   DBDF/virtfnN -> ../VF_DBDF (on a PF), DBDF/physfn -> ../PF_DBDF (on a VF)
   DBDF/driver -> .../bus/pci/drivers/NAME, DBDF/iommu_group -> .../kernel/iommu_groups/N
   DBDF/net/IFNAME/ (a netdev on this function), class/net/IFNAME -> .../DBDF/net/IFNAME
+Network interfaces (Documentation/ABI/testing/sysfs-class-net, net/core/net-sysfs.c and
+net/core/dev.c netdev_adjacent_sysfs_add, Linux 3.11 to 6.x):
+  class/net/IFNAME/{address,uevent} (uevent: DEVTYPE=bridge|vlan|bond for those kinds)
+  class/net/IFNAME/master -> ../UPPER (a bridge port's bridge, a bond slave's bond)
+  class/net/IFNAME/lower_LOWER -> ../LOWER (a VLAN's real device, a bond's or bridge's ports)
+  class/net/BR/bridge/ and class/net/BR/brif/PORT (a Linux bridge and its ports)
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import errno
 import os
 
 from .errors import SysfsError, UsageError
+from .fdb import Link
 from .model import PF, VF, Host, PciAddress
 from .record import Record
 
@@ -36,6 +43,9 @@ class PciDevice(Record):
     driver: str | None
     iommu_group: int | None
     numa_node: int | None
+
+
+_KINDS = {"bridge", "vlan", "bond"}
 
 
 class Sysfs:
@@ -266,6 +276,63 @@ class Sysfs:
         if len(parts) >= 3 and parts[-1] == ifname and parts[-2] == "net" and PciAddress.looks_like(parts[-3]):
             return PciAddress.parse(parts[-3])
         return None  # a virtual netdev (devices/virtual/net), or one on a bus that is not PCI
+
+    # -- network interfaces, for the bridge FDB (vfalloc.fdb) --
+    def link_names(self) -> list[str]:
+        base = f"{self._root}/class/net"
+        try:
+            return sorted(os.listdir(base))
+        except FileNotFoundError as exc:
+            raise SysfsError(base, "does not exist", "is sysfs mounted there? check --sysfs-root") from exc
+        except OSError as exc:
+            raise SysfsError(base, f"cannot list ({exc.strerror})") from exc
+
+    def read_link(self, name: str) -> Link | None:
+        """The interface `name`, None when there is none (or the name cannot be one)."""
+        if not name or "/" in name or name in (".", ".."):
+            return None
+        path = f"{self._root}/class/net/{name}"
+        try:
+            entries = os.listdir(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise SysfsError(path, f"cannot list ({exc.strerror})") from exc
+        kind = ""
+        for line in (self._read_optional(f"{path}/uevent") or "").splitlines():
+            if line.startswith("DEVTYPE=") and line[8:] in _KINDS:
+                kind = line[8:]
+        if not kind and "bridge" in entries:
+            kind = "bridge"
+        pci = self.netdev_pci(name)
+        numvfs = None
+        if pci is not None:
+            text = self._read_optional(f"{self._dev(pci)}/sriov_numvfs")
+            numvfs = None if text is None else self._number(f"{self._dev(pci)}/sriov_numvfs", text)
+        lowers = tuple(sorted(e[6:] for e in entries if e.startswith("lower_")))
+        if kind == "bridge" and "brif" in entries:
+            try:
+                lowers = tuple(sorted(set(lowers) | set(os.listdir(f"{path}/brif"))))
+            except OSError as exc:
+                raise SysfsError(f"{path}/brif", f"cannot list ({exc.strerror})") from exc
+        return Link(
+            name=name,
+            mac=(self._read_optional(f"{path}/address") or "").lower(),
+            kind=kind,
+            master=self._link_name(f"{path}/master") if "master" in entries else None,
+            lowers=lowers,
+            pci=pci,
+            numvfs=numvfs,
+        )
+
+    def read_links(self) -> dict[str, Link]:
+        """Every network interface of this network namespace, by name."""
+        found = {}
+        for name in self.link_names():
+            link = self.read_link(name)
+            if link is not None:
+                found[name] = link
+        return found
 
     def physfn(self, address: PciAddress) -> PciAddress | None:
         """The PF of a VF (its `physfn` link), None when it is not a VF or does not exist."""

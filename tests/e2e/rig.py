@@ -351,6 +351,10 @@ def kernel_cmdline(config: RigConfig, boot: int = 1) -> str:
             # for cost TCG dearly on every system call and protect nothing here.
             "mitigations=off",
             "panic=-1",  # a panic reboots at once, and -no-reboot turns that into QEMU exiting
+            # On a busy machine the emulated timer can miss the kernel's early IO-APIC check, and
+            # with interrupt remapping on that panics ("timer doesn't work through
+            # Interrupt-remapped IO-APIC", arch/x86/kernel/apic/io_apic.c). no_timer_check skips it.
+            "no_timer_check",
             "loglevel=4",
             f"e2e.boot={boot}",
             *(f"{k}={v}" for k, v in paths.items()),

@@ -993,6 +993,12 @@ def start_after_reboot(ctx: Context) -> None:
     host_checks(ctx, want_rc=0)
 
 
+# Steps kept in modules of their own register here, in this order. Run as a script this module
+# is __main__: the name lets those modules' `from scenario import step` find this very module.
+sys.modules.setdefault("scenario", sys.modules[__name__])
+import steps_fdb  # noqa: E402,F401  (boot 2: bridged guests and VFs on one port, docs/bridges.md)
+
+
 def inside_the_rig() -> bool:
     """This scenario writes sriov_numvfs and rebinds drivers: never on a real host."""
     return "e2e.scenario=" in Path("/proc/cmdline").read_text()

@@ -1,6 +1,6 @@
 """The handlers of vfalloc's commands, one module per group: `leases` (list, pools, alloc,
 release), `domains` (request, start, gc), `install_hook`, `host_show` (host check, iommu-groups,
-acs) and `host_change` (kernel-args, numvfs, persist, vf-driver).
+acs), `host_change` (kernel-args, numvfs, persist, vf-driver) and `fdb` (fdb sync, fdb show).
 
 A handler is `cmd_NAME(args, ctx) -> exit code`: it reads its flags from the parsed arguments,
 calls the library with explicit values (never the argparse Namespace), and prints the result.

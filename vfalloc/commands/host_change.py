@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..errors import HostError, UsageError
+from ..errors import HostError, UsageError, VfallocError
 from ..host import boot_config, numvfs, persist, vfdriver
 from ..host.rootfs import RootFS
 from . import host_context as facts
@@ -131,9 +131,30 @@ def cmd_numvfs(args, ctx) -> int:
         line(ctx.out, f"{pf.name}: {len(result.pf.vfs)} VFs (was {result.before}){': ' + vfs if vfs else ''}")
         record(ctx, f"host numvfs: {pf.name} ({pf.address}) {result.before} -> {len(result.pf.vfs)} VFs"
                     f"{' (--force)' if args.force else ''}")
+        _fdb_after_reset(ctx, pf)
     if autoprobe is not None and not args.dry_run and result.writes:
         record(ctx, f"host numvfs: {pf.name} sriov_drivers_autoprobe {'on' if autoprobe else 'off'}")
     return 0
+
+
+def _fdb_after_reset(ctx, pf) -> None:
+    """A new VF count resets the PF (igb_pci_sriov_configure -> igb_reset_interrupt_capability
+    .. igb_probe_vfs, Linux 6.x) and its own FDB with it: put back the entries vfalloc keeps."""
+    import os
+
+    from ..fdb_ops import sync
+
+    if pf.netdev is None:
+        return
+    try:
+        report = sync(ctx, os.environ, only=frozenset({pf.netdev}))
+    except VfallocError as exc:  # the VFs are made: that stands, the entries are a warning
+        ctx.err.write(f"vfalloc: warning: fdb: {exc}; run `vfalloc fdb sync` once it is fixed\n")
+        return
+    for pf_name, mac, _ in report.added:
+        line(ctx.out, f"fdb: added {mac} to {pf_name}")
+    for failure in report.failed:
+        ctx.err.write(f"vfalloc: warning: fdb: {failure}; run `vfalloc fdb sync` once it is fixed\n")
 
 
 def _numvfs_writes(args, ctx, pf, table, autoprobe: bool | None) -> numvfs.Result:

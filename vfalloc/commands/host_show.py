@@ -19,6 +19,7 @@ def cmd_check(args, ctx) -> int:
     counts_wanted, config_error = facts.wanted(ctx)
     gathered = check.Facts(ctx.sysfs, ctx.host, rootfs, boot_config.running_tokens(ctx.settings.proc_root, ctx.err),
                             vendor(ctx), counts_wanted, config_error, args.hooks_dir, boot_config.configured(rootfs))
+    _fdb_facts(ctx, gathered)
     checks = check.run(gathered)
     counts = check.summary(checks)
     if args.json:
@@ -30,6 +31,22 @@ def cmd_check(args, ctx) -> int:
             line(ctx.out, f"{c.status:<4}  {c.check:<11} {c.subject}: {c.message}{fix}")
         line(ctx.out, f"{counts['ok']} ok, {counts['warn']} warn, {counts['fail']} fail")
     return 1 if counts[check.FAIL] else 0
+
+
+def _fdb_facts(ctx, gathered: check.Facts) -> None:
+    import os
+
+    from ..errors import VfallocError
+    from ..fdb_ops import missing
+
+    try:
+        gathered.fdb_missing = missing(ctx, os.environ)
+    except VfallocError as exc:
+        gathered.fdb_error = str(exc)
+        return
+    gathered.fdb_kept_by_vfalloc = frozenset(
+        pf for pf in gathered.fdb_missing
+        if ctx.settings.config.fdb_for((pf, str(ctx.sysfs.netdev_pci(pf) or pf))))
 
 
 # -- iommu-groups --

@@ -8,9 +8,10 @@ the admin runs), or print (commands/host_show renders the lines and the JSON).
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from ..errors import VfallocError
+from ..fdb import Entry
 from ..hookfile import DEFAULT_HOOKS_DIR
 from ..model import PF, Host
 from ..sysfs import Sysfs
@@ -47,6 +48,10 @@ class Facts:
     hooks_dir: str = DEFAULT_HOOKS_DIR
     # the boot set-up under the root, each of its files' place and arguments, or why unreadable
     boot: tuple[Setup | None, list[tuple[str, list[str]]], str | None] = (None, [], None)
+    # PF interface -> the FDB entries it lacks, for PFs that are bridge ports (fdb_ops.missing)
+    fdb_missing: dict[str, list[Entry]] = field(default_factory=dict)
+    fdb_kept_by_vfalloc: frozenset[str] = frozenset()  # PFs whose entries vfalloc keeps (config)
+    fdb_error: str | None = None
 
 
 def run(f: Facts) -> list[Check]:
@@ -65,6 +70,29 @@ def run(f: Facts) -> list[Check]:
         checks += [sriov(pf, want), link(pf), isolation(f.sysfs, pf, groups),
                    driver_policy(f.sysfs, pf, black), persisted(pf, want, files, f.rootfs)]
         checks += competing(f.rootfs, f.sysfs, pf, want)
+    return checks + fdb_entries(f)
+
+
+def fdb_entries(f: Facts) -> list[Check]:
+    """A PF with VFs that is a bridge port needs the MACs behind the bridge in its own FDB, or
+    its VFs cannot reach them (docs/bridges.md)."""
+    if f.fdb_error:
+        return [Check(WARN, "fdb", "host", f"cannot check the PFs' FDB entries: {f.fdb_error}",
+                      "install iproute2 (the `bridge` command)")]
+    checks = []
+    for pf, missing in sorted(f.fdb_missing.items()):
+        if not missing:
+            checks.append(Check(OK, "fdb", pf, "bridge port: its FDB holds every MAC on the bridge"))
+            continue
+        shown = ", ".join(f"{e.mac} ({e.owner.kind} {e.owner.name})" for e in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        if pf in f.fdb_kept_by_vfalloc:
+            fix = "`vfalloc fdb sync`"
+        else:
+            fix = (f"vfalloc keeps no entries on {pf} (config fdb = false): "
+                   + "; ".join(f"bridge fdb add {e.mac} dev {pf} self" for e in missing[:3]))
+        checks.append(Check(WARN, "fdb", pf, f"bridge port whose FDB lacks {shown}{more}: its VFs cannot "
+                            "reach them", fix))
     return checks
 
 

@@ -9,7 +9,8 @@ Facts relied on:
   also set VFs (network-pre.target, NetworkManager, ifupdown's networking, systemd-networkd) and
   before libvirt (monolithic libvirtd or modular virtqemud) autostarts guests. Each PF's netdev
   device unit (sys-subsystem-net-devices-IFACE.device, systemd-escape --path) is wanted and
-  waited for, so the PF's driver is bound before `numvfs` writes (else ENOENT).
+  waited for, so the PF's driver is bound before `numvfs` writes (else ENOENT). ExecStartPost=
+  runs after every ExecStart= succeeded; a "-" prefix makes its failure not fail the unit.
 - udev: a PCI device's "add" uevent comes before its driver probes; "bind" (Linux 4.14) after.
   At boot the coldplug replays "add" with the driver already bound, after a hotplug or a driver
   (re)load only "bind" carries it. So the rule matches both with DRIVER=="?*", by PCI address
@@ -109,6 +110,10 @@ def render_unit(items: list[Target], exe: str, autoprobe: bool | None, config: s
     if config:
         tail += f" --config {config}"
     lines += [f"ExecStart={exe} host numvfs {t.address} {t.numvfs}{tail}" for t in items]
+    # New VFs come with a reset PF whose own FDB is empty: put back the entries bridged guests,
+    # containers and the bridge's address need (docs/bridges.md). "-": a failure there leaves
+    # the VFs made and the unit good; `vfalloc host check` reports missing entries.
+    lines.append(f"ExecStartPost=-{exe} fdb sync" + (f" --config {config}" if config else ""))
     lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
     return "\n".join(lines)
 
