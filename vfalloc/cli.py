@@ -19,6 +19,7 @@ from . import __version__
 from .errors import UsageError, VfallocError
 
 COMMON = ("config", "sysfs_root", "state", "proc_root")
+COMPLETE_COMMAND = "__complete"  # the completion scripts' helper: live pool, PF and domain names
 HOOKS_DIR = "/etc/libvirt/hooks"  # = hookfile.DEFAULT_HOOKS_DIR, without importing it for every command
 
 
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _domain_commands(sub, [common, connect])
     _hook_commands(sub, [common])
     _host_commands(sub, [common])
+    _tool_commands(sub, [common, connect])
     return parser
 
 
@@ -230,6 +232,31 @@ def _host_commands(sub, parents) -> None:
     p.add_argument("--blacklist", metavar="DRIVER", help="VF driver to blacklist (igbvf, iavf, ixgbevf, ...)")
     p.add_argument("--autoprobe", choices=("on", "off"), help="set the PFs' sriov_drivers_autoprobe")
     p.add_argument("--remove", action="store_true", help="with --blacklist: remove that blacklist line")
+
+
+def _tool_commands(sub, parents) -> None:
+    p = sub.add_parser("metrics", parents=parents, help="Prometheus metrics: capacity, PFs, leases, hook refusals",
+                       description="The pools' VFs by state (the counts of `vfalloc list --json`), each PF's "
+                                   "VFs and sriov_totalvfs, each lease's age and the hook's refusals and errors "
+                                   "since boot, in Prometheus' text format 0.0.4. With [settings] "
+                                   "metrics_textfile the hook keeps that file current.")
+    p.add_argument("--textfile", metavar="PATH",
+                   help="write the metrics to PATH, replacing it whole (node_exporter's textfile collector)")
+    p.add_argument("--offline", action="store_true",
+                   help="judge running domains from libvirt's status files only, never ask libvirt (at boot)")
+    p.set_defaults(func=_handler("metrics:cmd_metrics"))
+
+    p = sub.add_parser("completion", help="print the bash or zsh completion script",
+                       description="Print a completion script for SHELL. bash: put it in "
+                                   "/usr/share/bash-completion/completions/vfalloc (or source it); zsh: put "
+                                   "it in a directory of $fpath as _vfalloc.")
+    p.add_argument("shell", choices=("bash", "zsh"), help="bash or zsh")
+    p.set_defaults(func=_handler("tools:cmd_completion"))
+
+    # Hidden (no help: not listed): the live values the completion scripts ask for.
+    p = sub.add_parser(COMPLETE_COMMAND, parents=parents[:1])
+    p.add_argument("kind", choices=("pools", "pfs", "domains", "uuids"))
+    p.set_defaults(func=_handler("tools:cmd_complete_values"))
 
 
 def make_context(args: argparse.Namespace, out: TextIO, err: TextIO):
