@@ -1,10 +1,9 @@
 """Handlers of `vfalloc completion SHELL` (prints a completion script made from the parser) and
-of the hidden `vfalloc __complete KIND` the scripts call for live values. The helper never
-prints an error: a completion that cannot be had offers nothing, and the exit code says why."""
+of the hidden `vfalloc __complete KIND` the scripts call for live values. The helper's errors
+are the usual one line on stderr; the scripts throw stderr away, so a completion that cannot be
+had offers nothing and never writes into the command line being typed."""
 
 from __future__ import annotations
-
-from ..errors import VfallocError
 
 
 def cmd_completion(args, ctx) -> int:
@@ -18,9 +17,5 @@ def cmd_completion(args, ctx) -> int:
 def cmd_complete_values(args, ctx) -> int:
     from ..completion import values
 
-    try:
-        found = values(args.kind, ctx)
-    except VfallocError as exc:
-        return exc.exit_code
-    ctx.out.write("".join(f"{v}\n" for v in found))
+    ctx.out.write("".join(f"{v}\n" for v in values(args.kind, ctx)))
     return 0
