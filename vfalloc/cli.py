@@ -294,3 +294,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
 
 def run() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -79,6 +79,9 @@ class RigConfig:
     # The host's disk (virtio-blk, /dev/vda in the VM), blank at the start of each run and kept
     # across its boots; 0: no disk.
     disk_mib: int = 0
+    # vfalloc's Debian package (`make deb`), which the VM installs with dpkg (steps_deb.py); the
+    # VM sees it at the same path on the shared root. None: those steps fail and say so.
+    deb: Path | None = Path(os.environ["VFALLOC_E2E_DEB"]) if os.environ.get("VFALLOC_E2E_DEB") else None
 
     @property
     def results_dir(self) -> Path:
@@ -338,7 +341,8 @@ def build_initramfs(config: RigConfig, busybox: Path) -> Path:
 
 
 def kernel_cmdline(config: RigConfig, boot: int = 1) -> str:
-    paths = {"e2e.stage2": STAGE2, "e2e.python": config.python, "e2e.scenario": config.scenario}
+    paths = {"e2e.stage2": STAGE2, "e2e.python": config.python, "e2e.scenario": config.scenario,
+             **({"e2e.deb": config.deb.resolve()} if config.deb else {})}
     for key, value in paths.items():
         if re.search(r"\s", str(value)):
             raise ValueError(f"{key}={value}: the kernel command line cannot carry spaces")

@@ -993,6 +993,12 @@ def start_after_reboot(ctx: Context) -> None:
     host_checks(ctx, want_rc=0)
 
 
+# Steps in modules of their own register here, after the steps above. Run as a script this module
+# is __main__: it is put in sys.modules as "scenario" too, so theirs is this module, not a copy.
+sys.modules.setdefault("scenario", sys.modules[__name__])
+import steps_deb  # noqa: E402,F401  (the Debian package, at the end of boot 2)
+
+
 def inside_the_rig() -> bool:
     """This scenario writes sriov_numvfs and rebinds drivers: never on a real host."""
     return "e2e.scenario=" in Path("/proc/cmdline").read_text()

@@ -1,0 +1,125 @@
+"""e2e steps of the Debian package: at the end of boot 2 the emulated host installs the .deb that
+`make deb` built (dpkg, into the VM's throw-away overlay; its dependencies python3-lxml,
+python3-filelock and python3-libvirt are Debian's, found on the shared root), the packaged
+`vfalloc install-hook` replaces the hook with one that runs /usr/bin/python3, libvirtd restarts
+to see it, and a plain `virsh start` gets its VF through that hook; the packaged `vfalloc
+metrics` agrees with the packaged `vfalloc list --json`.
+
+Imported by scenario.py after its last step (steps run in the order they are registered).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+from inside import Context, expect, libvirtd_pid, read_sysfs, start_libvirtd
+from scenario import CONFIG, HOOK, POOL, RACERS, Listing, check_vf_in_guest, recall, step, syslog
+
+DEB_VFALLOC = Path("/usr/bin/vfalloc")
+DIST_PACKAGES = "/usr/lib/python3/dist-packages/"
+GUEST = RACERS[3]  # not running in boot 2 until this step starts it
+INSTALLED = {  # what the package must put where an admin's tools look for it
+    "/usr/bin/vfalloc": "the command",
+    "/usr/share/man/man8/vfalloc.8.gz": "the man page",
+    "/usr/share/bash-completion/completions/vfalloc": "the bash completion",
+    "/usr/share/zsh/vendor-completions/_vfalloc": "the zsh completion",
+    "/usr/share/vfalloc/hooks/qemu": "the hook's template",
+}
+
+
+def deb_path() -> Path:
+    found = re.search(r"(?:^|\s)e2e\.deb=(\S+)", read_sysfs(Path("/proc/cmdline")))
+    expect(found, "no e2e.deb= on the kernel command line: build the package and pass it "
+                  "(`make e2e` does both; by hand: make deb, then VFALLOC_E2E_DEB=dist/vfalloc_VERSION_all.deb)")
+    path = Path(found[1])
+    expect(path.is_file(), f"{path} does not exist: run `make deb`")
+    return path
+
+
+def packaged(ctx: Context, *args: str, check: bool = True, split: bool = False):
+    """The packaged vfalloc, with the e2e config (the unit and hook name it; a shell would too)."""
+    return ctx.run(str(DEB_VFALLOC), *args, check=check, split=split, env={"VFALLOC_CONFIG": str(CONFIG)},
+                   shown="/usr/bin/vfalloc " + " ".join(args))
+
+
+def packaged_json(ctx: Context, *args: str):
+    proc = packaged(ctx, *args, "--json", split=True)
+    return json.loads(proc.stdout)
+
+
+@step("deb-install", timeout=300, needs=("disk-again",), boot=2)
+def deb_install(ctx: Context) -> None:
+    """dpkg installs the package over Debian's own python3-lxml, python3-filelock and
+    python3-libvirt; its files are where they belong and /usr/bin/vfalloc runs on Debian's
+    python3, importing vfalloc and those libraries from Debian's dist-packages."""
+    deb = deb_path()
+    ctx.run("dpkg-deb", "--field", str(deb), "Package", "Version", "Depends")
+    ctx.run("dpkg", "-i", str(deb))
+    files = set(ctx.run("dpkg", "-L", "vfalloc", quiet=True).stdout.split())
+    for path, what in INSTALLED.items():
+        expect(path in files and Path(path).exists(), f"the package does not install {what} at {path}")
+    expect(DEB_VFALLOC.read_text().startswith("#!/usr/bin/python3"), "/usr/bin/vfalloc does not run /usr/bin/python3")
+    probe = ctx.run("/usr/bin/python3", "-I", "-c",
+                    "import vfalloc, lxml, filelock, libvirt; "
+                    "print('\\n'.join(m.__file__ for m in (vfalloc, lxml, filelock, libvirt)))").stdout
+    for line in probe.split():
+        expect(line.startswith(DIST_PACKAGES), f"{line} is not in Debian's {DIST_PACKAGES}")
+    packaged(ctx, "--version")
+    page = ctx.run("man", "8", "vfalloc", env={"MANWIDTH": "80", "MANPAGER": "cat", "PAGER": "cat"}, quiet=True).stdout
+    expect("vfalloc metrics" in page and "vfalloc host numvfs" in page, "`man 8 vfalloc` does not show the commands")
+    bash = ctx.run("bash", "--norc", "-c", "source /usr/share/bash-completion/completions/vfalloc; complete -p vfalloc")
+    expect("_vfalloc vfalloc" in bash.stdout, "the installed bash completion does not register")
+
+
+@step("deb-hook", timeout=300, needs=("deb-install", "start-after-reboot"), boot=2)
+def deb_hook(ctx: Context) -> None:
+    """The packaged `vfalloc install-hook` writes a hook that runs /usr/bin/python3 (which can
+    import vfalloc only from the package); libvirtd restarts to see it, and its `reconnect
+    begin` keeps the running guest's lease; a plain `virsh start` of another guest gets its VF
+    through that hook, hot-plugged; `virsh destroy` gives it back."""
+    packaged(ctx, "install-hook", "--config", str(CONFIG))
+    text = HOOK.read_text()
+    ctx.log(f"# cat {HOOK}\n{text}")
+    expect(text.startswith("#!/usr/bin/python3 -I\n"), "the packaged install-hook did not write a /usr/bin/python3 hook")
+    running = RACERS[2]
+    held = {r["domain"]: r["vf"] for r in packaged_json(ctx, "list") if r["state"] == "leased"}
+    expect(set(held) == {running}, f"leased before the restart: {held}")
+    pid = libvirtd_pid()
+    expect(pid, "libvirtd is not running")
+    ctx.log(f"# kill {pid}  (libvirtd, so that it finds the new hook when it starts)")
+    os.kill(pid, signal.SIGTERM)
+    ctx.wait_for("libvirtd to exit", lambda: not Path(f"/proc/{pid}").exists(), timeout=60)
+    start_libvirtd(ctx)
+    ctx.wait_for(f"the packaged hook's reconnect line for {running}",
+                 lambda: f"{running} reconnect begin: holds {held[running]}" in syslog(ctx), timeout=120, interval=1)
+    ctx.run("virsh", "start", "--paused", GUEST)
+
+    def attached() -> bool:
+        rows = packaged_json(ctx, "list")
+        return any(r["domain"] == GUEST and r["phase"] == "attached" for r in rows)
+
+    ctx.wait_for(f"the lease of {GUEST} attached", attached, timeout=180, interval=2)
+    rows = packaged_json(ctx, "list")
+    view = Listing(rows, packaged_json(ctx, "pools"))
+    expect(set(view.held()) == {running, GUEST}, f"leased: {view.held()}")
+    expect(view.held()[GUEST] == recall(ctx, "vf_of")[GUEST], f"{GUEST} did not get its VF of boot 1 back")
+    check_vf_in_guest(ctx, view, GUEST, hotplugged=True)
+    check_metrics(ctx, rows)
+    ctx.run("virsh", "destroy", GUEST)
+    after = {r["domain"] for r in packaged_json(ctx, "list") if r["state"] == "leased"}
+    expect(after == {running}, f"after destroying {GUEST}, leased: {after}")
+    expect(f"{GUEST} release end: released {view.held()[GUEST]}" in syslog(ctx), "the hook logged no release")
+
+
+def check_metrics(ctx: Context, rows: list[dict]) -> None:
+    """The packaged `vfalloc metrics`: the pool's counts are those of `vfalloc list --json`."""
+    text = packaged(ctx, "metrics", split=True).stdout
+    pattern = rf'^vfalloc_pool_vfs\{{pool="{POOL}",state="(?P<state>\w+)"\}} (?P<value>\S+)$'
+    found = {m["state"]: float(m["value"]) for m in re.finditer(pattern, text, re.M)}
+    want = {state: float(sum(1 for r in rows if r["pool"] == POOL and r["state"] == state))
+            for state in ("free", "leased", "stale")}
+    expect(found == want, f"vfalloc metrics says {found} for pool {POOL}, vfalloc list --json {want}")
