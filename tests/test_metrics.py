@@ -281,3 +281,25 @@ def test_label_values_escaped():
     text = family.render()
     parsed = families(text)
     assert parsed["x"][1] == [({"pool": 'a"b\\c\nd'}, 1.0)]
+
+
+def test_commands_that_change_leases_refresh_the_textfile(host, scratch, tmp_path):
+    """`vfalloc alloc` and `vfalloc release` (and gc, host numvfs) have the textfile rendered
+    anew, with the flags they were given (here --config, --state and --sysfs-root only)."""
+    target = tmp_path / "vfalloc.prom"
+    scratch.write_config(scratch.config.read_text().replace("[pools.lan0]", f'[settings]\nmetrics_textfile = "{target}"\n\n[pools.lan0]', 1))
+
+    def leased(n: int):
+        return lambda text: {(s["pool"], s["state"]): v for s, v in samples(families(text), "vfalloc_pool_vfs")}[("san", "leased")] == n
+
+    env = {k: v for k, v in scratch.env().items() if k not in ("VFALLOC_CONFIG", "VFALLOC_STATE", "VFALLOC_SYSFS_ROOT")}
+    flags = scratch.flags()
+    uuid = "00000000-0000-0000-0000-000000000042"
+    done = subprocess.run([*VFALLOC, "alloc", *flags, "--domain", "vm42", "--uuid", uuid, "--pool", "san"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    wait_for_file(target, leased(1), "the lease of `vfalloc alloc` in the textfile")
+    done = subprocess.run([*VFALLOC, "release", *flags, "--uuid", uuid], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    wait_for_file(target, leased(0), "the release in the textfile")

@@ -98,12 +98,12 @@ def _lease_commands(sub, parents) -> None:
     p.add_argument("--type", choices=("interface", "hostdev"), default="interface")
     p.add_argument("--index", type=int, default=0, help="request position (default 0)")
     p.add_argument("--json", action="store_true", help="print the lease as JSON")
-    p.set_defaults(func=_handler("leases:cmd_alloc"))
+    p.set_defaults(func=_handler("leases:cmd_alloc"), refreshes_metrics=True)
 
     p = sub.add_parser("release", parents=parents[:1], help="give back every lease of a domain",
                        description="Give back every lease held by the domain with this UUID.")
     p.add_argument("--uuid", required=True, help="domain UUID")
-    p.set_defaults(func=_handler("leases:cmd_release"))
+    p.set_defaults(func=_handler("leases:cmd_release"), refreshes_metrics=True)
 
 
 def _domain_commands(sub, parents) -> None:
@@ -143,7 +143,7 @@ def _domain_commands(sub, parents) -> None:
                                    "libvirt's status directory when libvirt does not answer. "
                                    "`vfalloc list` shows the same verdicts without changing anything.")
     p.add_argument("--dry-run", action="store_true", help="only report what would be freed")
-    p.set_defaults(func=_handler("domains:cmd_gc"))
+    p.set_defaults(func=_handler("domains:cmd_gc"), refreshes_metrics=True)
 
 
 def _hook_commands(sub, parents) -> None:
@@ -208,6 +208,7 @@ def _host_commands(sub, parents) -> None:
     p = add("numvfs", "set a PF's number of VFs (0, then N)",
             "Write 0 then N to the PF's sriov_numvfs, wait for the VFs, explain the kernel's refusals.",
             "host_change:cmd_numvfs", changes=True)
+    p.set_defaults(refreshes_metrics=True)
     p.add_argument("pf", help="PF interface name or PCI address")
     p.add_argument("count", type=int, help="number of VFs (0 removes them)")
     p.add_argument("--force", action="store_true", help="change even when VFs of the PF are leased")
@@ -259,6 +260,22 @@ def _tool_commands(sub, parents) -> None:
     p.set_defaults(func=_handler("tools:cmd_complete_values"))
 
 
+def _refresh_metrics(ctx) -> None:
+    """A command that may have changed the leases or the VFs has the metrics textfile rendered
+    anew, as the hook does after its changes (vfalloc.metrics_file)."""
+    from .metrics_file import request_refresh
+
+    settings = ctx.settings
+    environ = {**os.environ, "VFALLOC_STATE": settings.state, "VFALLOC_SYSFS_ROOT": settings.sysfs_root,
+               "VFALLOC_PROC_ROOT": settings.proc_root, "VFALLOC_LIBVIRT_RUN": settings.libvirt_run,
+               "VFALLOC_METRICS_TEXTFILE": settings.metrics_textfile}  # the flags given, for the refresher
+    if settings.config.exists:
+        environ["VFALLOC_CONFIG"] = settings.config.path
+    trouble = request_refresh(environ)
+    if trouble:
+        ctx.err.write(f"vfalloc: warning: {trouble}\n")
+
+
 def make_context(args: argparse.Namespace, out: TextIO, err: TextIO):
     from .config import load_settings
     from .context import Context
@@ -273,7 +290,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     try:
         args = build_parser().parse_args(argv)
         ctx = make_context(args, out, err)
-        return args.func(args, ctx)
+        code = args.func(args, ctx)
+        if code == 0 and getattr(args, "refreshes_metrics", False) and ctx.settings.metrics_textfile:
+            _refresh_metrics(ctx)
+        return code
     except VfallocError as exc:
         err.write(f"vfalloc: {exc}\n")
         return exc.exit_code
