@@ -51,14 +51,14 @@ def packaged_json(ctx: Context, *args: str):
     return json.loads(proc.stdout)
 
 
-@step("deb-install", timeout=300, needs=("disk-again",), boot=2)
+@step("deb-install", timeout=600, needs=("disk-again",), boot=2)
 def deb_install(ctx: Context) -> None:
     """dpkg installs the package over Debian's own python3-lxml, python3-filelock and
     python3-libvirt; its files are where they belong and /usr/bin/vfalloc runs on Debian's
     python3, importing vfalloc and those libraries from Debian's dist-packages."""
     deb = deb_path()
     ctx.run("dpkg-deb", "--field", str(deb), "Package", "Version", "Depends")
-    ctx.run("dpkg", "-i", str(deb))
+    ctx.run("dpkg", "-i", str(deb))  # man-db's trigger reindexes every page of the shared root: minutes under TCG
     files = set(ctx.run("dpkg", "-L", "vfalloc", quiet=True).stdout.split())
     for path, what in INSTALLED.items():
         expect(path in files and Path(path).exists(), f"the package does not install {what} at {path}")
