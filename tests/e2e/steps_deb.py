@@ -23,10 +23,12 @@ from inside import (
     libvirtd_pid,
     metadata_request,
     read_sysfs,
+    sriov_pfs,
     start_libvirt,
     start_libvirtd,
+    vfs_of,
 )
-from scenario import CONFIG, HOOK, POOL, Listing, check_vf_in_guest, guest_mac, step, syslog
+from scenario import CONFIG, HOOK, NUM_VFS, POOL, Listing, check_vf_in_guest, guest_mac, step, syslog
 
 DEB_VFALLOC = Path("/usr/bin/vfalloc")
 DIST_PACKAGES = "/usr/lib/python3/dist-packages/"
@@ -60,7 +62,7 @@ def packaged_json(ctx: Context, *args: str):
     return json.loads(proc.stdout)
 
 
-@step("deb-install", timeout=600, needs=("disk-again",), boot=2)
+@step("deb-install", timeout=600, boot=2)
 def deb_install(ctx: Context) -> None:
     """dpkg installs the package over Debian's own python3-lxml, python3-filelock and
     python3-libvirt; its files are where they belong and /usr/bin/vfalloc runs on Debian's
@@ -84,14 +86,22 @@ def deb_install(ctx: Context) -> None:
     expect("_vfalloc vfalloc" in bash.stdout, "the installed bash completion does not register")
 
 
-@step("deb-hook", timeout=900, needs=("deb-install", "persist-at-boot"), boot=2)
+@step("deb-hook", timeout=900, needs=("deb-install",), boot=2)
 def deb_hook(ctx: Context) -> None:
     """The packaged `vfalloc install-hook` writes a hook that runs /usr/bin/python3 (which can
     import vfalloc only from the package); libvirtd (re)starts to see it, and answers `reconnect
     begin` for a guest that runs; a guest of its own, defined here with a request in its XML, gets
     its VF through that hook at a plain `virsh start`, hot-plugged; `virsh destroy` gives it back.
-    It needs of boot 1 only the disk (config, pool, hook dir) and of boot 2 the VFs of the boot
-    unit, so the package is proven even when the scenario's own guests are not."""
+    It uses boot 1's config on the disk and boot 2's VFs of the boot unit, so the package is proven even when the scenario's own guests are not; should boot 1
+    have left no config or boot 2 no VFs, it makes them (with the packaged vfalloc)."""
+    if not CONFIG.exists():
+        pf0, pf1 = sriov_pfs()
+        CONFIG.parent.mkdir(parents=True, exist_ok=True)
+        CONFIG.write_text(f'[pools.{POOL}]\npfs = ["{pf0.netdev}#0-3", "{pf1.netdev}#0-2"]\n')
+        ctx.log(f"(boot 1 left no {CONFIG}; written:)\n{CONFIG.read_text()}")
+    for pf in sriov_pfs():
+        if not vfs_of(pf):
+            packaged(ctx, "host", "numvfs", pf.netdev, str(NUM_VFS))
     packaged(ctx, "install-hook", "--config", str(CONFIG))
     text = HOOK.read_text()
     ctx.log(f"# cat {HOOK}\n{text}")
