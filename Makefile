@@ -4,20 +4,39 @@ VENV   := $(CURDIR)/.venv
 PY     := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: test unit e2e setup bench clean lint
+.PHONY: test unit e2e setup bench clean lint deb deb-compat
 
-# The unit, hook and libvirt layers, then the end-to-end run on the emulated SR-IOV host.
-test: setup
-	$(PYTEST) tests --ignore=tests/e2e
-	tests/e2e/run
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' vfalloc/__init__.py)
+DEB     := $(CURDIR)/dist/vfalloc_$(VERSION)_all.deb
+
+# The unit, hook and libvirt layers, then the end-to-end run on the emulated SR-IOV host, which
+# installs the Debian package built once here (deb) with dpkg.
+test: setup deb
+	VFALLOC_DEB=$(DEB) $(PYTEST) tests --ignore=tests/e2e
+	VFALLOC_E2E_DEB=$(DEB) tests/e2e/run
 
 # ruff (pyflakes, bugbear, pyupgrade, import order) and mypy, both configured in pyproject.toml.
 lint: setup
 	$(VENV)/bin/ruff check vfalloc tests bench demo
 	$(VENV)/bin/mypy
 
-e2e: setup
-	tests/e2e/run
+e2e: setup deb
+	VFALLOC_E2E_DEB=$(DEB) tests/e2e/run
+
+# vfalloc_VERSION_all.deb from debian/ (debhelper, dh-python/pybuild), built on a copy of the checkout.
+deb:
+	tools/build-deb $(DEB)
+
+# The unit and libvirt layers on Debian 12's python3 over Debian's python3-lxml, python3-filelock
+# and python3-libvirt (the versions the package depends on), test tools from pip.
+COMPAT_VENV := $(CURDIR)/.deb-compat-venv
+deb-compat: setup
+	rm -rf $(COMPAT_VENV)
+	/usr/bin/python3 -m venv --system-site-packages $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(COMPAT_VENV)/bin/python -m pip install -q pytest hypothesis prometheus_client
+	$(COMPAT_VENV)/bin/python tools/debian-libs
+	$(COMPAT_VENV)/bin/python -m pytest tests --ignore=tests/e2e
 
 # vfalloc on a machine without SR-IOV hardware: boots the emulated SR-IOV host of the e2e tests
 # and narrates a short session in it, printing the commands and their real output.
@@ -47,4 +66,4 @@ bench: setup
 	cd /tmp && $(BENCH_VENV)/bin/python $(CURDIR)/bench/run.py
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) $(COMPAT_VENV) build dist *.egg-info

@@ -65,6 +65,11 @@ class FakeHost:
         for key in ("VFALLOC_HOOK_LOG",):
             self.env.pop(key, None)
         self.lean_env = {**self.env, "VFALLOC_STATE": str(base / "lean-state.json")}
+        # the same hook keeping a node_exporter textfile current (a detached refresher renders it)
+        self.textfile = base / "vfalloc.prom"
+        self.textfile_env = {**self.env, "VFALLOC_STATE": str(base / "textfile-state.json"),
+                             "VFALLOC_RUN_DIR": str(base / "textfile-run"),
+                             "VFALLOC_METRICS_TEXTFILE": str(self.textfile)}
 
 
 def timed(cmd: list[str], env: dict, stdin: bytes = b"") -> float:
@@ -78,7 +83,8 @@ def timed(cmd: list[str], env: dict, stdin: bytes = b"") -> float:
 
 def hook_cycle(host: FakeHost, rounds: int) -> dict[str, list[float]]:
     """Interleaved so that machine noise hits floor, hook and yardstick alike."""
-    runs: dict[str, list[float]] = {k: [] for k in ("floor", "prepare", "release", "lean_prepare", "lean_release")}
+    runs: dict[str, list[float]] = {k: [] for k in ("floor", "prepare", "release", "lean_prepare", "lean_release",
+                                                    "textfile_prepare", "textfile_release")}
     xml = domain_xml(1)
     for _ in range(rounds):
         runs["floor"].append(timed([PY, "-I", "-c", "import lxml.etree"], host.env))
@@ -86,6 +92,13 @@ def hook_cycle(host: FakeHost, rounds: int) -> dict[str, list[float]]:
         runs["release"].append(timed([*HOOK, "vm1", "release", "end", "destroyed"], host.env, xml))
         runs["lean_prepare"].append(timed([*LEAN, "vm1", "prepare", "begin", "-"], host.lean_env, xml))
         runs["lean_release"].append(timed([*LEAN, "vm1", "release", "end", "destroyed"], host.lean_env, xml))
+        runs["textfile_prepare"].append(timed([*HOOK, "vm1", "prepare", "begin", "-"], host.textfile_env, xml))
+        runs["textfile_release"].append(timed([*HOOK, "vm1", "release", "end", "destroyed"], host.textfile_env, xml))
+    deadline = time.monotonic() + 120  # the detached refresher writes it after the hooks are gone
+    while not host.textfile.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: the hook with metrics_textfile got no {host.textfile} written")
+        time.sleep(0.1)
     return runs
 
 
@@ -188,7 +201,8 @@ def main() -> int:
             ms = {k: statistics.median(v) * 1000 for k, v in hook_cycle(host, args.rounds).items()}
             results[f"hook_{n}"] = {**{f"{k}_ms": round(v, 1) for k, v in ms.items()},
                                     **{f"{k}_ratio": round(ms[k] / ms["floor"], 2)
-                                       for k in ("prepare", "release", "lean_prepare", "lean_release")}}
+                                       for k in ("prepare", "release", "lean_prepare", "lean_release",
+                                                 "textfile_prepare", "textfile_release")}}
         big = hosts[1024]
         results["alloc_1024_in_process_ms"] = round(in_process_allocation(big, args.rounds) * 1000, 2)
         results["list_1024_ms"] = round(list_time(big, max(5, args.rounds // 2)) * 1000, 1)
@@ -207,7 +221,9 @@ def main() -> int:
         print(f"hook at {n:>5} VFs: floor {h['floor_ms']} ms, prepare begin {h['prepare_ms']} ms "
               f"({h['prepare_ratio']}x), release end {h['release_ms']} ms ({h['release_ratio']}x); "
               f"the job alone (lean_hook.py) {h['lean_prepare_ms']} / {h['lean_release_ms']} ms "
-              f"({h['lean_prepare_ratio']}x / {h['lean_release_ratio']}x)")
+              f"({h['lean_prepare_ratio']}x / {h['lean_release_ratio']}x); with metrics_textfile "
+              f"{h['textfile_prepare_ms']} / {h['textfile_release_ms']} ms "
+              f"({h['textfile_prepare_ratio']}x / {h['textfile_release_ratio']}x)")
     print(f"allocation at 1024 VFs, in process: {results['alloc_1024_in_process_ms']} ms")
     print(f"vfalloc list at 1024 VFs: {results['list_1024_ms']} ms")
     g = results["bridged"]

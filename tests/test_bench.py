@@ -41,7 +41,8 @@ def test_lean_hook_leases_a_free_vf_and_gives_it_back(bench, tmp_path, vfs):
 
 def test_one_round_of_the_hook_cycle_runs_every_command(bench, tmp_path):
     runs = bench.hook_cycle(bench.FakeHost(tmp_path, 8), 1)  # exits on any command that fails
-    assert set(runs) == {"floor", "prepare", "release", "lean_prepare", "lean_release"}
+    assert set(runs) == {"floor", "prepare", "release", "lean_prepare", "lean_release", "textfile_prepare",
+                         "textfile_release"}
     assert all(len(v) == 1 and v[0] > 0 for v in runs.values())
 
 

@@ -20,6 +20,7 @@ from . import __version__
 from .errors import UsageError, VfallocError
 
 COMMON = ("config", "sysfs_root", "state", "proc_root")
+COMPLETE_COMMAND = "__complete"  # the completion scripts' helper: live pool, PF and domain names
 HOOKS_DIR = "/etc/libvirt/hooks"  # = hookfile.DEFAULT_HOOKS_DIR, without importing it for every command
 
 
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _hook_commands(sub, [common])
     _host_commands(sub, [common])
     _fdb_commands(sub, [common])
+    _tool_commands(sub, [common, connect])
     return parser
 
 
@@ -122,12 +124,12 @@ def _lease_commands(sub, parents) -> None:
     p.add_argument("--type", choices=("interface", "hostdev"), default="interface")
     p.add_argument("--index", type=int, default=0, help="request position (default 0)")
     p.add_argument("--json", action="store_true", help="print the lease as JSON")
-    p.set_defaults(func=_handler("leases:cmd_alloc"))
+    p.set_defaults(func=_handler("leases:cmd_alloc"), refreshes_metrics=True)
 
     p = sub.add_parser("release", parents=parents[:1], help="give back every lease of a domain",
                        description="Give back every lease held by the domain with this UUID.")
     p.add_argument("--uuid", required=True, help="domain UUID")
-    p.set_defaults(func=_handler("leases:cmd_release"))
+    p.set_defaults(func=_handler("leases:cmd_release"), refreshes_metrics=True)
 
 
 def _domain_commands(sub, parents) -> None:
@@ -167,7 +169,7 @@ def _domain_commands(sub, parents) -> None:
                                    "libvirt's status directory when libvirt does not answer. "
                                    "`vfalloc list` shows the same verdicts without changing anything.")
     p.add_argument("--dry-run", action="store_true", help="only report what would be freed")
-    p.set_defaults(func=_handler("domains:cmd_gc"))
+    p.set_defaults(func=_handler("domains:cmd_gc"), refreshes_metrics=True)
 
 
 def _hook_commands(sub, parents) -> None:
@@ -238,6 +240,7 @@ def _host_commands(sub, parents) -> None:
     p = add("numvfs", "set a PF's number of VFs (0, then N)",
             "Write 0 then N to the PF's sriov_numvfs, wait for the VFs, explain the kernel's refusals.",
             "host_change:cmd_numvfs", changes=True)
+    p.set_defaults(refreshes_metrics=True)
     p.add_argument("pf", help="PF interface name or PCI address")
     p.add_argument("count", type=int, help="number of VFs (0 removes them)")
     p.add_argument("--force", action="store_true", help="change even when VFs of the PF are leased")
@@ -264,6 +267,47 @@ def _host_commands(sub, parents) -> None:
     p.add_argument("--remove", action="store_true", help="with --blacklist: remove that blacklist line")
 
 
+def _tool_commands(sub, parents) -> None:
+    p = sub.add_parser("metrics", parents=parents, help="Prometheus metrics: capacity, PFs, leases, hook refusals",
+                       description="The pools' VFs by state (the counts of `vfalloc list --json`), each PF's "
+                                   "VFs and sriov_totalvfs, each lease's age and the hook's refusals and errors "
+                                   "since boot, in Prometheus' text format 0.0.4. With [settings] "
+                                   "metrics_textfile the hook keeps that file current.")
+    p.add_argument("--textfile", metavar="PATH",
+                   help="write the metrics to PATH, replacing it whole (node_exporter's textfile collector)")
+    p.add_argument("--offline", action="store_true",
+                   help="judge running domains from libvirt's status files only, never ask libvirt (at boot)")
+    p.set_defaults(func=_handler("metrics:cmd_metrics"))
+
+    p = sub.add_parser("completion", help="print the bash or zsh completion script",
+                       description="Print a completion script for SHELL. bash: put it in "
+                                   "/usr/share/bash-completion/completions/vfalloc (or source it); zsh: put "
+                                   "it in a directory of $fpath as _vfalloc.")
+    p.add_argument("shell", choices=("bash", "zsh"), help="bash or zsh")
+    p.set_defaults(func=_handler("tools:cmd_completion"))
+
+    # Hidden (no help: not listed): the live values the completion scripts ask for.
+    p = sub.add_parser(COMPLETE_COMMAND, parents=parents[:1])
+    p.add_argument("kind", choices=("pools", "pfs", "domains", "uuids"))
+    p.set_defaults(func=_handler("tools:cmd_complete_values"))
+
+
+def _refresh_metrics(ctx) -> None:
+    """A command that may have changed the leases or the VFs has the metrics textfile rendered
+    anew, as the hook does after its changes (vfalloc.metrics_file)."""
+    from .metrics_file import request_refresh
+
+    settings = ctx.settings
+    environ = {**os.environ, "VFALLOC_STATE": settings.state, "VFALLOC_SYSFS_ROOT": settings.sysfs_root,
+               "VFALLOC_PROC_ROOT": settings.proc_root, "VFALLOC_LIBVIRT_RUN": settings.libvirt_run,
+               "VFALLOC_METRICS_TEXTFILE": settings.metrics_textfile}  # the flags given, for the refresher
+    if settings.config.exists:
+        environ["VFALLOC_CONFIG"] = settings.config.path
+    trouble = request_refresh(environ)
+    if trouble:
+        ctx.err.write(f"vfalloc: warning: {trouble}\n")
+
+
 def make_context(args: argparse.Namespace, out: TextIO, err: TextIO):
     from .config import load_settings
     from .context import Context
@@ -278,7 +322,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     try:
         args = build_parser().parse_args(argv)
         ctx = make_context(args, out, err)
-        return args.func(args, ctx)
+        code = args.func(args, ctx)
+        if code == 0 and getattr(args, "refreshes_metrics", False) and ctx.settings.metrics_textfile:
+            _refresh_metrics(ctx)
+        return code
     except VfallocError as exc:
         err.write(f"vfalloc: {exc}\n")
         return exc.exit_code
@@ -299,3 +346,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
 
 def run() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

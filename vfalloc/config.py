@@ -11,6 +11,7 @@ state file itself.
     state = "/var/lib/vfalloc/state.json"
     lock_timeout = 10
     hook_log = "/var/log/vfalloc-hook.log"  # optional: hook lines also go here, not only to syslog
+    metrics_textfile = "/var/lib/prometheus/node-exporter/vfalloc.prom"  # optional: kept current
 
     [pools.lan0]
     pfs = ["enp1s0f0#0-3,6", "0000:01:00.1"]
@@ -49,6 +50,7 @@ DEFAULTS = {
     "libvirt_run": "/run/libvirt/qemu",
     "lock_timeout": "10",
     "hook_log": "",
+    "metrics_textfile": "",
 }
 ENV = {
     "config": "VFALLOC_CONFIG",
@@ -58,6 +60,7 @@ ENV = {
     "libvirt_run": "VFALLOC_LIBVIRT_RUN",
     "lock_timeout": "VFALLOC_LOCK_TIMEOUT",
     "hook_log": "VFALLOC_HOOK_LOG",
+    "metrics_textfile": "VFALLOC_METRICS_TEXTFILE",
 }
 _POOL_KEYS = {"pfs", "policy", "vlan", "trust", "spoofchk", "numvfs"}
 _TOP_KEYS = {"settings", "pools", "pf", "fdb"}
@@ -105,6 +108,7 @@ class Settings(Record):
     libvirt_run: str
     lock_timeout: float
     hook_log: str | None = None  # the hook and the hot-plug worker also append their log lines here
+    metrics_textfile: str | None = None  # `vfalloc metrics` kept here by the hook (vfalloc.metrics_file)
 
 
 def load_settings(flags: Mapping[str, str | None] | None = None,
@@ -132,8 +136,12 @@ def load_settings(flags: Mapping[str, str | None] | None = None,
     if not math.isfinite(timeout) or timeout <= 0:
         raise UsageError(f"lock timeout {timeout_text} must be more than 0 seconds")
     hook_log = pick("hook_log")
+    textfile = pick("metrics_textfile")
+    if textfile and not os.path.isabs(textfile):
+        raise UsageError(f"metrics_textfile {textfile!r} must be an absolute path (node_exporter's "
+                         "textfile directory, e.g. /var/lib/prometheus/node-exporter/vfalloc.prom)")
     return Settings(config, pick("sysfs_root"), pick("state"), pick("proc_root"), pick("libvirt_run"), timeout,
-                    hook_log or None)
+                    hook_log or None, textfile or None)
 
 
 def read_config(path: str | os.PathLike[str], must_exist: bool, run_dir: str | None = None,

@@ -119,12 +119,16 @@ def main(argv: Sequence[str], stdin: BinaryIO | None = None, out: TextIO | None 
     except VfallocError as exc:
         err.write(f"vfalloc: {exc}\n")
         log(environ, f"{where}: {'refused' if may_refuse else 'failed'}: {exc}", call.settings if call else None)
+        _count_failure(environ, op, call, exc, may_refuse)
         return 1 if may_refuse else 0
     except Exception as exc:  # never a traceback into libvirt's error message
         err.write(f"vfalloc: internal error in the hook: {type(exc).__name__}: {exc}\n")
         log(environ, f"{where}: internal error: {type(exc).__name__}: {exc}", call.settings if call else None)
+        _count_failure(environ, op, call, exc, may_refuse)
         return 1 if may_refuse else 0
     log(environ, f"{where}: {message or 'nothing to do'}", call.settings if call else None)
+    if message and call.settings is not None and call.settings.metrics_textfile:
+        _refresh_metrics(environ, call)
     return 0
 
 
@@ -272,6 +276,24 @@ FDB_ONLY: dict[tuple[str, str], Callable[[Call], None]] = {
 
 
 # -- helpers --
+
+def _count_failure(environ: Mapping[str, str], op: str, call: Call | None, exc: BaseException,
+                   refused: bool) -> None:
+    """vfalloc_hook_refusals_total / vfalloc_hook_errors_total (vfalloc.hook_counts): only a
+    refusal or an error pays for counting."""
+    from .metrics_file import note_hook_failure
+
+    note_hook_failure(environ, op, call.xml if call else b"", exc, refused, call.settings if call else None)
+
+
+def _refresh_metrics(environ: Mapping[str, str], call: Call) -> None:
+    """`[settings] metrics_textfile`: rendered anew by a detached process (vfalloc.metrics_file)."""
+    from .metrics_file import request_refresh
+
+    trouble = request_refresh(environ)
+    if trouble:
+        log(environ, f"metrics: {trouble}", call.settings)
+
 
 def _address(text: str):
     from .model import PciAddress

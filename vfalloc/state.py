@@ -188,7 +188,9 @@ class StateStore:
         if os.path.islink(self.lock_path):
             raise StateError(self.lock_path, "is a symbolic link, which vfalloc does not follow",
                              "remove the link")
-        lock = FileLock(self.lock_path, timeout=self.lock_timeout, mode=0o600)
+        # No mode=: filelock < 3.10 (Debian 12 ships 3.9) has none. _lock_now created the file
+        # 0600 a moment ago, and filelock's O_CREAT leaves an existing file's mode alone.
+        lock = FileLock(self.lock_path, timeout=self.lock_timeout)
         try:
             lock.acquire(poll_interval=0.005)  # look again every 5 ms (filelock default: 50)
         except Timeout as exc:

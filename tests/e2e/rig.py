@@ -80,6 +80,9 @@ class RigConfig:
     # The host's disk (virtio-blk, /dev/vda in the VM), blank at the start of each run and kept
     # across its boots; 0: no disk.
     disk_mib: int = 0
+    # vfalloc's Debian package (`make deb`), which the VM installs with dpkg (steps_deb.py); the
+    # VM sees it at the same path on the shared root. None: those steps fail and say so.
+    deb: Path | None = Path(os.environ["VFALLOC_E2E_DEB"]) if os.environ.get("VFALLOC_E2E_DEB") else None
 
     @property
     def results_dir(self) -> Path:
@@ -339,7 +342,8 @@ def build_initramfs(config: RigConfig, busybox: Path) -> Path:
 
 
 def kernel_cmdline(config: RigConfig, boot: int = 1) -> str:
-    paths = {"e2e.stage2": STAGE2, "e2e.python": config.python, "e2e.scenario": config.scenario}
+    paths = {"e2e.stage2": STAGE2, "e2e.python": config.python, "e2e.scenario": config.scenario,
+             **({"e2e.deb": config.deb.resolve()} if config.deb else {})}
     for key, value in paths.items():
         if re.search(r"\s", str(value)):
             raise ValueError(f"{key}={value}: the kernel command line cannot carry spaces")
@@ -350,6 +354,11 @@ def kernel_cmdline(config: RigConfig, boot: int = 1) -> str:
             # A test VM on an emulated CPU: the speculation mitigations an Intel CPU model calls
             # for cost TCG dearly on every system call and protect nothing here.
             "mitigations=off",
+            # The boot-time check that the timer interrupt arrives through the remapped IO-APIC
+            # (arch/x86/kernel/apic/io_apic.c, timer_irq_works) counts ticks over a fixed delay;
+            # on a TCG vCPU starved by a busy machine it sees too few and panics ("timer doesn't
+            # work through Interrupt-remapped IO-APIC"). The timer is QEMU's and works.
+            "no_timer_check",
             "panic=-1",  # a panic reboots at once, and -no-reboot turns that into QEMU exiting
             # On a busy machine the emulated timer can miss the kernel's early IO-APIC check, and
             # with interrupt remapping on that panics ("timer doesn't work through

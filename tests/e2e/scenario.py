@@ -994,9 +994,10 @@ def start_after_reboot(ctx: Context) -> None:
 
 
 # Steps kept in modules of their own register here, in this order. Run as a script this module
-# is __main__: the name lets those modules' `from scenario import step` find this very module.
+# is __main__: it is put in sys.modules as "scenario" too, so theirs is this module, not a copy.
 sys.modules.setdefault("scenario", sys.modules[__name__])
 import steps_fdb  # noqa: E402,F401  (boot 2: bridged guests and VFs on one port, docs/bridges.md)
+import steps_deb  # noqa: E402,F401  (the Debian package, at the end of boot 2)
 
 
 def inside_the_rig() -> bool:

@@ -195,7 +195,8 @@ def cmd_persist(args, ctx) -> int:
     autoprobe = None if args.autoprobe is None else args.autoprobe == "on"
     if args.method == "systemd":
         exe = persist.check_exe(args.exe or shutil.which("vfalloc") or "/usr/local/bin/vfalloc")
-        path, text, other = persist.UNIT_PATH, persist.render_unit(items, exe, autoprobe, _config_arg(ctx)), \
+        path, text, other = persist.UNIT_PATH, persist.render_unit(items, exe, autoprobe, _config_arg(ctx),
+                                                          ctx.settings.metrics_textfile), \
             [persist.RULE_PATH]
     else:
         if args.enable:

@@ -95,9 +95,12 @@ def device_unit(netdev: str) -> str:
     return f"sys-subsystem-net-devices-{escape(netdev)}.device"
 
 
-def render_unit(items: list[Target], exe: str, autoprobe: bool | None, config: str | None = None) -> str:
+def render_unit(items: list[Target], exe: str, autoprobe: bool | None, config: str | None = None,
+                metrics_textfile: str | None = None) -> str:
     """The oneshot unit. `config`: a config file other than the default, passed on to each
-    command (a unit runs with no VFALLOC_* environment)."""
+    command (a unit runs with no VFALLOC_* environment). `metrics_textfile`: the metrics are
+    written there once the VFs exist, judged without libvirt (`--offline`: the unit runs before
+    libvirt, and asking a socket-activated libvirtd from it would wait for this very unit)."""
     devices = " ".join(device_unit(t.netdev) for t in items if t.netdev)
     lines = [HEADER, "[Unit]",
              "Description=vfalloc: create the SR-IOV VFs of the configured pools",
@@ -114,6 +117,9 @@ def render_unit(items: list[Target], exe: str, autoprobe: bool | None, config: s
     # containers and the bridge's address need (docs/bridges.md). "-": a failure there leaves
     # the VFs made and the unit good; `vfalloc host check` reports missing entries.
     lines.append(f"ExecStartPost=-{exe} fdb sync" + (f" --config {config}" if config else ""))
+    if metrics_textfile:
+        lines.append(f"ExecStart={exe} metrics --offline --textfile {check_exe(metrics_textfile, 'metrics_textfile')}"
+                     + (f" --config {config}" if config else ""))
     lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
     return "\n".join(lines)
 
