@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import TextIO
 
+from .. import jsontext
+
 
 def cmd_list(args, ctx) -> int:
     from ..holdings import vf_rows
@@ -16,8 +18,7 @@ def cmd_list(args, ctx) -> int:
     rows = vf_rows(ctx.host, ctx.pools, table, ctx.boot_id, _running(ctx, table, args.connect))
     _warn(ctx)
     if args.json:
-        json.dump(rows, ctx.out, indent=1)
-        ctx.out.write("\n")
+        ctx.out.write(jsontext.dumps(rows) + "\n")
         return 0
     cols = [("VF", "vf"), ("PF", "pf_netdev"), ("#", "vf_index"), ("POOL", "pool"), ("STATE", "state"),
             ("DOMAIN", "domain"), ("MAC", "mac"), ("VLAN", "vlan"), ("NUMA", "numa_node"),
@@ -56,8 +57,7 @@ def cmd_pools(args, ctx) -> int:
     rows = pool_rows(ctx.host, ctx.pools, vf_rows(ctx.host, ctx.pools, table, ctx.boot_id, _running(ctx, table, args.connect)))
     _warn(ctx)
     if args.json:
-        json.dump(rows, ctx.out, indent=1)
-        ctx.out.write("\n")
+        ctx.out.write(jsontext.dumps(rows) + "\n")
         return 0
     table = []
     for pool in rows:
