@@ -87,9 +87,9 @@ def pool_rows(host: Host, pools: Sequence[Pool], rows: Sequence[Mapping]) -> lis
     for row in rows:
         if row["pool"] not in result:
             continue
-        pool = result[row["pool"]]
-        pf = pool["pfs"].setdefault(row["pf"], {"pf": row["pf"], "pf_netdev": row["pf_netdev"], **_zero()})
-        for counter in (pool, pf):
+        counts = result[row["pool"]]
+        pf = counts["pfs"].setdefault(row["pf"], {"pf": row["pf"], "pf_netdev": row["pf_netdev"], **_zero()})
+        for counter in (counts, pf):
             counter["total"] += 1
             counter[row["state"]] += 1
     for entry in result.values():
