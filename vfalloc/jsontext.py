@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc/record.py)
+    from typing import Any
 
 _SCALARS = (str, int, float, bool, type(None))
 _encoders: dict[str, Callable[[Any], str]] = {}

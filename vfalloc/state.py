@@ -17,9 +17,8 @@ import fcntl
 import json
 import os
 import stat
-from contextlib import contextmanager, suppress
 from collections.abc import Iterator
-from typing import Protocol
+from contextlib import contextmanager, suppress
 
 from .atomicfile import write_atomic
 from .errors import StateError
@@ -36,8 +35,12 @@ class Transaction:
         self.table = table
 
 
-class _Releasable(Protocol):
-    def release(self) -> object: ...
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc/record.py)
+    from typing import Protocol
+
+    class _Releasable(Protocol):
+        def release(self) -> object: ...
 
 
 class _Flock:

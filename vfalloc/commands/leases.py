@@ -6,7 +6,10 @@ people or JSON for scripts. Must not: decide anything about VFs (allocator, hold
 from __future__ import annotations
 
 import json
-from typing import TextIO
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc/record.py)
+    from typing import TextIO
 
 from .. import jsontext
 
