@@ -115,6 +115,9 @@ def _warn(ctx) -> None:
 
 
 def _print_table(out: TextIO, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    for line in [header, *rows]:
-        out.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() + "\n")
+    """Columns as wide as their widest cell, two spaces apart, no trailing blanks. One format
+    string for every line and one write: `vfalloc list` prints a line for each of a thousand VFs."""
+    lines = [header, *rows]
+    widths = [max(map(len, column)) for column in zip(*lines, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out.write("".join(fmt.format(*line).rstrip() + "\n" for line in lines))
