@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,8 +38,38 @@ LABELS = {
 TARGETS = {"b/a": ("b", "a", 1.05), "d/e": ("d", "e", 1.10)}
 
 
+# (e) needs libvirt's network driver, which Debian packages apart (libvirt-daemon-driver-network,
+# of the installed libvirt's version), and that driver refuses to start without a firewall
+# backend: nft (libvirt 11.3, src/network/bridge_driver_conf.c, virNetworkLoadDriverConfig), even
+# for a hostdev network, which has no firewall rules. This machine may have neither.
+NETWORK_PACKAGES = ("libvirt-daemon-driver-network", "nftables", "libnftables1", "libnftnl11")
+
+
+def network_packages() -> list[str]:
+    """The Debian packages of NETWORK_PACKAGES, fetched once into the work dir with `apt-get
+    download`. host_inside.py unpacks them into the emulated host's throwaway root (a tmpfs
+    overlay): nothing is installed on this machine."""
+    version = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "libvirt-daemon"], capture_output=True,
+                             text=True).stdout.strip()
+    if not version:
+        raise SystemExit("bench-host: libvirt-daemon is not installed (run tools/setup-debian)")
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    debs = []
+    for name in NETWORK_PACKAGES:
+        found = sorted(WORK_DIR.glob(f"{name}_*.deb"))
+        if not found:
+            wanted = f"{name}={version}" if name.startswith("libvirt") else name
+            done = subprocess.run(["apt-get", "download", wanted], cwd=WORK_DIR, capture_output=True, text=True)
+            found = sorted(WORK_DIR.glob(f"{name}_*.deb"))
+            if done.returncode != 0 or not found:
+                raise SystemExit(f"bench-host: cannot fetch {wanted}: {done.stderr.strip() or 'no package written'}")
+        debs.append(str(found[-1]))
+    return debs
+
+
 def boot(rounds: int, timeout_s: float) -> dict:
     """Run the rig once with bench/host_inside.py; its results (bench-host.json)."""
+    params = {"rounds": rounds, "packages": network_packages()}
     config = rig.RigConfig(kernel=rig.default_config().kernel, work_dir=WORK_DIR, timeout_s=timeout_s,
                            scenario=HERE / "host_inside.py",
                            # the e2e runs' capability cache spares libvirtd ~25 s of probing
@@ -46,7 +77,7 @@ def boot(rounds: int, timeout_s: float) -> dict:
 
     def progress(line: str) -> None:
         if line.startswith("e2e rig: boot"):  # the results dir is fresh from here on
-            (config.results_dir / "params.json").write_text(json.dumps({"rounds": rounds}))
+            (config.results_dir / "params.json").write_text(json.dumps(params))
         print(line, file=sys.stderr, flush=True)
 
     run = rig.run_rig(config, on_line=progress)
