@@ -16,7 +16,8 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc/record.py)
-    from typing import Sequence, TextIO
+    from collections.abc import Sequence
+    from typing import NoReturn, TextIO
 
 from . import __version__
 from .errors import UsageError, VfallocError
@@ -59,10 +60,11 @@ def _columns() -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    def __init__(self, *args, formatter_class: type[argparse.HelpFormatter] = _Formatter, **kwargs) -> None:
-        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
-    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, no usage dump
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
