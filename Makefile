@@ -9,11 +9,11 @@ PYTEST := $(PY) -m pytest
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' vfalloc/__init__.py)
 DEB     := $(CURDIR)/dist/vfalloc_$(VERSION)_all.deb
 
-# The unit, hook and libvirt layers, then the end-to-end run on the emulated SR-IOV host, which
-# installs the Debian package built once here (deb) with dpkg.
+# The unit and hook layer, the libvirt layer, then the end-to-end run on the emulated SR-IOV
+# host, which installs the Debian package built once here (deb) with dpkg; at the end, the time
+# each layer took (tools/test-layers).
 test: setup deb
-	VFALLOC_DEB=$(DEB) $(PYTEST) tests --ignore=tests/e2e
-	VFALLOC_E2E_DEB=$(DEB) tests/e2e/run
+	VFALLOC_DEB=$(DEB) VFALLOC_E2E_DEB=$(DEB) tools/test-layers $(PY)
 
 # ruff (pyflakes, bugbear, pyupgrade, import order) and mypy, both configured in pyproject.toml.
 lint: setup
@@ -63,7 +63,13 @@ bench: setup
 	python3 -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q --force-reinstall --no-deps .
 	$(BENCH_VENV)/bin/python -m pip install -q lxml filelock
-	cd /tmp && $(BENCH_VENV)/bin/python $(CURDIR)/bench/run.py
+	cd /tmp && $(BENCH_VENV)/bin/python $(CURDIR)/bench/run.py $(BENCH_FLAGS)
+
+# The same, and VM starts on the emulated SR-IOV host of the e2e tests (boots it: minutes; needs
+# root). Inside it vfalloc runs from the project's venv, as the e2e tests run it.
+.PHONY: bench-host
+bench-host: BENCH_FLAGS += --host
+bench-host: bench
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) $(COMPAT_VENV) build dist *.egg-info

@@ -193,3 +193,28 @@ def test_commands_without_domain_xml_do_not_load_lxml(i350_host, argv):
     done = subprocess.run([os.sys.executable, "-c", code, argv[0], *i350_host.flags(), *argv[1:]],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("columns", ["50", "100", None], ids=["COLUMNS=50", "COLUMNS=100", "no-COLUMNS"])
+def test_help_is_laid_out_as_argparse_lays_it_out(monkeypatch, columns):
+    """vfalloc's help formatter looks the terminal's width up once, without shutil: every
+    command's help is the text argparse's own formatter gives for the same width."""
+    import argparse
+
+    from vfalloc import cli
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    monkeypatch.setattr(cli, "_COLUMNS", [])
+    parser = cli.build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    parsers = [parser, *commands.choices.values()]
+    parsers += [p for sub in commands.choices.values() for a in sub._actions
+                if isinstance(a, argparse._SubParsersAction) for p in a.choices.values()]
+    assert len(parsers) >= 15
+    for p in parsers:
+        ours = p.format_help()
+        p.formatter_class = argparse.HelpFormatter
+        assert ours == p.format_help(), p.prog

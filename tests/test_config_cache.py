@@ -7,12 +7,16 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from fakehost import i350
 
 from vfalloc import config_cache
 from vfalloc.config import read_config
 from vfalloc.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
 
 CONFIG = """
 [settings]
@@ -144,3 +148,23 @@ def test_nothing_kept_where_it_cannot_be_kept_safely_and_the_config_still_loads(
     prepare(run)
     assert [p.name for p in read_config(config, True, run_dir=run, keep=True).pools] == ["lan0"]
     assert not os.path.lexists(config_cache.memo_path(run, str(config)))
+
+
+def test_vfalloc_list_runs_on_the_parse_the_hook_kept(scratch):
+    """On a host where a VM started, the hook has kept the config's parse: `vfalloc list` then
+    does not load the TOML parser either, and lists what a fresh parse lists."""
+    i350(scratch.fs)
+    scratch.write_config('[pools.lan0]\npfs = ["enp1s0f0#0-3", "enp1s0f1"]\n')
+    xml = ("<domain type='kvm'><name>vm1</name><uuid>00000000-0000-0000-0000-000000000001</uuid><metadata>"
+           "<vfalloc:vfs xmlns:vfalloc='urn:vfalloc:1'><vfalloc:vf pool='lan0'/></vfalloc:vfs></metadata>"
+           "<devices/></domain>")
+    hook = subprocess.run([sys.executable, str(REPO / "hooks" / "qemu"), "vm1", "prepare", "begin", "-"],
+                          input=xml, capture_output=True, text=True, env=scratch.env())
+    assert hook.returncode == 0 and len(memos(str(scratch.run_dir))) == 1, hook.stderr
+    code = ("import sys, io\nfrom vfalloc.cli import main\nout = io.StringIO()\n"
+            "rc = main(['list', '--json'], out)\nprint(rc, 'tomllib' in sys.modules)\nprint(out.getvalue(), end='')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=scratch.env())
+    status, listing = done.stdout.split("\n", 1)
+    fresh = read_config(scratch.config, True)
+    assert fresh.pools and (status, listing) == ("0 False", scratch.run("list", "--json").out), done.stderr
+    assert '"domain": "vm1"' in listing

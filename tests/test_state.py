@@ -5,6 +5,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -251,3 +252,57 @@ def test_a_lock_file_that_is_a_symlink_is_named_in_the_error(tmp_path):
             pass
     assert str(tmp_path / "state.json.lock") in str(info.value)
     assert not (tmp_path / "victim").exists()
+
+
+_CHANGING_HOLDER = """
+import json, os, sys, filelock
+state, lock = sys.argv[1], filelock.FileLock(sys.argv[1] + ".lock")
+lock.acquire()
+print("held", flush=True)
+for n, line in enumerate(sys.stdin):
+    if line.strip() == "q":
+        break
+    with open(state + ".new", "w") as fh:  # a transaction's write: a new file renamed over the table
+        json.dump({"version": int(sys.argv[2]), "leases": [], "last": {"x": {"0": str(n)}}}, fh)
+    os.rename(state + ".new", state)
+    print("wrote", flush=True)
+lock.release()
+"""
+
+
+def test_a_waiter_queued_behind_holders_that_change_the_table_waits_past_the_timeout(tmp_path):
+    """The timeout bounds a wait in which the table does not change: a holder that keeps
+    changing it (as a queue of hooks ahead does) is waited for, however long it takes."""
+    store = StateStore(tmp_path / "state.json", lock_timeout=1.0)
+    Path(store.path).parent.mkdir(exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", _CHANGING_HOLDER, str(store.path), str(VERSION)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    outcome: list[object] = []
+
+    def wait_for_the_lock() -> None:
+        try:
+            with store.transaction() as txn:
+                txn.table = txn.table.with_leases([lease()])
+            outcome.append("done")
+        except StateError as exc:
+            outcome.append(exc)
+
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        waiter = threading.Thread(target=wait_for_the_lock)
+        waiter.start()
+        started = time.monotonic()
+        while time.monotonic() - started < 3.0:  # three timeouts long, a change every 0.3 s
+            holder.stdin.write("w\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == "wrote"
+            time.sleep(0.3)
+        assert outcome == []  # still waiting, three timeouts later
+        holder.stdin.write("q\n")
+        holder.stdin.flush()
+        waiter.join(timeout=60)
+        assert outcome == ["done"]
+        assert store.read().leases == (lease(),)
+    finally:
+        holder.kill()
+        holder.wait()

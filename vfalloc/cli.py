@@ -13,8 +13,11 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
-from typing import NoReturn, TextIO
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc/record.py)
+    from collections.abc import Sequence
+    from typing import NoReturn, TextIO
 
 from . import __version__
 from .errors import UsageError, VfallocError
@@ -24,13 +27,50 @@ COMPLETE_COMMAND = "__complete"  # the completion scripts' helper: live pool, PF
 HOOKS_DIR = "/etc/libvirt/hooks"  # = hookfile.DEFAULT_HOOKS_DIR, without importing it for every command
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help formatter, given the terminal's width looked up once per process.
+    argparse makes a formatter for every argument it adds, only to check the argument's
+    metavar, and each asks shutil for the width (Lib/argparse.py: add_argument, HelpFormatter;
+    CPython 3.11): the first import of shutil (which loads bz2 and lzma) and a hundred
+    terminal-size calls on every command, `vfalloc list` included."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        # argparse itself takes 2 off the width it looks up, and only then
+        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+
+
+_COLUMNS: list[int] = []
+
+
+def _columns() -> int:
+    """The terminal's width as shutil.get_terminal_size() gives it: $COLUMNS when it is a
+    positive number, else the size of the terminal on stdout, else 80."""
+    if not _COLUMNS:
+        try:
+            columns = int(os.environ["COLUMNS"])
+        except (KeyError, ValueError):
+            columns = 0
+        if columns <= 0:
+            try:
+                columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+            except (AttributeError, ValueError, OSError):
+                columns = 0
+        _COLUMNS.append(columns or 80)
+    return _COLUMNS[0]
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:  # one line, exit 2, no usage dump
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _common_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     group = common.add_argument_group("where vfalloc looks (flags beat VFALLOC_* variables beat the config file)")
     group.add_argument("--config", metavar="FILE",
                        help="config file (env VFALLOC_CONFIG; default /etc/vfalloc/vfalloc.toml)")
@@ -42,7 +82,7 @@ def _common_parser() -> argparse.ArgumentParser:
 
 
 def _connect_parser() -> argparse.ArgumentParser:
-    connect = argparse.ArgumentParser(add_help=False)
+    connect = _Parser(add_help=False)
     connect.add_argument("-c", "--connect", metavar="URI",
                          help="libvirt URI (default: LIBVIRT_DEFAULT_URI, else qemu:///system)")
     return connect

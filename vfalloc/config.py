@@ -34,7 +34,10 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc/record.py)
+    from typing import Any
 
 from . import config_cache
 from .config_cache import DEFAULT_RUN_DIR, RUN_DIR_ENV

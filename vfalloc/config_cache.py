@@ -19,7 +19,10 @@ import binascii
 import json
 import os
 import stat
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc/record.py)
+    from typing import Any
 
 from .atomicfile import write_atomic
 

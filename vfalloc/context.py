@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import sys
 from functools import cached_property
-from typing import TextIO
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc/record.py)
+    from typing import TextIO
 
 from .config import Settings, resolve_pools
 from .model import Host, Pool

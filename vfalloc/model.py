@@ -192,6 +192,10 @@ class Pool(Record):
     def has_pf(self, pf: PciAddress) -> bool:
         return pf in self._by_pf  # type: ignore[attr-defined]
 
+    def takes_whole_pf(self, pf: PciAddress) -> bool:
+        """Whether every VF of `pf` is in this pool (a member names the PF without indexes)."""
+        return any(m.indexes is None for _, m in self._by_pf.get(pf, ()))  # type: ignore[attr-defined]
+
     def pf_rank(self, pf: PciAddress) -> int:
         """The lowest rank any VF of `pf` can have in this pool: its first member's position."""
         return self._by_pf[pf][0][0]  # type: ignore[attr-defined]

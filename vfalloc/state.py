@@ -17,9 +17,8 @@ import fcntl
 import json
 import os
 import stat
-from contextlib import contextmanager, suppress
 from collections.abc import Iterator
-from typing import Protocol
+from contextlib import contextmanager, suppress
 
 from .atomicfile import write_atomic
 from .errors import StateError
@@ -36,8 +35,12 @@ class Transaction:
         self.table = table
 
 
-class _Releasable(Protocol):
-    def release(self) -> object: ...
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc/record.py)
+    from typing import Protocol
+
+    class _Releasable(Protocol):
+        def release(self) -> object: ...
 
 
 class _Flock:
@@ -182,7 +185,12 @@ class StateStore:
         return _Flock(fd)
 
     def _lock_waiting(self) -> _Releasable:
-        """Wait for the lock another process holds, up to the timeout, with filelock."""
+        """Wait for the lock other processes hold, with filelock. The timeout bounds a wait in
+        which the lease table does not change: every transaction that changes it replaces its
+        file, so while the file keeps changing the processes ahead are getting their turns and
+        this one, queued behind them, waits on. The hooks of 64 domains started at once (an
+        autostart) queue up so, and on a busy host their queue lasts longer than the timeout;
+        a holder that changes nothing for that long is what the timeout is for."""
         from filelock import FileLock, Timeout
 
         if os.path.islink(self.lock_path):
@@ -191,14 +199,31 @@ class StateStore:
         # No mode=: filelock < 3.10 (Debian 12 ships 3.9) has none. _lock_now created the file
         # 0600 a moment ago, and filelock's O_CREAT leaves an existing file's mode alone.
         lock = FileLock(self.lock_path, timeout=self.lock_timeout)
+        seen = self._table_stamp()
+        while True:
+            try:
+                lock.acquire(poll_interval=0.005)  # look again every 5 ms (filelock default: 50)
+                return lock
+            except Timeout as exc:
+                stamp = self._table_stamp()
+                if stamp != seen:  # others took their turns meanwhile: wait on behind them
+                    seen = stamp
+                    continue
+                raise StateError(self.path, f"is locked by another vfalloc for more than {self.lock_timeout:g} s",
+                                 f"find the process holding {self.lock_path} (fuser {self.lock_path})") from exc
+            except OSError as exc:
+                raise self._io_error("cannot be locked", exc) from exc
+
+    def _table_stamp(self) -> tuple[int, int, int] | None:
+        """What tells one version of the table file from the next: each write is a new file
+        (atomicfile: a temp file renamed over it), so a new inode number and change time."""
         try:
-            lock.acquire(poll_interval=0.005)  # look again every 5 ms (filelock default: 50)
-        except Timeout as exc:
-            raise StateError(self.path, f"is locked by another vfalloc for more than {self.lock_timeout:g} s",
-                             f"find the process holding {self.lock_path} (fuser {self.lock_path})") from exc
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
         except OSError as exc:
-            raise self._io_error("cannot be locked", exc) from exc
-        return lock
+            raise self._io_error("cannot be read", exc) from exc
+        return st.st_ino, st.st_ctime_ns, st.st_size
 
     def _write(self, table: LeaseTable) -> None:
         data = {

@@ -360,10 +360,6 @@ def kernel_cmdline(config: RigConfig, boot: int = 1) -> str:
             # work through Interrupt-remapped IO-APIC"). The timer is QEMU's and works.
             "no_timer_check",
             "panic=-1",  # a panic reboots at once, and -no-reboot turns that into QEMU exiting
-            # On a busy machine the emulated timer can miss the kernel's early IO-APIC check, and
-            # with interrupt remapping on that panics ("timer doesn't work through
-            # Interrupt-remapped IO-APIC", arch/x86/kernel/apic/io_apic.c). no_timer_check skips it.
-            "no_timer_check",
             "loglevel=4",
             f"e2e.boot={boot}",
             *(f"{k}={v}" for k, v in paths.items()),

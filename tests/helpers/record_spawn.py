@@ -1,5 +1,7 @@
 """Stands in for the hot-plug worker in hook tests: records how it was started (argv, session,
-open descriptors) as JSON into the file named by its first argument."""
+open descriptors) as JSON into the file named by its first argument. With RECORD_SPAWN_GO set,
+it first waits (up to a minute) until that file exists: a test can then see whether the hook
+returned while its worker was still running."""
 
 import json
 import os
@@ -7,7 +9,10 @@ import sys
 import time
 
 out = sys.argv[1]
-time.sleep(float(os.environ.get("RECORD_SPAWN_SLEEP", "0")))
+go = os.environ.get("RECORD_SPAWN_GO")
+deadline = time.monotonic() + 60
+while go and not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.05)
 fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd") if int(fd) < 1024)
 # listdir itself opens one descriptor; drop it (it is closed again by now)
 fds = [fd for fd in fds if os.path.exists(f"/proc/self/fd/{fd}")]

@@ -6,7 +6,12 @@ people or JSON for scripts. Must not: decide anything about VFs (allocator, hold
 from __future__ import annotations
 
 import json
-from typing import TextIO
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc/record.py)
+    from typing import TextIO
+
+from .. import jsontext
 
 from ..model import Phase
 from .audit import record
@@ -19,8 +24,7 @@ def cmd_list(args, ctx) -> int:
     rows = vf_rows(ctx.host, ctx.pools, table, ctx.boot_id, _running(ctx, table, args.connect))
     _warn(ctx)
     if args.json:
-        json.dump(rows, ctx.out, indent=1)
-        ctx.out.write("\n")
+        ctx.out.write(jsontext.dumps(rows) + "\n")
         return 0
     cols = [("VF", "vf"), ("PF", "pf_netdev"), ("#", "vf_index"), ("POOL", "pool"), ("STATE", "state"),
             ("DOMAIN", "domain"), ("MAC", "mac"), ("VLAN", "vlan"), ("NUMA", "numa_node"),
@@ -62,8 +66,7 @@ def cmd_pools(args, ctx) -> int:
     rows = pool_rows(ctx.host, ctx.pools, vf_rows(ctx.host, ctx.pools, table, ctx.boot_id, _running(ctx, table, args.connect)))
     _warn(ctx)
     if args.json:
-        json.dump(rows, ctx.out, indent=1)
-        ctx.out.write("\n")
+        ctx.out.write(jsontext.dumps(rows) + "\n")
         return 0
     table = []
     for pool in rows:
@@ -123,6 +126,9 @@ def _warn(ctx) -> None:
 
 
 def _print_table(out: TextIO, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    for line in [header, *rows]:
-        out.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() + "\n")
+    """Columns as wide as their widest cell, two spaces apart, no trailing blanks. One format
+    string for every line and one write: `vfalloc list` prints a line for each of a thousand VFs."""
+    lines = [header, *rows]
+    widths = [max(map(len, column)) for column in zip(*lines, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out.write("".join(fmt.format(*line).rstrip() + "\n" for line in lines))
