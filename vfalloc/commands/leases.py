@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import TextIO
 
+from ..errors import shown
+
 
 def cmd_list(args, ctx) -> int:
     from ..holdings import vf_rows
@@ -28,7 +30,8 @@ def cmd_list(args, ctx) -> int:
         ctx.out.write("no SR-IOV VFs found; create some with `vfalloc host numvfs PF N`\n")
     for r in rows:
         if r["state"] == "stale":
-            ctx.out.write(f"stale: {r['vf']} leased to {r['domain']}: {r['reason']} (free it with `vfalloc gc`)\n")
+            ctx.out.write(f"stale: {r['vf']} leased to {shown(r['domain'], limit=200)}: {r['reason']} "
+                          "(free it with `vfalloc gc`)\n")
     return 0
 
 
@@ -46,7 +49,8 @@ def _cell(row, key) -> str:
     value = row.get(key)
     if key == "pf_netdev" and value is None:
         value = row.get("pf")
-    return "-" if value is None else str(value)
+    # a name from outside is quoted when it holds what is not printable: one row stays one line
+    return "-" if value is None else shown(str(value), limit=200)
 
 
 def cmd_pools(args, ctx) -> int:
@@ -73,9 +77,11 @@ def cmd_pools(args, ctx) -> int:
 def cmd_alloc(args, ctx) -> int:
     from ..allocator import allocate
     from ..lease_ops import now as lease_now
-    from ..model import Request, check_uuid
+    from ..model import Request, check_name, check_uuid, refuse_hostdev_settings
 
     uuid = check_uuid(args.uuid)
+    check_name(args.domain)
+    refuse_hostdev_settings(args.type, args.mac, args.vlan)
     request = Request(pool=args.pool, index=args.index, mac=args.mac, vlan=args.vlan, trust=args.trust,
                       spoofchk=args.spoofchk, type=args.type)
     with ctx.store.transaction() as txn:
