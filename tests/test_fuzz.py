@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 from fakehost import FakeSys, i350
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from vfalloc import hook
@@ -144,6 +144,9 @@ COMMANDS = st.one_of(
 
 @FUZZ
 @given(argv=COMMANDS)
+# inputs that once gave an internal error, kept as examples: every run tries them
+@example(argv=["alloc", "--domain", "vm1", "--uuid", UUID, "--pool", "lan", "--vlan", "9" * 5000])
+@example(argv=["host", "persist", "--dry-run", "enp1s0f0=²"])
 def test_fuzz_command_line(host, argv):
     host.reset()
     before = host.files()
@@ -194,6 +197,7 @@ def config_text(draw) -> str:
 @FUZZ
 @given(config=config_text(), argv=st.sampled_from([["list"], ["pools", "--json"],
                                                     ["alloc", "--domain", "vm1", "--uuid", UUID, "--pool", "lan"]]))
+@example(config='[pools.lan]\npfs = ["enp1s0f0#0-20000000"]\n', argv=["list"])
 def test_fuzz_config(host, config, argv):
     host.reset(config)
     before = host.files()
@@ -304,6 +308,8 @@ XML_NAME = st.one_of(st.just("vm1"), TEXT).map(lambda t: attr(t)[1:-1])
 
 
 @FUZZ
+@example(name="vm1", uuid=UUID, requests=f"<vfalloc:vf pool='lan' vlan='{'9' * 5000}'/>", devices="",
+         op=("prepare", "begin"))
 @given(name=XML_NAME, uuid=st.one_of(st.just(UUID), TEXT.map(lambda t: attr(t)[1:-1])), requests=request_xml(),
        devices=st.lists(device_xml(), max_size=2).map("".join),
        op=st.sampled_from([("prepare", "begin"), ("restore", "begin"), ("release", "end"), ("reconnect", "begin")]))
