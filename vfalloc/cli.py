@@ -14,7 +14,7 @@ import importlib
 import os
 import re
 import sys
-from typing import Sequence, TextIO, cast
+from typing import Any, Sequence, TextIO, cast
 
 from . import __version__
 from .errors import OutputError, UsageError, VfallocError, shown
@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
         message = re.sub(r"'([^']{80,})'", lambda m: "'" + shown(m[1]) + "'", message)
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
-    def _print_message(self, message: str, file: TextIO | None = None) -> None:  # --help, --version
+    def _print_message(self, message: str, file: Any = None) -> None:  # --help, --version
         if message:
             _Output(file or sys.stdout).write(message)
 

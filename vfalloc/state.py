@@ -26,7 +26,7 @@ import re
 import stat
 from contextlib import contextmanager, suppress
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 from .atomicfile import write_atomic
 from .errors import StateError, UsageError, shown
@@ -81,7 +81,7 @@ def _check_lease(n: int, item: object) -> None:
     missing = [k for k in _REQUIRED if k not in item]
     if missing:
         raise BrokenTable(f"lease {n} has no {missing[0]!r}")
-    get = item.get
+    get: Callable[..., Any] = item.get
     problem = None
     if not _is(_ADDRESS, get("vf")):
         problem = "vf is not a PCI address"
@@ -299,7 +299,7 @@ class StateStore:
         return lock
 
     def _write(self, table: LeaseTable) -> None:
-        data = {
+        data: dict[str, Any] = {
             "version": VERSION,
             "leases": [lease.to_json() for lease in table.leases],
             "last": {k: dict(v) for k, v in table.last.items()},
