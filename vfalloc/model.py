@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from .errors import UsageError, VfsNotRead
+from .errors import UsageError, VfsNotRead, shown
 from .record import Factory, Record, replace
 
 _PCI_RE = re.compile(
@@ -46,7 +46,7 @@ class PciAddress(Record, order=True):
     def parse(cls, text: str) -> "PciAddress":
         m = _PCI_RE.match(text.strip())
         if not m:
-            raise UsageError(f"{text!r} is not a PCI address; write it as 0000:01:00.0")
+            raise UsageError(f"{shown(repr(text))} is not a PCI address; write it as 0000:01:00.0")
         return cls(
             int(m["domain"] or "0", 16), int(m["bus"], 16), int(m["slot"], 16), int(m["function"])
         )
@@ -310,8 +310,6 @@ def check_name(text: object, what: str = "domain name") -> str:
     logs and prints: one or more printable characters. A newline or a control character in it
     would forge a line of the log or a row of `vfalloc list`."""
     if not isinstance(text, str) or not text or not text.isprintable():
-        from .errors import shown
-
         value = shown(text) if isinstance(text, str) else repr(text)
         raise UsageError(f"{what} {value} is not valid; use printable characters, no newline or control "
                          "character")
@@ -330,7 +328,7 @@ def refuse_hostdev_settings(kind: str, mac: object, vlan: object) -> None:
 
 def normalize_mac(text: str) -> str:
     if not isinstance(text, str) or not re.fullmatch(_MAC_RE, text):
-        raise UsageError(f"mac={text!r} is not a MAC address; write it as 52:54:00:12:34:56")
+        raise UsageError(f"mac={shown(repr(text))} is not a MAC address; write it as 52:54:00:12:34:56")
     mac = text.lower()
     first = int(mac[:2], 16)
     if first & 0x01:
@@ -341,8 +339,6 @@ def normalize_mac(text: str) -> str:
 
 
 def parse_vlan(value: object) -> int:
-    from .errors import shown
-
     if isinstance(value, int) and not isinstance(value, bool):
         vlan = value if 1 <= value <= 4094 else None
     elif isinstance(value, str) and value.isascii() and value.isdigit():
@@ -356,8 +352,6 @@ def parse_vlan(value: object) -> int:
 
 def check_uuid(text: str) -> str:
     if not isinstance(text, str) or not _UUID_RE.fullmatch(text):
-        from .errors import shown
-
         raise UsageError(f"{shown(repr(text))} is not a domain UUID; write it as 8-4-4-4-12 hex digits")
     return text.lower()
 
