@@ -417,6 +417,9 @@ def config(ctx: Context) -> None:
         "# no environment).\n"
         "[settings]\n"
         'state = "/var/lib/vfalloc/state.json"\n'
+        # vfalloc's own wait for the lease table's lock (10 s by default) is a wait inside the
+        # emulated host too: seven hooks racing for the lock at 20x slowness queue longer.
+        f"lock_timeout = {round(10 * ctx.pace)}\n"
         "\n"
         f"[pools.{POOL}]\n"
         f'pfs = ["{pf0.netdev}#0-3", "{pf1.netdev}#0-2"]\n'
