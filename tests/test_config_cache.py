@@ -91,7 +91,7 @@ def test_a_refused_config_is_never_kept(files):
 def test_a_config_json_cannot_hold_is_parsed_every_time(files):
     """A TOML date in [settings] passes (settings are taken as text); JSON has no dates."""
     config, run = files
-    config.write_text(CONFIG.replace('hook_log = "/var/log/vfalloc-hook.log"', "hook_log = 1979-05-27T07:32:00Z"))
+    config.write_text(CONFIG.replace("lock_timeout = 3.5", "lock_timeout = 1979-05-27T07:32:00Z"))
     read_config(config, True, run_dir=run, keep=True)
     assert memos(run) == []
 

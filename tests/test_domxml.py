@@ -147,6 +147,18 @@ def err_of(call, *args) -> str:
         pytest.param(domain().encode(), False, id="plain-domain"),
         pytest.param(b"", False, id="empty"),
         pytest.param(b"urn:vfalloc:2 ua-vfalloc", False, id="near-misses"),
+        # the same names, written so that their bytes do not show: parsed, then seen
+        pytest.param(domain(metadata=vfs('pool="a"')).replace("urn:", "&#117;rn:").encode(), True,
+                     id="character-reference"),
+        pytest.param(b"<alias name='&#x75;a-vfalloc-3'/>", True, id="alias-hex-reference"),
+        pytest.param(domain(metadata=vfs('pool="a"')).encode("utf-16"), True, id="utf-16"),
+        pytest.param(domain(metadata=vfs('pool="a"')).encode("utf-32-be"), True, id="utf-32-be"),
+        pytest.param(("<?xml version='1.0' encoding='IBM037'?>" + domain(metadata=vfs('pool="a"'))).encode("cp037"),
+                     True, id="ebcdic"),
+        pytest.param(domain().replace("<domain", "<domain id='&#49;'").encode(), False, id="reference-no-mention"),
+        pytest.param(domain().encode("utf-16"), False, id="utf-16-no-mention"),
+        pytest.param(("<?xml version='1.0' encoding='ISO-8859-1'?>" + domain()).encode("latin-1"), False,
+                     id="latin-1-no-mention"),
     ],
 )
 def test_mentions_vfalloc(xml, expected):

@@ -190,11 +190,14 @@ def test_wait_returns_when_the_vfs_show_up_late(host):
     (["enp1s0f0", "8"], "enp1s0f0 offers 7 VFs (sriov_totalvfs); 8 is more"),
     (["enp1s0f0", "-1"], "is negative"),
     (["enp9s0", "2"], "enp9s0 is not an SR-IOV PF on this host (PFs: enp1s0f0, enp1s0f1)"),
-    (["enp1s0f0", "two"], "invalid int value"),
+    (["enp1s0f0", "two"], "'two' is not a number of VFs from 0 to 65535"),
+    (["enp1s0f0", "9" * 5000], "is not a number of VFs from 0 to 65535"),
+    (["enp1s0f0", "\u0663"], "is not a number of VFs from 0 to 65535"),
     (["enp1s0f0", "2", "--timeout", "0"], "--timeout 0 must be a number of seconds from 0 to 3600"),
     (["enp1s0f0", "2", "--timeout", "nan"], "--timeout nan must be a number of seconds"),
     (["enp1s0f0", "2", "--timeout", "inf"], "--timeout inf must be a number of seconds"),
-], ids=["over-totalvfs", "negative", "unknown-pf", "not-a-number", "zero-timeout", "nan-timeout", "inf-timeout"])
+], ids=["over-totalvfs", "negative", "unknown-pf", "not-a-number", "thousands-of-digits", "arabic-indic-digit",
+        "zero-timeout", "nan-timeout", "inf-timeout"])
 def test_bad_input_is_one_line_and_writes_nothing(host, argv, message):
     res = host.run("host", "numvfs", *argv)
     assert res.code == 2

@@ -68,8 +68,8 @@ BROKEN = [
     (b'{"version": 99, "leases": []}', "has version 99, newer than this vfalloc knows"),
     (b'{"version": "x"}', "has unknown version 'x'"),
     (b'[1, 2]', "is not a vfalloc lease table"),
-    (b'{"version": 1, "leases": [{"vf": "x"}]}', "holds a malformed lease"),
-    (b'{"version": 1, "leases": [], "last": 5}', "holds a malformed lease"),
+    (b'{"version": 1, "leases": [{"vf": "x"}]}', "holds a broken lease table: lease 0 has no 'pf'"),
+    (b'{"version": 1, "leases": [], "last": 5}', "holds a broken lease table: `last` is not an object"),
     (b"\xff\xfe", "is not valid JSON"),
 ]
 
@@ -182,7 +182,8 @@ from vfalloc.state import StateStore
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
 store = StateStore(sys.argv[1])
-new = [Lease(vf=f"0000:02:{n:02x}.0", pf="0000:02:00.0", pool="p", domain=f"d{n}", uuid=f"u{n}", index=0,
+new = [Lease(vf=f"0000:02:{n:02x}.0", pf="0000:02:00.0", pool="p", domain=f"d{n}",
+             uuid=f"00000000-0000-0000-0000-{n:012d}", index=0,
              mac=None, vlan=None, since="t", boot_id="b", phase="attached") for n in range(40)]
 try:
     with store.transaction() as txn:

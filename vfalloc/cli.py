@@ -12,15 +12,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc/record.py)
     from collections.abc import Sequence
-    from typing import NoReturn, TextIO
+    from typing import Any, NoReturn, TextIO
 
 from . import __version__
-from .errors import UsageError, VfallocError
+from .errors import OutputError, UsageError, VfallocError, shown
 
 COMMON = ("config", "sysfs_root", "state", "proc_root")
 COMPLETE_COMMAND = "__complete"  # the completion scripts' helper: live pool, PF and domain names
@@ -66,7 +67,63 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:  # one line, exit 2, no usage dump
+        # argparse quotes the value it refused: a value of thousands of characters is cut
+        message = re.sub(r"'([^']{80,})'", lambda m: "'" + shown(m[1]) + "'", message)
         raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+    def _print_message(self, message: str, file: Any = None) -> None:  # --help, --version
+        if message:
+            _Output(file or sys.stdout).write(message)
+
+
+class _Output:
+    """The stream a command prints on: a write that fails (ENOSPC on a full disk, EIO) raises
+    OutputError, which main() reports in one line. A closed pipe (`vfalloc list | head`) stays
+    BrokenPipeError: the reader has all it wanted."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(exc.strerror or str(exc)) from exc
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(exc.strerror or str(exc)) from exc
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def _index(text: str) -> int:
+    """A request position: ASCII digits, at most 6 (device aliases ua-vfalloc-N)."""
+    from .model import whole_number
+
+    value = whole_number(text, 999_999)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{shown(repr(text))} is not a request position from 0 to 999999")
+    return value
+
+
+def _vf_count(text: str) -> int:
+    """A number of VFs: ASCII digits, at most the 16-bit TotalVFs of PCIe SR-IOV."""
+    from .model import MAX_VFS, whole_number
+
+    value = whole_number(text, MAX_VFS)
+    if value is None and text.startswith("-") and whole_number(text[1:], MAX_VFS) is not None:
+        raise argparse.ArgumentTypeError(f"{text} is negative; give a number of VFs from 0 to {MAX_VFS}")
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{shown(repr(text))} is not a number of VFs from 0 to {MAX_VFS}")
+    return value
 
 
 def _common_parser() -> argparse.ArgumentParser:
@@ -162,7 +219,7 @@ def _lease_commands(sub, parents) -> None:
     p.add_argument("--trust", choices=("on", "off"))
     p.add_argument("--spoofchk", choices=("on", "off"))
     p.add_argument("--type", choices=("interface", "hostdev"), default="interface")
-    p.add_argument("--index", type=int, default=0, help="request position (default 0)")
+    p.add_argument("--index", type=_index, default=0, help="request position (default 0)")
     p.add_argument("--json", action="store_true", help="print the lease as JSON")
     p.set_defaults(func=_handler("leases:cmd_alloc"), refreshes_metrics=True)
 
@@ -282,7 +339,7 @@ def _host_commands(sub, parents) -> None:
             "host_change:cmd_numvfs", changes=True)
     p.set_defaults(refreshes_metrics=True)
     p.add_argument("pf", help="PF interface name or PCI address")
-    p.add_argument("count", type=int, help="number of VFs (0 removes them)")
+    p.add_argument("count", type=_vf_count, help="number of VFs (0 removes them)")
     p.add_argument("--force", action="store_true", help="change even when VFs of the PF are leased")
     p.add_argument("--autoprobe", choices=("on", "off"), help="set sriov_drivers_autoprobe first")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the VFs (default 10)")
@@ -357,16 +414,20 @@ def make_context(args: argparse.Namespace, out: TextIO, err: TextIO):
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    out = out or sys.stdout
+    stream = out or sys.stdout
+    printer = _Output(stream)
     err = err or sys.stderr
     try:
         args = build_parser().parse_args(argv)
-        ctx = make_context(args, out, err)
+        ctx = make_context(args, printer, err)  # type: ignore[arg-type]  # a TextIO as far as callers see
         code = args.func(args, ctx)
+        printer.flush()  # a full disk shows at the flush as often as at a write
         if code == 0 and getattr(args, "refreshes_metrics", False) and ctx.settings.metrics_textfile:
             _refresh_metrics(ctx)
         return code
     except VfallocError as exc:
+        if isinstance(exc, OutputError):
+            _discard(stream)
         err.write(f"vfalloc: {exc}\n")
         return exc.exit_code
     except SystemExit as exc:  # --help / --version
@@ -375,6 +436,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         err.write("vfalloc: interrupted\n")
         return 130
     except BrokenPipeError:
+        _discard(stream)
         return 0
     except Exception as exc:  # a bug: still one line, the traceback only on request
         if os.environ.get("VFALLOC_DEBUG"):
@@ -382,6 +444,19 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         err.write(f"vfalloc: internal error: {type(exc).__name__}: {exc} "
                   "(set VFALLOC_DEBUG=1 for the traceback and report it)\n")
         return 70
+
+
+def _discard(stream: TextIO) -> None:
+    """Point the process's stdout at /dev/null when `stream` is it, so that the interpreter's
+    own flush at exit does not fail on the same output again (and print a second message)."""
+    if stream is not sys.stdout:
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def run() -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Mapping
 
 TYPE_CHECKING = False
@@ -41,8 +42,8 @@ if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc
 
 from . import config_cache
 from .config_cache import DEFAULT_RUN_DIR, RUN_DIR_ENV
-from .errors import ConfigError, UsageError
-from .model import POLICIES, Host, PciAddress, Pool, PoolMember, parse_vlan
+from .errors import ConfigError, UsageError, shown
+from .model import MAX_VFS, POLICIES, Host, PciAddress, Pool, PoolMember, parse_vlan, whole_number
 from .record import Record, field
 
 DEFAULT_CONFIG = "/etc/vfalloc/vfalloc.toml"
@@ -66,6 +67,10 @@ ENV = {
     "metrics_textfile": "VFALLOC_METRICS_TEXTFILE",
 }
 _POOL_KEYS = {"pfs", "policy", "vlan", "trust", "spoofchk", "numvfs"}
+# Every process of vfalloc must find the same files: the hook runs in "/", a command wherever it
+# is started, so these are refused when relative.
+_ABSOLUTE = {"state": "the lease table", "hook_log": "the hook's log file"}
+MAX_CONFIG_BYTES = 1 << 20
 _TOP_KEYS = {"settings", "pools", "pf", "fdb"}
 
 
@@ -135,9 +140,15 @@ def load_settings(flags: Mapping[str, str | None] | None = None,
     try:
         timeout = float(timeout_text)
     except ValueError:
-        raise UsageError(f"lock timeout {timeout_text!r} is not a number of seconds") from None
+        raise UsageError(f"lock timeout {shown(repr(timeout_text))} is not a number of seconds") from None
     if not math.isfinite(timeout) or timeout <= 0:
-        raise UsageError(f"lock timeout {timeout_text} must be more than 0 seconds")
+        raise UsageError(f"lock timeout {shown(timeout_text)} must be a number of seconds more than 0, "
+                         "such as 10")
+    for key, what in _ABSOLUTE.items():
+        value = pick(key)
+        if value and not os.path.isabs(value):
+            raise UsageError(f"{key} path {shown(value)} is not absolute; give the full path of {what} "
+                             f"(--{key.replace('_', '-')}, {ENV[key]} or {key} in [settings])")
     hook_log = pick("hook_log")
     textfile = pick("metrics_textfile")
     if textfile and not os.path.isabs(textfile):
@@ -154,8 +165,7 @@ def read_config(path: str | os.PathLike[str], must_exist: bool, run_dir: str | N
     a new parse is left there."""
     path = os.fspath(path)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
+        raw = _read_regular(path)
     except FileNotFoundError:
         if must_exist:
             raise ConfigError(path, "does not exist", "create it or point --config at the right file") from None
@@ -175,16 +185,44 @@ def read_config(path: str | os.PathLike[str], must_exist: bool, run_dir: str | N
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, f"is not valid TOML: {exc}", "fix the line named") from exc
+    except ValueError as exc:  # an integer of more than 4,300 digits (int()'s limit)
+        raise ConfigError(path, "holds a number of more digits than Python reads (4300)",
+                          "write numbers of a few digits") from exc
+    except RecursionError as exc:
+        raise ConfigError(path, "nests arrays or tables too deep to read", "write a flat config") from exc
     config = parse_config(path, data)
     if run_dir and keep:
         config_cache.keep(run_dir, path, text, data)
     return config
 
 
+def _read_regular(path: str) -> bytes:
+    """The file's bytes. Opened without blocking and refused unless a regular file: a FIFO there
+    would block the open (and the read) for as long as no one writes to it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(path, "is not a regular file", "point --config (or VFALLOC_CONFIG) at a TOML file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(path, f"is larger than {MAX_CONFIG_BYTES} bytes", "point --config at the TOML file")
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def parse_config(path: str, data: Mapping[str, Any]) -> ConfigFile:
     _no_unknown(path, "the top level", data, _TOP_KEYS)
     settings = data.get("settings", {})
     _no_unknown(path, "[settings]", settings, set(DEFAULTS))
+    for key, what in _ABSOLUTE.items():
+        value = settings.get(key)
+        if value not in (None, "") and not (isinstance(value, str) and os.path.isabs(value)):
+            raise ConfigError(path, f"[settings] {key} = {shown(repr(value))} is not an absolute path",
+                              f"give the full path of {what}")
     pools_raw = data.get("pools", {})
     if not isinstance(pools_raw, dict):
         raise ConfigError(path, "`pools` must be a table of [pools.NAME] sections")
@@ -257,8 +295,8 @@ def _pool_spec(path: str, name: str, body: Any) -> PoolSpec:
 def _count(path: str, where: str, value: Any) -> int:
     if value is None:
         raise ConfigError(path, f"{where} is missing", "write numvfs = N")
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(path, f"{where} = {value!r} must be a whole number of VFs, 0 or more")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_VFS:
+        raise ConfigError(path, f"{where} = {shown(repr(value))} must be a whole number of VFs from 0 to {MAX_VFS}")
     return value
 
 
@@ -274,10 +312,12 @@ def parse_member(path: str, where: str, text: str) -> tuple[str, frozenset[int] 
     indexes: set[int] = set()
     for part in ranges.split(","):
         lo, dash, hi = part.strip().partition("-")
-        if not lo.isdigit() or (dash and not hi.isdigit()):
-            raise ConfigError(path, f"{where} VF range {text!r} is not valid",
-                              "write VF indexes like enp1s0f0#0-3,6")
-        first, last = int(lo), int(hi) if dash else int(lo)
+        # Bounded before anything is expanded: no PF has more than MAX_VFS VFs.
+        first = whole_number(lo, MAX_VFS - 1)
+        last = whole_number(hi, MAX_VFS - 1) if dash else first
+        if first is None or last is None:
+            raise ConfigError(path, f"{where} VF range {shown(repr(text))} is not valid",
+                              f"write VF indexes from 0 to {MAX_VFS - 1} like enp1s0f0#0-3,6")
         if last < first:
             raise ConfigError(path, f"{where} VF range {part.strip()!r} in {text!r} runs backwards")
         indexes.update(range(first, last + 1))

@@ -39,7 +39,8 @@ def memo_path(run_dir: str, config_path: str) -> str:
 def recall(run_dir: str, config_path: str, text: str) -> dict[str, Any] | None:
     """The parsed config kept for this path and text, or None."""
     try:
-        fd = os.open(memo_path(run_dir, config_path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO planted there would block the open; _ours() then refuses it.
+        fd = os.open(memo_path(run_dir, config_path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     try:

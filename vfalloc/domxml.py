@@ -29,6 +29,8 @@ from .record import Record
 
 NS = "urn:vfalloc:1"
 ALIAS_PREFIX = "ua-vfalloc-"
+_NS_BYTES = NS.encode()
+_ALIAS_BYTES = ALIAS_PREFIX.encode()
 MAX_XML_BYTES = 16 * 1024 * 1024
 
 _Q = "{" + NS + "}"
@@ -70,9 +72,42 @@ class DomainInfo(Record):
 
 
 def mentions_vfalloc(xml: bytes) -> bool:
-    """Cheap byte test, no parse: True iff the namespace or the alias prefix occurs."""
+    """True iff the XML names vfalloc's namespace or its device alias prefix anywhere.
+
+    Cheap for what libvirt writes, plain UTF-8: a byte test, no parse. The same names can be
+    written so that their bytes do not show: with character references (&#117;rn:vfalloc:1), in
+    UTF-16 or UTF-32 (NUL bytes between the letters), or in an encoding an XML declaration names
+    (EBCDIC, UTF-7). In doubt, the XML is parsed and written back as UTF-8, which spells every
+    name out, and the byte test runs on that; XML that does not parse is taken as mentioning
+    vfalloc, so that the parse that follows reports it."""
     data = xml.encode("utf-8", "replace") if isinstance(xml, str) else bytes(xml)
-    return NS.encode() in data or ALIAS_PREFIX.encode() in data
+    if _NS_BYTES in data or _ALIAS_BYTES in data:
+        return True
+    if _plain_utf8(data):
+        return False
+    try:
+        spelled = _serialize(_parse(data))
+    except DomainXMLError:
+        return True
+    return _NS_BYTES in spelled or _ALIAS_BYTES in spelled
+
+
+def _plain_utf8(data: bytes) -> bool:
+    """True when every name in `data` is written as its own UTF-8 bytes: no character reference,
+    no NUL (UTF-16/32), and UTF-8 (or ASCII) as the only encoding it can be read in: no EBCDIC
+    start, no XML declaration naming another encoding (libxml2 reads XML without either as
+    UTF-8, XML 1.0 section 4.3.3 and appendix F)."""
+    if b"&#" in data or b"\0" in data:
+        return False
+    head = data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # a UTF-8 byte order mark
+    head = head.lstrip(b" \t\r\n")
+    if head.startswith(b"\x4c\x6f\xa7\x94"):  # "<?xm" in EBCDIC, which libxml2 detects
+        return False
+    if not head.startswith(b"<?xml"):
+        return True
+    declaration = head[:head.find(b"?>") + 1 or 200]
+    match = re.search(rb"""encoding\s*=\s*["']([A-Za-z0-9._-]*)["']""", declaration)
+    return match is None or match[1].lower() in (b"utf-8", b"utf8", b"us-ascii", b"ascii")
 
 
 def read_domain(xml: bytes | str) -> DomainInfo:
@@ -261,6 +296,11 @@ def _name(dom: etree._Element) -> str:
     name = (dom.findtext("name") or "").strip()
     if not name:
         raise DomainXMLError("?", "no <name>", "add <name>NAME</name> to the domain")
+    if not name.isprintable():
+        # libvirt refuses a newline in a name (virDomainDefParseXML); vfalloc refuses every
+        # character that would break a line of its log or a row of `vfalloc list`
+        raise DomainXMLError(repr(name), "<name> holds a newline or a control character",
+                             "rename the domain with printable characters")
     return name
 
 

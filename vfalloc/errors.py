@@ -27,6 +27,14 @@ class UsageError(VfallocError):
     exit_code = 2
 
 
+class OutputError(VfallocError):
+    """The command's output could not be written (a full disk, an I/O error)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"cannot write the output ({reason}); free space where it goes or send it elsewhere")
+
+
 class _AboutOne(VfallocError):
     """An error about one thing (a file, a domain), rendered `LABEL: problem; fix`."""
 
@@ -74,9 +82,13 @@ class AllocationError(VfallocError):
     """A request for VFs cannot be met."""
 
 
-def shown(name: str) -> str:
-    """A name from outside (a domain XML, a command line) as it can stand in a one-line message."""
-    return name if name.isprintable() else repr(name)
+def shown(name: str, limit: int = 80) -> str:
+    """A name from outside (a domain XML, a command line) as it can stand in a one-line message:
+    quoted when it holds anything but printable characters, cut when it is longer than `limit`."""
+    text = name if name.isprintable() else repr(name)
+    if len(text) > limit:
+        return f"{text[:limit // 2]}... ({len(name)} characters)"
+    return text
 
 
 class UnknownPool(AllocationError):

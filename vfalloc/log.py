@@ -2,12 +2,19 @@
 vfalloc) and, when the config's `hook_log` or VFALLOC_HOOK_LOG names a file, appended there too.
 The hook and the hot-plug worker log here (the commands print to the admin instead).
 
+Each event is one line whatever it holds: a newline or a control character in it (a domain name
+libvirt passed, a value from a domain XML) is written escaped (\\n, \\x1b), so no input can forge
+a line of its own. The log file is appended to only when it is a regular file: never through a
+symlink (O_NOFOLLOW), never blocking on a FIFO (O_NONBLOCK), and created 0640 (a umask only
+narrows that, so even umask 000 leaves it writable by root alone).
+
 Must not: fail its caller. A log line is a copy of what the caller already decided; a log file
 that cannot be written is reported to syslog and otherwise ignored.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -15,20 +22,50 @@ if TYPE_CHECKING:
     from .config import Settings
 
 ENV_LOG = "VFALLOC_HOOK_LOG"  # also append each log line to this file
+LOG_MODE = 0o640
+
+
+def one_line(text: str) -> str:
+    """`text` with every character that is not printable escaped as Python writes it in a string
+    literal (a newline as \\n): one line, whatever it holds."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def log(environ: Mapping[str, str], line: str, settings: Settings | None = None) -> None:
     import syslog
 
+    line = one_line(line)
     syslog.openlog("vfalloc", 0, syslog.LOG_DAEMON)
     syslog.syslog(syslog.LOG_INFO, line)
     path = environ.get(ENV_LOG) or (settings.hook_log if settings else _configured_log(environ))
     if path:
         try:
-            with open(path, "a") as fh:
-                fh.write(line + "\n")
+            _append(path, line + "\n")
         except OSError as exc:  # the log is a copy of syslog's line: never a reason to fail
-            syslog.syslog(syslog.LOG_WARNING, f"cannot append to hook_log {path}: {exc.strerror}")
+            syslog.syslog(syslog.LOG_WARNING, one_line(f"cannot append to hook_log {path}: {exc.strerror}"))
+
+
+def _append(path: str, text: str) -> None:
+    import errno
+    import stat
+
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, LOG_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(exc.errno, "it is a symbolic link, which vfalloc does not follow") from exc
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "it is not a regular file")
+        data = text.encode("utf-8", "backslashreplace")
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
 
 
 def _configured_log(environ: Mapping[str, str]) -> str | None:

@@ -11,16 +11,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from .errors import UsageError, VfsNotRead
+from .errors import UsageError, VfsNotRead, shown
 from .record import Record, field, replace
 
 _PCI_RE = re.compile(
     r"^(?:(?P<domain>[0-9a-fA-F]{4,8}):)?(?P<bus>[0-9a-fA-F]{2}):"
     r"(?P<slot>[0-9a-fA-F]{2})\.(?P<function>[0-7])$"
 )
-# Compiled at first use (re's cache): a hook call that sets no MAC never needs this one.
-_MAC_RE = r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# Compiled at first use (re's cache): a hook call that sets no MAC never needs this one. Both are
+# used with fullmatch: `$` also matches before a final newline, so "...:56\n" would pass a match.
+_MAC_RE = r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}"
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# PCIe SR-IOV: TotalVFs and NumVFs are 16-bit fields of the capability (PCIe Base Spec 9.3.3.5),
+# so no PF has more VFs and no VF index reaches this.
+MAX_VFS = 65535
 
 ON_OFF = ("on", "off")
 REQUEST_TYPES = ("interface", "hostdev")
@@ -48,7 +52,7 @@ class PciAddress(Record, order=True):
     def parse(cls, text: str) -> "PciAddress":
         m = _PCI_RE.match(text.strip())
         if not m:
-            raise UsageError(f"{text!r} is not a PCI address; write it as 0000:01:00.0")
+            raise UsageError(f"{shown(repr(text))} is not a PCI address; write it as 0000:01:00.0")
         return cls(
             int(m["domain"] or "0", 16), int(m["bus"], 16), int(m["slot"], 16), int(m["function"])
         )
@@ -301,9 +305,40 @@ class LeaseTable(Record):
         return replace(self, leases=tuple(new if x == old else x for x in self.leases))
 
 
+def whole_number(text: str, limit: int) -> int | None:
+    """`text` as a whole number from 0 to `limit`, written in ASCII digits only; None for anything
+    else. Bounded before int() runs: int() takes "²" and other Unicode digits for numbers (and
+    then fails), and refuses more than 4,300 digits with an error of its own."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(limit)):
+        return None
+    value = int(text)
+    return value if value <= limit else None
+
+
+def check_name(text: object, what: str = "domain name") -> str:
+    """A name from outside (a command line, a domain XML, the lease table) that vfalloc stores,
+    logs and prints: one or more printable characters. A newline or a control character in it
+    would forge a line of the log or a row of `vfalloc list`."""
+    if not isinstance(text, str) or not text or not text.isprintable():
+        value = shown(text) if isinstance(text, str) else repr(text)
+        raise UsageError(f"{what} {value} is not valid; use printable characters, no newline or control "
+                         "character")
+    return text
+
+
+def refuse_hostdev_settings(kind: str, mac: object, vlan: object) -> None:
+    """libvirt sets a VF's MAC and VLAN only for <interface type='hostdev'>: a plain <hostdev>
+    has neither element, so a hostdev request with one could not be honoured."""
+    if kind != "hostdev":
+        return
+    for key, value in (("mac", mac), ("vlan", vlan)):
+        if value is not None:
+            raise UsageError(f"--{key} needs --type interface: libvirt sets no MAC or VLAN on a plain hostdev")
+
+
 def normalize_mac(text: str) -> str:
-    if not isinstance(text, str) or not re.match(_MAC_RE, text):
-        raise UsageError(f"mac={text!r} is not a MAC address; write it as 52:54:00:12:34:56")
+    if not isinstance(text, str) or not re.fullmatch(_MAC_RE, text):
+        raise UsageError(f"mac={shown(repr(text))} is not a MAC address; write it as 52:54:00:12:34:56")
     mac = text.lower()
     first = int(mac[:2], 16)
     if first & 0x01:
@@ -314,18 +349,20 @@ def normalize_mac(text: str) -> str:
 
 
 def parse_vlan(value: object) -> int:
-    text = str(value)
-    if isinstance(value, bool) or not (text.isascii() and text.isdigit()):
-        raise UsageError(f"vlan={value!r} is not a number; use a VLAN id from 1 to 4094")
-    vlan = int(text)
-    if not 1 <= vlan <= 4094:
-        raise UsageError(f"vlan={value} is out of range; use a VLAN id from 1 to 4094")
+    if isinstance(value, int) and not isinstance(value, bool):
+        vlan = value if 1 <= value <= 4094 else None
+    elif isinstance(value, str) and value.isascii() and value.isdigit():
+        vlan = whole_number(value, 4094)
+    else:
+        raise UsageError(f"vlan={shown(repr(value))} is not a number; use a VLAN id from 1 to 4094")
+    if not vlan:
+        raise UsageError(f"vlan={shown(str(value))} is out of range; use a VLAN id from 1 to 4094")
     return vlan
 
 
 def check_uuid(text: str) -> str:
-    if not isinstance(text, str) or not _UUID_RE.match(text):
-        raise UsageError(f"{text!r} is not a domain UUID; write it as 8-4-4-4-12 hex digits")
+    if not isinstance(text, str) or not _UUID_RE.fullmatch(text):
+        raise UsageError(f"{shown(repr(text))} is not a domain UUID; write it as 8-4-4-4-12 hex digits")
     return text.lower()
 
 

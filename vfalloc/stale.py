@@ -32,7 +32,7 @@ from typing import Callable, Iterable
 
 from .allocator import stale_reason
 from .errors import VfallocError
-from .model import VF, Lease, LeaseTable, PciAddress, Phase
+from .model import VF, Lease, LeaseTable, PciAddress, Phase, whole_number
 from .record import Record
 
 RUNDIR_GRACE = 300.0
@@ -138,10 +138,11 @@ def _pid_alive(pidfile: Path) -> bool:
         return False
     except OSError:
         return True  # there but unreadable: assume it runs
-    if not text.isdigit():
+    pid = whole_number(text, 1 << 22)  # PID_MAX_LIMIT (include/linux/threads.h)
+    if pid is None:
         return True  # being written: assume it runs
     try:
-        os.kill(int(text), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False  # QEMU is gone though its files are left (libvirtd down when it died)
     except PermissionError:

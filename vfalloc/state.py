@@ -6,8 +6,14 @@ Owns the file format, the lock and the atomic write. Every read-modify-write run
 temp file in the same directory, fsynced, renamed over the old one (rename(2) is atomic within
 a filesystem), and the directory is fsynced so the rename survives a crash. A reader without
 the lock therefore always sees a whole old or a whole new table. A file that does not parse, or
-has a version this code does not know, is refused and never overwritten. This module knows
-nothing of VFs beyond the Lease values it stores.
+has a version this code does not know, is refused and never overwritten.
+
+Every field of every lease and the table's own rules (one lease per VF, one lease per request of
+a domain) are checked when the file is read and again before a table is written (check_leases),
+so a table hand-edited wrong is refused with the way to recover, and vfalloc never writes one.
+The state file and its lock must be regular files: they are opened without blocking (a FIFO there
+would hang every command with the lock held) and refused otherwise. This module knows nothing of
+VFs beyond the Lease values it stores.
 """
 
 from __future__ import annotations
@@ -16,16 +22,97 @@ import errno
 import fcntl
 import json
 import os
+import re
 import stat
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 from .atomicfile import write_atomic
-from .errors import StateError
-from .model import Lease, LeaseTable
+from .errors import StateError, UsageError, shown
+from .model import PHASES, REQUEST_TYPES, Lease, LeaseTable, check_name
 
 VERSION = 1
 _TMP_PREFIX = ".tmp-"
+# How vfalloc writes a PCI address (model.PciAddress's text), a MAC and a UUID into a lease.
+_ADDRESS = r"[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]"
+_MAC = r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}"
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_MAX_INDEX = 999_999  # domxml: device aliases ua-vfalloc-N have at most 6 digits
+_REQUIRED = tuple(k for k in Lease._fields if k not in Lease._defaults)
+
+
+class BrokenTable(Exception):
+    """What is wrong with a lease table, in words (check_leases); StateError names the file."""
+
+
+def check_leases(leases: list, last: object) -> None:
+    """Raise BrokenTable unless every lease (as JSON: a dict) has every field right and the
+    table keeps its rules: one lease per VF, one lease per (domain UUID, request index)."""
+    vfs: dict[str, int] = {}
+    requests: dict[tuple[str, int], int] = {}
+    for n, item in enumerate(leases):
+        _check_lease(n, item)
+        vf, key = item["vf"], (item["uuid"], item["index"])
+        if vf in vfs:
+            raise BrokenTable(f"leases {vfs[vf]} and {n} both hold VF {vf}")
+        if key in requests:
+            raise BrokenTable(f"leases {requests[key]} and {n} both serve request {key[1]} of domain {key[0]}")
+        vfs[vf], requests[key] = n, n
+    if not isinstance(last, dict):
+        raise BrokenTable("`last` is not an object")
+    for uuid, held in last.items():
+        if not _is(_UUID, uuid) or not isinstance(held, dict):
+            raise BrokenTable(f"`last` has an entry {shown(repr(uuid))} that is not a UUID with its VFs")
+        for index, vf in held.items():
+            if not (isinstance(index, str) and index.isascii() and index.isdigit() and len(index) <= 6) \
+                    or not _is(_ADDRESS, vf):
+                raise BrokenTable(f"`last` of {uuid} has {shown(repr(index))}: {shown(repr(vf))}, "
+                                  "not a request index and a VF address")
+
+
+def _is(pattern: str, value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch(pattern, value) is not None
+
+
+def _check_lease(n: int, item: object) -> None:
+    if not isinstance(item, dict):
+        raise BrokenTable(f"lease {n} is not an object")
+    missing = [k for k in _REQUIRED if k not in item]
+    if missing:
+        raise BrokenTable(f"lease {n} has no {missing[0]!r}")
+    get: Callable[..., Any] = item.get
+    problem = None
+    if not _is(_ADDRESS, get("vf")):
+        problem = "vf is not a PCI address"
+    elif not _is(_ADDRESS, get("pf")):
+        problem = "pf is not a PCI address"
+    elif not _is(_UUID, get("uuid")):
+        problem = "uuid is not a lower-case domain UUID"
+    elif type(get("index")) is not int or not 0 <= get("index") <= _MAX_INDEX:
+        problem = f"index is not a request position from 0 to {_MAX_INDEX}"
+    elif get("mac") is not None and (not _is(_MAC, get("mac")) or int(get("mac")[:2], 16) & 1
+                                     or get("mac") == "00:00:00:00:00:00"):
+        problem = "mac is not a lower-case unicast MAC address"
+    elif get("vlan") is not None and (type(get("vlan")) is not int or not 1 <= get("vlan") <= 4094):
+        problem = "vlan is not a VLAN id from 1 to 4094"
+    elif get("phase") not in PHASES:
+        problem = f"phase is not one of {', '.join(PHASES)}"
+    elif get("type", "interface") not in REQUEST_TYPES:
+        problem = f"type is not one of {', '.join(REQUEST_TYPES)}"
+    elif get("trust") not in (None, "on", "off") or get("spoofchk") not in (None, "on", "off"):
+        problem = "trust or spoofchk is not on or off"
+    elif type(get("required", False)) is not bool:
+        problem = "required is not true or false"
+    elif not all(isinstance(get(k), str) and get(k).isprintable() for k in ("since", "boot_id")):
+        problem = "since or boot_id is not a line of text"
+    else:
+        for key, what in (("domain", "domain"), ("pool", "pool")):
+            try:
+                check_name(get(key), what)
+            except UsageError as exc:
+                problem = str(exc).partition(";")[0]
+    if problem is not None:
+        raise BrokenTable(f"lease {n} ({shown(repr(get('vf')))}): {problem}")
 
 
 class Transaction:
@@ -37,7 +124,7 @@ class Transaction:
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc/record.py)
-    from typing import Protocol
+    from typing import Any, Callable, Protocol
 
     class _Releasable(Protocol):
         def release(self) -> object: ...
@@ -71,7 +158,9 @@ class StateStore:
 
     def _read_bytes(self) -> bytes | None:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            # O_NONBLOCK: opening a FIFO would block until someone writes to it; _check_owner then
+            # refuses anything but a regular file.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -112,20 +201,26 @@ class StateStore:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             where = "is empty" if not raw.strip() else f"is not valid JSON ({exc})"
             raise StateError(self.path, where, recover) from exc
+        except ValueError as exc:  # a number of more than 4,300 digits: int()'s limit
+            raise StateError(self.path, "holds a number of more digits than Python reads (4300)", recover) from exc
+        except RecursionError as exc:
+            raise StateError(self.path, "nests arrays or objects too deep to read", recover) from exc
         if not isinstance(data, dict) or "version" not in data:
             raise StateError(self.path, "is not a vfalloc lease table (no version)", recover)
         version = data["version"]
-        if version != VERSION:
-            if isinstance(version, int) and version > VERSION:
+        if type(version) is not int or version != VERSION:
+            if type(version) is int and version > VERSION:
                 raise StateError(self.path, f"has version {version}, newer than this vfalloc knows ({VERSION})",
                                  "upgrade vfalloc; the file is left as it is")
-            raise StateError(self.path, f"has unknown version {version!r}", recover)
+            raise StateError(self.path, f"has unknown version {shown(repr(version))}", recover)
+        items, last = data.get("leases", []), data.get("last", {})
         try:
-            leases = tuple(Lease.from_json(item) for item in data.get("leases", []))
-            last = {str(k): {str(i): str(vf) for i, vf in v.items()} for k, v in data.get("last", {}).items()}
-        except Exception as exc:  # any shape error in a hand-edited file
-            raise StateError(self.path, f"holds a malformed lease ({exc})", recover) from exc
-        return LeaseTable(leases, last)
+            if not isinstance(items, list):
+                raise BrokenTable("`leases` is not a list")
+            check_leases(items, last)
+        except BrokenTable as exc:
+            raise StateError(self.path, f"holds a broken lease table: {exc}", recover) from exc
+        return LeaseTable(tuple(Lease.from_json(item) for item in items), last)
 
     # -- writing --
     @contextmanager
@@ -168,12 +263,17 @@ class StateStore:
         run, so filelock is imported only to wait.
         """
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         0o600)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise StateError(self.lock_path, "is a symbolic link, which vfalloc does not follow",
                                  "remove the link") from exc
             raise self._io_error("cannot be locked", exc) from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StateError(self.lock_path, "is not a regular file",
+                             "remove it; vfalloc creates its lock file beside the state file")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -226,11 +326,16 @@ class StateStore:
         return st.st_ino, st.st_ctime_ns, st.st_size
 
     def _write(self, table: LeaseTable) -> None:
-        data = {
+        data: dict[str, Any] = {
             "version": VERSION,
             "leases": [lease.to_json() for lease in table.leases],
             "last": {k: dict(v) for k, v in table.last.items()},
         }
+        try:
+            check_leases(data["leases"], data["last"])
+        except BrokenTable as exc:
+            raise StateError(self.path, f"was not written: the new lease table would be broken ({exc})",
+                             "the file is left as it was; report this as a vfalloc bug") from exc
         payload = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
         self._clean_temps()
         try:

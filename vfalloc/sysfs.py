@@ -25,9 +25,9 @@ from __future__ import annotations
 import errno
 import os
 
-from .errors import SysfsError, UsageError
+from .errors import SysfsError, UsageError, shown
 from .fdb import Link
-from .model import PF, VF, Host, PciAddress
+from .model import MAX_VFS, PF, VF, Host, PciAddress, whole_number
 from .record import Record
 
 DEFAULT_ROOT = "/sys"
@@ -115,8 +115,15 @@ class Sysfs:
         return None if node < 0 else node
 
     def _group(self, dev: str) -> int | None:
-        name = self._link_name(f"{dev}/iommu_group")
-        return None if name is None else int(name)
+        path = f"{dev}/iommu_group"
+        name = self._link_name(path)
+        if name is None:
+            return None
+        group = whole_number(name, 1 << 31)  # the kernel names groups by an int id (iommu_group_alloc)
+        if group is None:
+            raise SysfsError(path, f"links to {shown(repr(name))}, which is not an IOMMU group number",
+                             "check the sysfs root: the kernel names IOMMU groups 0, 1, 2, ...")
+        return group
 
     def _netdev(self, dev: str) -> str | None:
         try:
@@ -200,7 +207,7 @@ class Sysfs:
         ids: tuple[str, str] | None = None
         vfs = []
         for name in names:
-            if name.startswith("virtfn") and name[6:].isdigit():
+            if name.startswith("virtfn") and whole_number(name[6:], MAX_VFS) is not None:
                 link = f"{dev}/{name}"
                 address = self._vf_address(link)
                 if brief:
@@ -365,7 +372,7 @@ class Sysfs:
             raise SysfsError(base, f"cannot list ({exc.strerror})") from exc
         result = {}
         for name in groups:
-            if name.isdigit():
+            if whole_number(name, 1 << 31) is not None:
                 members = os.listdir(f"{base}/{name}/devices")
                 result[int(name)] = sorted(PciAddress.parse(m) for m in members)
         return dict(sorted(result.items()))
@@ -394,9 +401,12 @@ class Sysfs:
         if not os.path.isdir(base):
             return result
         for name in os.listdir(base):
-            if name.startswith("node") and name[4:].isdigit():
-                text = self._read(f"{base}/{name}/cpulist")
-                result[int(name[4:])] = parse_cpulist(text)
+            if name.startswith("node") and whole_number(name[4:], 1 << 16) is not None:
+                path = f"{base}/{name}/cpulist"
+                try:
+                    result[int(name[4:])] = parse_cpulist(self._read(path))
+                except ValueError as exc:
+                    raise SysfsError(path, str(exc), "check the sysfs root") from exc
         return result
 
     def read_attr(self, address: PciAddress, attr: str) -> str:
@@ -418,6 +428,9 @@ class Sysfs:
             raise SysfsError(path, f"write of {value!r} failed ({reason})", errno=exc.errno) from exc
 
 
+MAX_CPUS = 1 << 16  # past the kernel's largest NR_CPUS (CONFIG_NR_CPUS_RANGE_END, 8192)
+
+
 def parse_cpulist(text: str) -> frozenset[int]:
     """Parse the kernel/libvirt list syntax "0-3,8,10-11" (libvirt also allows "^2")."""
     include: set[int] = set()
@@ -426,9 +439,8 @@ def parse_cpulist(text: str) -> frozenset[int]:
         target = exclude if part.startswith("^") else include
         part = part.lstrip("^")
         lo, _, hi = part.partition("-")
-        try:
-            first, last = int(lo), int(hi or lo)
-        except ValueError:
-            raise ValueError(f"{text!r} is not a CPU/node list") from None
+        first, last = whole_number(lo, MAX_CPUS), whole_number(hi or lo, MAX_CPUS)
+        if first is None or last is None:
+            raise ValueError(f"{shown(repr(text))} is not a CPU/node list")
         target.update(range(first, last + 1))
     return frozenset(include - exclude)

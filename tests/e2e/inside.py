@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import pace
+
 REPO = Path(__file__).resolve().parents[2]
 VENV = REPO / ".venv"  # the VM shares this machine's "/", so the project's venv is there too
 VFALLOC = VENV / "bin" / "vfalloc"
@@ -40,7 +42,9 @@ def expect(condition: object, message: str) -> None:
 @dataclass
 class Context:
     """What a running step has: its log, its deadline, and helpers that record into the log.
-    `env` is added to the environment of every command (and of vfalloc: `vfalloc_env`)."""
+    `env` is added to the environment of every command (and of vfalloc: `vfalloc_env`).
+    `pace` (pace.py) is how many times slower than on an idle machine the VM runs now: every
+    timeout given to run() and wait_for() is multiplied by it, as the step's own bound is."""
 
     results: Path
     lines: list[str] = field(default_factory=list)
@@ -48,6 +52,11 @@ class Context:
     vfalloc_env: dict[str, str] = field(default_factory=dict)
     boot: int = 1  # which boot of the VM this is (the kernel command line's e2e.boot)
     show_times: bool = True  # log how long each command took (from half a second on)
+    pace: float = 1.0
+
+    def scaled(self, seconds: float) -> float:
+        """A bound of `seconds` on an idle machine, as long as it must be now."""
+        return seconds * self.pace
 
     def log(self, text: str) -> None:
         self.lines.extend(text.rstrip("\n").splitlines() or [""])
@@ -67,7 +76,7 @@ class Context:
         check: a non-zero exit fails the step. shown: how the command is written in the log.
         quiet: the output is not logged (a domain XML; the step logs what it found in it)."""
         self.log(f"$ {shown or shlex.join(argv)}")
-        limit = min(timeout or self.remaining(), self.remaining())
+        limit = min(self.scaled(timeout) if timeout else self.remaining(), self.remaining())
         start = time.monotonic()
         try:
             proc = subprocess.run(
@@ -78,7 +87,8 @@ class Context:
             )
         except subprocess.TimeoutExpired as e:
             self.log(_text(e.output))
-            raise StepFailed(f"{argv[0]} did not finish within {limit:.0f} s") from None
+            raise StepFailed(f"{argv[0]} did not finish within {limit:.0f} s"
+                             f" (at pace {self.pace:.1f}x)") from None
         except FileNotFoundError:
             raise StepFailed(f"{argv[0]}: command not found") from None
         if proc.stdout and not quiet:
@@ -134,9 +144,10 @@ class Context:
     def wait_for(
         self, what: str, probe: Callable[[], object], timeout: float, interval: float = 0.2
     ) -> object:
-        """Poll probe() until it returns something true; fail the step after timeout seconds."""
+        """Poll probe() until it returns something true; fail the step after timeout seconds
+        (as scaled by the pace)."""
         start = time.monotonic()
-        end = min(start + timeout, self.deadline)
+        end = min(start + self.scaled(timeout), self.deadline)
         while True:
             value = probe()
             waited = time.monotonic() - start
@@ -144,7 +155,8 @@ class Context:
                 self.log(f"({what}: after {waited:.1f} s)")
                 return value
             if time.monotonic() > end:
-                raise StepFailed(f"timed out after {waited:.0f} s waiting for {what}")
+                raise StepFailed(f"timed out after {waited:.0f} s (at pace {self.pace:.1f}x) "
+                                 f"waiting for {what}")
             time.sleep(interval)
 
     def attach_file(self, path: Path, lines: int = 20) -> None:
@@ -287,7 +299,7 @@ def start_libvirtd(ctx: Context, timeout: float = 100) -> None:
 
 def libvirtd_answers() -> bool:
     try:
-        probe = subprocess.run(["virsh", "version"], capture_output=True, timeout=10,
+        probe = subprocess.run(["virsh", "version"], capture_output=True, timeout=10 * pace.current(),
                                env={**os.environ, **LIBVIRT_ENV})
     except subprocess.TimeoutExpired:
         return False

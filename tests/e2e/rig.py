@@ -37,8 +37,10 @@ STAGE2 = HERE / "stage2.sh"
 SCENARIO = HERE / "scenario.py"
 
 DEFAULT_WORK_DIR = Path(os.environ.get("VFALLOC_E2E_WORKDIR", "/var/tmp/vfalloc-e2e"))
-# Wall-clock bound for each boot (QEMU is killed after it); every step has its own, shorter bound.
-# A green scenario takes about 250 s in its first boot and 100 s in its second on 2 idle cores.
+# Wall-clock bound for each boot on an idle machine (QEMU is killed after it); every step has its
+# own, shorter bound. A green scenario takes about 250 s in its first boot and 100 s in its second
+# on 2 idle cores. The VM reports how much slower it runs ("e2e pace: ... N.Nx slower", "pace
+# N.Nx" after each step; tests/e2e/pace.py) and the bound grows by that factor.
 DEFAULT_TIMEOUT_S = float(os.environ.get("VFALLOC_E2E_TIMEOUT", "600"))
 QEMU = os.environ.get("VFALLOC_E2E_QEMU", "qemu-system-x86_64")
 BUSYBOX_CANDIDATES = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
@@ -122,6 +124,7 @@ class StepResult:
     seconds: float
     tail: str
     log: str = ""  # file name of the step's full log in the results dir
+    pace: float = 1.0  # how many times slower than on an idle machine the VM ran the step
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,7 @@ class Boot:
     returncode: int | None  # None when QEMU was killed on timeout
     timed_out: bool
     seconds: float
+    pace: float = 1.0  # the largest slowdown the VM reported in this boot
     # The ends of the console log and of QEMU's own output, read while the run held the work dir.
     console: str = ""
     qemu_output: str = ""
@@ -156,7 +160,8 @@ class RigRun:
         texts = []
         for b in self.boots:
             if b.timed_out:
-                how = f"boot {b.number}: QEMU killed after the {self.config.timeout_s:.0f} s bound"
+                how = (f"boot {b.number}: QEMU killed after {b.seconds:.0f} s (the "
+                       f"{self.config.timeout_s:.0f} s bound at pace {b.pace:.1f}x)")
             else:
                 how = f"boot {b.number}: QEMU exited {b.returncode} after {b.seconds:.1f} s"
             texts.append(f"{how} (console: {self.config.console_log(b.number)})")
@@ -164,6 +169,10 @@ class RigRun:
         if missing:
             texts.append(f"{missing} later boot(s) not run: boot {self.last_boot.number} failed")
         text = "; ".join(texts) + f"; results: {self.config.results_dir}"
+        for b in self.boots:
+            panic = next((line.strip() for line in b.console.splitlines() if "Kernel panic" in line), None)
+            if panic:
+                text += f"\n--- the kernel of boot {b.number} panicked: {panic}"
         for b in self.boots:
             if b.qemu_output.strip():
                 text += f"\n--- QEMU said in boot {b.number}:\n{b.qemu_output}"
@@ -439,7 +448,8 @@ def run_qemu(config: RigConfig, boot: int = 1,
     argv = qemu_argv(config, boot)
     (config.work_dir / f"qemu-{boot}.cmdline").write_text(shlex.join(argv) + "\n")
     start = time.monotonic()
-    console = ConsoleFollower(config.console_log(boot), on_line)
+    speed = PaceWatcher(on_line)
+    console = ConsoleFollower(config.console_log(boot), speed.line)
     with config.qemu_log(boot).open("wb") as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
@@ -451,7 +461,7 @@ def run_qemu(config: RigConfig, boot: int = 1,
                 try:
                     rc = proc.wait(timeout=1)
                 except subprocess.TimeoutExpired:
-                    if time.monotonic() - start > config.timeout_s:
+                    if time.monotonic() - start > config.timeout_s * speed.factor:
                         timed_out = True
                         break
                 console.poll()
@@ -460,9 +470,26 @@ def run_qemu(config: RigConfig, boot: int = 1,
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=30)
-    return Boot(boot, rc, timed_out, time.monotonic() - start,
+    return Boot(boot, rc, timed_out, time.monotonic() - start, speed.factor,
                 console=_tail_file(config.console_log(boot), 200),
                 qemu_output=_tail_file(config.qemu_log(boot), 20))
+
+
+class PaceWatcher:
+    """Passes the VM's lines on and keeps the largest slowdown they report (scenario.py prints
+    "e2e pace: ... N.Nx slower ..." at boot and "(..., pace N.Nx)" after each step)."""
+
+    PATTERN = re.compile(r"\b(\d+(?:\.\d+)?)x slower\b|\bpace (\d+(?:\.\d+)?)x\b")
+
+    def __init__(self, on_line: Callable[[str], None] | None) -> None:
+        self.on_line = on_line
+        self.factor = 1.0
+
+    def line(self, text: str) -> None:
+        for found in self.PATTERN.finditer(text):
+            self.factor = max(self.factor, float(found.group(1) or found.group(2)))
+        if self.on_line is not None:
+            self.on_line(text)
 
 
 class ConsoleFollower:
@@ -511,7 +538,7 @@ def read_results(results_dir: Path) -> dict[str, StepResult]:
             continue
         results[record["step"]] = StepResult(
             record["step"], bool(record["ok"]), float(record["seconds"]), record.get("tail", ""),
-            record.get("log", ""),
+            record.get("log", ""), float(record.get("pace", 1.0)),
         )
     return results
 
@@ -594,17 +621,31 @@ def scenario_config(kernel: Kernel | None = None, **overrides) -> RigConfig:
 
 def format_results(run: RigRun, steps: list[tuple[str, int]]) -> str:
     """One line per (step name, boot): result and seconds; then the boots' wall times."""
-    lines = [f"{'boot':<5} {'step':<26} {'result':<7} {'seconds':>8}"]
+    lines = [f"{'boot':<5} {'step':<26} {'result':<7} {'seconds':>8} {'pace':>6}"]
     for name, boot in steps:
         r = run.results.get(name)
         result = "absent" if r is None else ("ok" if r.ok else "FAIL")
         seconds = "" if r is None else f"{r.seconds:8.2f}"
-        lines.append(f"{boot:<5} {name:<26} {result:<7} {seconds:>8}")
+        speed = "" if r is None else f"{r.pace:5.1f}x"
+        lines.append(f"{boot:<5} {name:<26} {result:<7} {seconds:>8} {speed:>6}")
     in_steps = sum(r.seconds for r in run.results.values())
     wall = sum(b.seconds for b in run.boots)
     lines.append(f"steps {in_steps:.1f} s inside the VM, {wall:.1f} s of QEMU wall time; "
                  f"{run.describe_boot()}")
+    lines.append(describe_pace(run))
     return "\n".join(lines)
+
+
+def describe_pace(run: RigRun) -> str:
+    """How much slower than on an idle machine the VM ran (every wait in it was scaled so)."""
+    paces = sorted(r.pace for r in run.results.values())
+    if not paces:
+        return "pace: the VM reported none (no step ran)"
+    median = paces[len(paces) // 2]
+    boots = ", ".join(f"boot {b.number} up to {b.pace:.1f}x" for b in run.boots)
+    return (f"pace: the VM ran {median:.1f}x slower than on an idle machine (median over the "
+            f"steps; {paces[0]:.1f}x to {paces[-1]:.1f}x; {boots}); every step's bound and wait "
+            f"was scaled by its pace")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 from ..errors import DomainXMLError, UnknownPool, UsageError, VfallocError, VirtError
-from ..model import Lease, PciAddress, Phase, Request
+from ..model import Lease, PciAddress, Phase, Request, refuse_hostdev_settings
 from ..record import replace
 from .audit import record
 
@@ -35,10 +35,7 @@ def _new_request(args, index: int) -> Request | None:
             raise UsageError(f"{extras[0]} needs --pool: each request names the pool its VF comes from")
         return None
     kind = args.type or "interface"
-    if kind == "hostdev":
-        for key in ("mac", "vlan"):
-            if getattr(args, key) is not None:
-                raise UsageError(f"--{key} needs --type interface: libvirt sets no MAC or VLAN on a plain hostdev")
+    refuse_hostdev_settings(kind, args.mac, args.vlan)
     return Request(pool=args.pool, index=index, mac=args.mac, vlan=args.vlan, trust=args.trust,
                    spoofchk=args.spoofchk, type=kind, required=args.required == "yes")
 

@@ -16,6 +16,8 @@ from .. import jsontext
 from ..model import Phase
 from .audit import record
 
+from ..errors import shown
+
 
 def cmd_list(args, ctx) -> int:
     from ..holdings import vf_rows
@@ -35,9 +37,10 @@ def cmd_list(args, ctx) -> int:
         ctx.out.write("no SR-IOV VFs found; create some with `vfalloc host numvfs PF N`\n")
     for r in rows:
         if r["state"] == "stale":
-            ctx.out.write(f"stale: {r['vf']} leased to {r['domain']}: {r['reason']} (free it with `vfalloc gc`)\n")
+            ctx.out.write(f"stale: {r['vf']} leased to {shown(r['domain'], limit=200)}: {r['reason']} "
+                          "(free it with `vfalloc gc`)\n")
         elif r["phase"] == Phase.RESERVED:
-            ctx.out.write(f"reserved: {r['vf']} for {r['domain']}, given to it at its next start "
+            ctx.out.write(f"reserved: {r['vf']} for {shown(r['domain'], limit=200)}, given to it at its next start "
                           f"(`vfalloc release --uuid {r['domain_uuid']}` frees it)\n")
     return 0
 
@@ -56,7 +59,8 @@ def _cell(row, key) -> str:
     value = row.get(key)
     if key == "pf_netdev" and value is None:
         value = row.get("pf")
-    return "-" if value is None else str(value)
+    # a name from outside is quoted when it holds what is not printable: one row stays one line
+    return "-" if value is None else shown(str(value), limit=200)
 
 
 def cmd_pools(args, ctx) -> int:
@@ -82,9 +86,11 @@ def cmd_pools(args, ctx) -> int:
 def cmd_alloc(args, ctx) -> int:
     from ..allocator import allocate
     from ..lease_ops import now as lease_now
-    from ..model import Request, check_uuid
+    from ..model import Request, check_name, check_uuid, refuse_hostdev_settings
 
     uuid = check_uuid(args.uuid)
+    check_name(args.domain)
+    refuse_hostdev_settings(args.type, args.mac, args.vlan)
     request = Request(pool=args.pool, index=args.index, mac=args.mac, vlan=args.vlan, trust=args.trust,
                       spoofchk=args.spoofchk, type=args.type)
     with ctx.store.transaction() as txn:

@@ -15,7 +15,7 @@ import fnmatch
 import re
 from dataclasses import dataclass
 
-from ..model import PF
+from ..model import MAX_VFS, PF, whole_number
 from .rootfs import RootFS
 
 NM_DIRS = ("/etc/NetworkManager/system-connections", "/run/NetworkManager/system-connections",
@@ -49,7 +49,7 @@ def _ini(text: str) -> configparser.ConfigParser | None:
 
 
 def _int(text: str | None) -> int | None:
-    return int(text) if text is not None and text.strip().isdigit() else None
+    return None if text is None else whole_number(text.strip(), MAX_VFS)
 
 
 def _networkmanager(rootfs: RootFS, pf: PF, mac: str | None) -> list[Owner]:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import UsageError
-from ..model import Host, Pool
+from ..errors import UsageError, shown
+from ..model import MAX_VFS, Host, Pool, whole_number
 
 UNIT_NAME = "vfalloc-numvfs.service"
 UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
@@ -58,9 +58,11 @@ def targets(host: Host, pools: tuple[Pool, ...], specs: list[str],
     for spec in specs:
         ref, sep, num = spec.partition("=")
         pf = host.pf(ref.strip())
-        if not sep or not num.strip().isdigit() or pf is None:
-            raise UsageError(f"{spec!r}: write PF=N with an SR-IOV PF's name or PCI address, e.g. enp1s0f0=7")
-        counts[str(pf.address)] = (int(num), "the command line")
+        count = whole_number(num.strip(), MAX_VFS)
+        if not sep or count is None or pf is None:
+            raise UsageError(f"{shown(repr(spec))}: write PF=N with an SR-IOV PF's name or PCI address and a "
+                             "number of VFs, e.g. enp1s0f0=7")
+        counts[str(pf.address)] = (count, "the command line")
     found = []
     for address, (n, _) in sorted(counts.items()):
         pf = host.pf(address)
@@ -143,8 +145,9 @@ def check_exe(exe: str, what: str = "--exec") -> str:
 def persisted(unit_text: str | None, rule_text: str | None) -> dict[str, tuple[str, int]]:
     """PF address -> (method, count) that the files vfalloc wrote carry (for `host check`)."""
     found: dict[str, tuple[str, int]] = {}
-    for m in re.finditer(r"^ExecStart=\S+ host numvfs (\S+) (\d+)", unit_text or "", re.M):
+    # [0-9]{1,5}: ASCII digits, at most MAX_VFS (\d would take any script's digits, int() past 4300 fails)
+    for m in re.finditer(r"^ExecStart=\S+ host numvfs (\S+) ([0-9]{1,5})\b", unit_text or "", re.M):
         found[m[1]] = ("systemd", int(m[2]))
-    for m in re.finditer(r'KERNEL=="([^"]+)".*ATTR\{sriov_numvfs\}="(\d+)"', rule_text or ""):
+    for m in re.finditer(r'KERNEL=="([^"]+)".*ATTR\{sriov_numvfs\}="([0-9]{1,5})"', rule_text or ""):
         found[m[1]] = ("udev", int(m[2]))
     return found
