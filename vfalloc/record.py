@@ -30,8 +30,8 @@ Observed). Plain frozen dataclasses are fine where no hook call ever imports the
 typing: imported for annotations only (`if TYPE_CHECKING:`, a name mypy reads as true), here
 and in every module on the path of `vfalloc list`; with `from __future__ import annotations`
 nothing evaluates them, and typing costs a process about 3 ms to import (CPython 3.11), some 3%
-of what `vfalloc list` on a thousand VFs costs in all. So at run time `dataclass_transform` and
-`cast` are stand-ins that do what typing's do at run time: nothing.
+of what `vfalloc list` on a thousand VFs costs in all. So at run time `dataclass_transform` is a
+stand-in that does what typing's does at run time: nothing.
 
 This module knows nothing of vfalloc: no I/O, no imports of it.
 """
@@ -42,15 +42,12 @@ from operator import attrgetter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: see "typing" above
-    from typing import Any, Callable, ClassVar, TypeVar, cast, dataclass_transform
+    from typing import Any, Callable, ClassVar, TypeVar, dataclass_transform
 
     _T = TypeVar("_T")
 else:
     def dataclass_transform(**_: object):
         return lambda cls: cls
-
-    def cast(_: object, value: object) -> object:
-        return value
 
 _MISSING = object()
 
@@ -70,7 +67,7 @@ class Factory:
 
 def field(*, default_factory: Callable[[], _T]) -> _T:
     """A field whose default is made anew for every record: `field(default_factory=dict)`."""
-    return cast(_T, Factory(default_factory))
+    return Factory(default_factory)  # type: ignore[return-value]  # stands for the value it makes
 
 
 @dataclass_transform(frozen_default=True, field_specifiers=(field,))
