@@ -9,10 +9,10 @@ PYTEST := $(PY) -m pytest
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' vfalloc/__init__.py)
 DEB     := $(CURDIR)/dist/vfalloc_$(VERSION)_all.deb
 
-# The unit and hook layer, the libvirt layer, then the end-to-end run on the emulated SR-IOV
-# host, which installs the Debian package built once here (deb) with dpkg; at the end, the time
-# each layer took (tools/test-layers).
-test: setup deb
+# The lint gate, the unit and hook layer, the libvirt layer, then the end-to-end run on the
+# emulated SR-IOV host, which installs the Debian package built once here (deb) with dpkg; at the
+# end, the time each layer took (tools/test-layers).
+test: setup lint deb
 	VFALLOC_DEB=$(DEB) VFALLOC_E2E_DEB=$(DEB) tools/test-layers $(PY)
 
 # ruff (pyflakes, bugbear, pyupgrade, import order) and mypy, both configured in pyproject.toml.

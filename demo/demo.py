@@ -36,7 +36,7 @@ def main() -> int:
         # the e2e runs' capability cache, if there is one, spares libvirtd ~25 s of probing
         libvirt_cache=rig.DEFAULT_WORK_DIR / "libvirt-cache",
     )
-    print(f"Booting the emulated SR-IOV host (QEMU, no KVM: this takes a minute or two) ...",
+    print("Booting the emulated SR-IOV host (QEMU, no KVM: this takes a minute or two) ...",
           flush=True)
     transcript = config.results_dir / "transcript.txt"
     done = threading.Event()

@@ -14,16 +14,22 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 from inside import (  # noqa: E402
-    VENV, Context, StepFailed, domain_xml, expect, hide_host_files, sriov_pfs, start_libvirt,
+    VENV,
+    Context,
+    StepFailed,
+    domain_xml,
+    hide_host_files,
+    sriov_pfs,
+    start_libvirt,
 )
 
 VMS = ("vm1", "vm2", "vm3")
@@ -75,7 +81,7 @@ def session(ctx: Narrator) -> None:
     for pf in (pf0, pf1):
         ctx.vfalloc("host", "numvfs", pf.netdev, str(VFS_PER_PF))
 
-    ctx.say(f"One pool over both PFs; \"spread\" balances its VFs over them.")
+    ctx.say("One pool over both PFs; \"spread\" balances its VFs over them.")
     text = f'[pools.{POOL}]\npfs = ["{pf0.netdev}", "{pf1.netdev}"]\npolicy = "spread"\n'
     CONFIG.write_text(text)
     ctx.log(f"$ cat {CONFIG}\n{text}")

@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from conftest import Result
 from fakehost import FakeSys, i350
 
@@ -185,9 +184,10 @@ class Daemon:
                 self.conn = libvirt.open(self.uri)
                 self.conn.getVersion()
                 return
-            except libvirt.libvirtError:
+            except libvirt.libvirtError as exc:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"libvirtd did not answer within {START_TIMEOUT:g} s: {self._tail('libvirtd.out')}")
+                    raise RuntimeError(f"libvirtd did not answer within {START_TIMEOUT:g} s: "
+                                       f"{self._tail('libvirtd.out')}") from exc
                 time.sleep(0.1)
 
     def _wait_for(self, path: Path, proc: subprocess.Popen, what: str) -> None:

@@ -2,13 +2,13 @@
 pinned claims, stale leases."""
 
 import pytest
-
 from fakehost import FakeSys, connectx, i350, x710
+
 from vfalloc.allocator import Claim, allocate, claim, release, set_phase
-from vfalloc.stale import find_stale
 from vfalloc.config import read_config, resolve_pools
-from vfalloc.errors import PoolExhausted, UnknownPool, VfConflict, AllocationError
+from vfalloc.errors import AllocationError, PoolExhausted, UnknownPool, VfConflict
 from vfalloc.model import LeaseTable, PciAddress, Pool, PoolMember, Request, derive_mac
+from vfalloc.stale import find_stale
 from vfalloc.sysfs import Sysfs
 
 BOOT = "boot-1"

@@ -4,16 +4,18 @@ PFs it needs, and its answer is always the one the whole host gives."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from fakehost import FakeSys
+from fakehost import big_host as build_big_host
+from hypothesis import given
+from hypothesis import strategies as st
 
-from fakehost import FakeSys, big_host as build_big_host
 from vfalloc.allocator import Claim, allocate, claim
 from vfalloc.config import load_settings
 from vfalloc.context import Context
+from vfalloc.domxml import read_domain
 from vfalloc.errors import VfallocError, VfsNotRead
 from vfalloc.hostview import HostView
 from vfalloc.lease_ops import lease_for_start
-from vfalloc.domxml import read_domain
 from vfalloc.model import PF, VF, Host, Lease, LeaseTable, PciAddress, Pool, PoolMember, Request
 from vfalloc.record import replace
 

@@ -7,7 +7,6 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from fakehost import connectx, i350
 
 VFALLOC = shutil.which("vfalloc") or os.path.join(os.path.dirname(os.sys.executable), "vfalloc")

@@ -22,7 +22,7 @@ CASES = [
     (["alloc", "--domain", "vm1"], "the following arguments are required: --uuid, --pool"),
     (["alloc", "--domain", "vm1", "--uuid", "x", "--pool", "p", "--trust", "maybe"], "invalid choice: 'maybe'"),
     (["host"], "the following arguments are required: SUBCOMMAND"),
-    (["host", "numvfs", "enp1s0f0", "many"], "invalid int value: 'many'"),
+    (["host", "numvfs", "enp1s0f0", "many"], "'many' is not a number of VFs from 0 to 65535"),
     (["host", "kernel-args", "--bogus"], "unrecognized arguments: --bogus"),
     (["host", "numvfs", "enp9s0", "2"], "enp9s0 is not an SR-IOV PF on this host"),
     (["host", "kernel-args", "--add", "a;b"], "has characters vfalloc will not write"),

@@ -1,10 +1,9 @@
 """Pools from the TOML file (and without one), resolved against a realistic host."""
 
-from pathlib import Path
 
 import pytest
-
 from fakehost import FakeSys, connectx, i350
+
 from vfalloc.config import load_settings, read_config, resolve_pools
 from vfalloc.errors import ConfigError, UsageError
 from vfalloc.model import PciAddress

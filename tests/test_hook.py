@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from lxml import etree
-
-from fakehost import i350
 from conftest import REPO
+from fakehost import i350
+from lxml import etree
 
 NS = "urn:vfalloc:1"
 
@@ -288,7 +287,7 @@ def test_two_hooks_race_for_the_last_vf(hook):
     procs = [subprocess.Popen([sys.executable, str(REPO / "hooks" / "qemu"), f"vm{n}", "prepare", "begin", "-"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
              for n in (1, 2)]
-    for n, p in zip((1, 2), procs):
+    for n, p in zip((1, 2), procs, strict=True):
         p.stdin.write(domain_xml(n, '<vfalloc:vf pool="san"/>').encode())
         p.stdin.close()
     results = [(p.wait(timeout=60), p.stderr.read().decode()) for p in procs]

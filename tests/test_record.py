@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import pytest
 
-from vfalloc.record import FrozenRecordError, field, Record, fields, replace
+from vfalloc.record import FrozenRecordError, Record, field, fields, replace
 
 
 class Point(Record, order=True):

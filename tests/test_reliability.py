@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from conftest import REPO
 from fakehost import FakeSys, connectx, i350
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from vfalloc.allocator import allocate, release
 from vfalloc.config import parse_config, resolve_pools
 from vfalloc.errors import ConfigError, PoolExhausted, UnknownPool

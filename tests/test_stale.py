@@ -9,18 +9,17 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from conftest import REPO
 from fakehost import i350
 
 import vfalloc.hook
-from vfalloc.stale import NOT_RUNNING, RUNDIR_GRACE, Observed, Running, collect, find_stale, from_rundir
 from vfalloc.model import Lease, LeaseTable
+from vfalloc.stale import NOT_RUNNING, RUNDIR_GRACE, Observed, Running, collect, find_stale, from_rundir
 
-NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 BOOT = "11111111-2222-3333-4444-555555555555"
 NS = "urn:vfalloc:1"
 

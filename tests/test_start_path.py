@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from fakehost import i350
 from test_hook import Hook, _wait_for, domain_xml, iface, uuid
 

@@ -264,7 +264,8 @@ for n, line in enumerate(sys.stdin):
     if line.strip() == "q":
         break
     with open(state + ".new", "w") as fh:  # a transaction's write: a new file renamed over the table
-        json.dump({"version": int(sys.argv[2]), "leases": [], "last": {"x": {"0": str(n)}}}, fh)
+        json.dump({"version": int(sys.argv[2]), "leases": [],
+                   "last": {"00000000-0000-0000-0000-000000000001": {"0": f"0000:01:10.{n % 8}"}}}, fh)
     os.rename(state + ".new", state)
     print("wrote", flush=True)
 lock.release()

@@ -3,8 +3,8 @@
 import os
 
 import pytest
-
 from fakehost import FakeSys, connectx, i350, x710
+
 from vfalloc.errors import SysfsError
 from vfalloc.model import PciAddress
 from vfalloc.sysfs import Sysfs, parse_cpulist

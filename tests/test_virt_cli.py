@@ -10,9 +10,8 @@ import io
 import json
 
 import pytest
-from lxml import etree
-
 from fakehost import i350
+from lxml import etree
 
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 
@@ -39,7 +38,7 @@ class FakeLibvirt:
         self.conn = libvirt.open(TEST_URI)  # holds the driver's state for the test
         self.names: list[str] = []
 
-    def define(self, n: int, requests: str = "", devices: str = "") -> "libvirt.virDomain":
+    def define(self, n: int, requests: str = "", devices: str = "") -> libvirt.virDomain:
         meta = f'<metadata><vfalloc:vfs xmlns:vfalloc="{NS}">{requests}</vfalloc:vfs></metadata>' if requests else ""
         xml = (f"<domain type='test'><name>vt{n}</name><uuid>{uuid(n)}</uuid>{meta}"
                f"<memory unit='MiB'>64</memory><os><type>hvm</type></os><devices>{devices}</devices></domain>")
@@ -201,8 +200,8 @@ def test_start_puts_the_vfs_into_the_live_xml_only(drv):
 
 def test_start_keeps_a_pinned_device(drv):
     vf = "0000:01:10.4"  # VF 1 of enp1s0f0
-    device = (f"<interface type='hostdev' managed='yes'><source><address type='pci' domain='0x0000' bus='0x01' "
-              f"slot='0x10' function='0x4'/></source><alias name='ua-vfalloc-0'/></interface>")
+    device = ("<interface type='hostdev' managed='yes'><source><address type='pci' domain='0x0000' bus='0x01' "
+              "slot='0x10' function='0x4'/></source><alias name='ua-vfalloc-0'/></interface>")
     drv.define(7, '<vfalloc:vf pool="lan0"/><vfalloc:vf pool="lan0"/>', device)
     assert drv.run("start", "vt7").code == 0
     live = domxml.read_domain(drv.live("vt7"))
@@ -305,7 +304,7 @@ def test_worker_domain_never_ran(drv, tmp_path):
 
 
 def test_worker_finds_a_device_already_there(drv, tmp_path):
-    dom = drv.define(13, '<vfalloc:vf pool="one"/>')
+    drv.define(13, '<vfalloc:vf pool="one"/>')
     _prepare(drv, 13)
     lease = drv.leases()[0]
     request = domxml.read_domain(drv.saved("vt13")).requests[0]

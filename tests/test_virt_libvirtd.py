@@ -14,7 +14,6 @@ import os
 import signal
 
 import pytest
-
 from libvirtd import lab, libvirt_daemon  # noqa: F401  (fixtures)
 
 from vfalloc import domxml

@@ -24,7 +24,7 @@ from lxml import etree
 
 from .errors import DomainXMLError, UsageError
 from .fdb import Guest, Nic
-from .model import PciAddress, Request, normalize_mac
+from .model import PciAddress, Request, normalize_mac, parse_vlan
 from .record import Record
 
 NS = "urn:vfalloc:1"
@@ -204,7 +204,7 @@ def swap_sources(xml: bytes | str, addresses: Mapping[int, PciAddress]) -> bytes
         _vf_device(found[index], index, name)  # the old source must be a readable PCI address
         source = found[index].find("source/address")
         for key, fmt in _PCI_FORMAT.items():
-            source.set(key, fmt.format(getattr(address, key)))
+            source.set(key, fmt.format(getattr(address, key)))  # type: ignore[union-attr]  # checked by read_domain
     return _serialize(tree)
 
 
@@ -240,7 +240,7 @@ def read_requests_xml(text: str, domain: str = "?") -> tuple[Request, ...]:
     if root.tag == "vfs":
         _requalify(root, _Q)
     if root.tag != _Q + "vfs":
-        problem = f"metadata element is <{root.tag}>, not <vfs> in {NS}"
+        problem = f"metadata element is <{root.tag!s}>, not <vfs> in {NS}"
         raise DomainXMLError(domain, problem, "store a <vfalloc:vfs>")
     return _requests_from(root, domain)
 
@@ -277,18 +277,18 @@ def _to_bytes(xml: bytes | str, domain: str) -> bytes:
     if len(xml) > MAX_XML_BYTES:
         problem = f"XML is larger than {MAX_XML_BYTES} bytes"
         raise DomainXMLError(domain, problem, "pass a domain XML")
-    return bytes(xml)
+    return bytes(xml)  # type: ignore[arg-type]  # str was encoded above
 
 
 def _domain_element(tree: etree._ElementTree) -> etree._Element:
     root = tree.getroot()
     # /run/libvirt/qemu/NAME.xml of a running domain is <domstatus> with the live <domain> inside
     if root.tag == "domstatus":
-        root = root.find("domain")
+        root = root.find("domain")  # type: ignore[assignment]  # None is refused below
         if root is None:
             raise DomainXMLError("?", "<domstatus> holds no <domain>", "pass a whole status file")
     if root.tag != "domain":
-        raise DomainXMLError("?", f"root is <{root.tag}>, not <domain>", "pass a domain XML")
+        raise DomainXMLError("?", f"root is <{root.tag!s}>, not <domain>", "pass a domain XML")
     return root
 
 
@@ -317,7 +317,7 @@ def _uuid(dom: etree._Element, name: str) -> str:
 def _metadata_requests(dom: etree._Element, name: str) -> tuple[Request, ...]:
     # One child of <metadata> per application namespace: the metadata API finds only the
     # first (virXMLFindChildNodeByNs), so a second one in ours would be silently ignored.
-    ours = [el for el in dom.iterfind("metadata/*") if el.tag.startswith(_Q)]
+    ours = [el for el in dom.iterfind("metadata/*") if str(el.tag).startswith(_Q)]
     if not ours:
         return ()
     if len(ours) > 1 or ours[0].tag != _Q + "vfs":
@@ -332,7 +332,7 @@ def _requests_from(vfs: etree._Element, domain: str) -> tuple[Request, ...]:
     out: list[Request] = []
     for child in vfs.iterchildren(tag=etree.Element):
         if child.tag != _Q + "vf":
-            problem = f"<vfalloc:vfs> holds <{child.tag}>"
+            problem = f"<vfalloc:vfs> holds <{child.tag!s}>"
             raise DomainXMLError(domain, problem, "use only <vfalloc:vf/>")
         out.append(_request(child, len(out), domain))
     return tuple(out)
@@ -351,7 +351,8 @@ def _request(vf: etree._Element, index: int, domain: str) -> Request:
         raise DomainXMLError(domain, f"{where}: vlan={vlan!r} is not a number", "use 1 to 4094")
     try:
         req = Request(
-            pool=attrs.get("pool", ""), index=index, mac=attrs.get("mac"), vlan=vlan,
+            pool=attrs.get("pool", ""), index=index, mac=attrs.get("mac"),
+            vlan=None if vlan is None else parse_vlan(vlan),
             trust=attrs.get("trust"), spoofchk=attrs.get("spoofchk"),
             type=attrs.get("type", "interface"), required=_YES_NO[required],
         )
@@ -382,7 +383,8 @@ def _device_map(dom: etree._Element, domain: str) -> dict[int, etree._Element]:
     """N -> the child of <devices> whose <alias name> is ua-vfalloc-N."""
     found: dict[int, etree._Element] = {}
     for el in dom.iterfind("devices/*"):
-        name = el.find("alias").get("name", "") if el.find("alias") is not None else ""
+        alias = el.find("alias")
+        name = alias.get("name", "") if alias is not None else ""
         match = re.fullmatch(_ALIAS_RE, name)
         if name.startswith(ALIAS_PREFIX) and not match:
             raise DomainXMLError(domain, f"alias {name!r} lacks an index", "use ua-vfalloc-N")
@@ -396,13 +398,14 @@ def _device_map(dom: etree._Element, domain: str) -> dict[int, etree._Element]:
 def _vf_device(el: etree._Element, index: int, domain: str) -> VfDevice:
     what = f"device {ALIAS_PREFIX}{index}"
     if el.tag == "interface" and el.get("type") == "hostdev":
-        mac = el.find("mac").get("address") if el.find("mac") is not None else None
+        mac_el = el.find("mac")
+        mac = mac_el.get("address") if mac_el is not None else None
         return VfDevice(index, _source(el, what, domain), "interface", mac.lower() if mac else None)
     # <hostdev> mode defaults to 'subsystem'; type='pci' names a PCI device by host address
     mode = el.get("mode", "subsystem")
     if el.tag == "hostdev" and mode == "subsystem" and el.get("type") == "pci":
         return VfDevice(index, _source(el, what, domain), "hostdev", None)
-    problem = f"{what} is <{el.tag} type={el.get('type')!r}>, not a PCI VF"
+    problem = f"{what} is <{el.tag!s} type={el.get('type')!r}>, not a PCI VF"
     raise DomainXMLError(domain, problem, "use <interface type='hostdev'> or <hostdev type='pci'>")
 
 
@@ -432,7 +435,7 @@ def _union(dom: etree._Element, paths: Iterable[str], attr: str, domain: str) ->
     bits = 0  # an int as bit set: cost stays linear in the input, whatever the ranges
     for path in paths:
         for el in dom.iterfind(f"{path}[@{attr}]"):
-            bits |= _bitmap(el.get(attr), f"<{el.tag} {attr}>", domain)
+            bits |= _bitmap(el.get(attr, ""), f"<{el.tag!s} {attr}>", domain)
     return frozenset(i for i, bit in enumerate(reversed(bin(bits))) if bit == "1")
 
 
@@ -495,7 +498,7 @@ def _replace(old: etree._Element, new: etree._Element) -> None:
     if _pretty(old.tail):
         etree.indent(new, space="  ", level=sum(1 for _ in old.iterancestors()))
     new.tail = old.tail
-    old.getparent().replace(old, new)
+    old.getparent().replace(old, new)  # type: ignore[union-attr]  # a device always has its <devices>
 
 
 def _serialize(tree: etree._ElementTree) -> bytes:

@@ -189,8 +189,8 @@ def on_incoming(call: Call) -> str:
 def on_reconnect(call: Call) -> str:
     """The daemon restarted: match this domain's leases to its devices, then free the leases of
     domains that stopped while nobody watched (judged from libvirt's status files, see stale.py)."""
-    from .stale import collect_offline
     from .lease_ops import now, reconcile_running
+    from .stale import collect_offline
 
     ctx = call.context()
     _fdb_sync(call)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from . import domxml
 from .allocator import set_phase

@@ -49,7 +49,7 @@ class PciAddress(Record, order=True):
     function: int
 
     @classmethod
-    def parse(cls, text: str) -> "PciAddress":
+    def parse(cls, text: str) -> PciAddress:
         m = _PCI_RE.match(text.strip())
         if not m:
             raise UsageError(f"{shown(repr(text))} is not a PCI address; write it as 0000:01:00.0")
@@ -151,7 +151,7 @@ class Host(Record):
             raise VfsNotRead(self.unread, vf=address)
         return None
 
-    def with_vfs(self, read: Iterable[PF]) -> "Host":
+    def with_vfs(self, read: Iterable[PF]) -> Host:
         """The snapshot with these PFs as read again, VFs and all."""
         new = {pf.address: pf for pf in read}
         return Host(tuple(new.get(pf.address, pf) for pf in self.pfs), self.unread - new.keys())
@@ -233,7 +233,7 @@ class Request(Record):
         if self.index < 0:
             raise UsageError(f"request index {self.index} is negative")
 
-    def with_defaults(self, pool: Pool) -> "Request":
+    def with_defaults(self, pool: Pool) -> Request:
         """The request with the pool's defaults filled in where it says nothing."""
         return replace(
             self,
@@ -273,7 +273,7 @@ class Lease(Record):
         return {k: getattr(self, k) for k in self._fields}
 
     @classmethod
-    def from_json(cls, data: Mapping) -> "Lease":
+    def from_json(cls, data: Mapping) -> Lease:
         known = {k: data[k] for k in cls._fields if k in data}
         return cls(**known)
 
@@ -290,18 +290,18 @@ class LeaseTable(Record):
     def by_vf(self) -> dict[str, Lease]:
         return {lease.vf: lease for lease in self.leases}
 
-    def without(self, drop: Iterable[Lease]) -> "LeaseTable":
+    def without(self, drop: Iterable[Lease]) -> LeaseTable:
         gone = set(drop)
         return replace(self, leases=tuple(x for x in self.leases if x not in gone))
 
-    def with_leases(self, added: Iterable[Lease]) -> "LeaseTable":
+    def with_leases(self, added: Iterable[Lease]) -> LeaseTable:
         added = tuple(added)
         last = {uuid: dict(m) for uuid, m in self.last.items()}
         for lease in added:
             last.setdefault(lease.uuid, {})[str(lease.index)] = lease.vf
         return LeaseTable(self.leases + added, last)
 
-    def replaced(self, old: Lease, new: Lease) -> "LeaseTable":
+    def replaced(self, old: Lease, new: Lease) -> LeaseTable:
         return replace(self, leases=tuple(new if x == old else x for x in self.leases))
 
 

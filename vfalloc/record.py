@@ -42,7 +42,8 @@ from operator import attrgetter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: see "typing" above
-    from typing import Any, Callable, ClassVar, TypeVar, dataclass_transform
+    from collections.abc import Callable
+    from typing import Any, ClassVar, TypeVar, dataclass_transform
 
     _T = TypeVar("_T")
 else:
@@ -101,7 +102,7 @@ class Record:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         names = self._fields
         if not kwargs and len(args) == len(names):  # the common cases first: sysfs builds
-            values = dict(zip(names, args))         # a thousand VFs at a time
+            values = dict(zip(names, args, strict=True))  # a thousand VFs at a time
         elif not args and len(kwargs) == len(names) and kwargs.keys() == self._field_set:
             values = kwargs
         else:
@@ -114,7 +115,7 @@ class Record:
         names = self._fields
         if len(args) > len(names):
             raise TypeError(f"{type(self).__name__} takes {len(names)} fields, {len(args)} were given")
-        values = dict(zip(names, args))
+        values = dict(zip(names, args, strict=False))  # fewer values than fields: the rest by keyword
         for name, value in kwargs.items():
             if name in values or name not in self._field_set:
                 problem = "given twice" if name in values else "not a field"

@@ -26,9 +26,9 @@ starting domain is never freed.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterable
 
 from .allocator import stale_reason
 from .errors import VfallocError
@@ -67,7 +67,7 @@ class Observed(Record):
 
 
 def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _age(since: str, now: datetime) -> float:
@@ -76,7 +76,7 @@ def _age(since: str, now: datetime) -> float:
     except (TypeError, ValueError):
         return float("inf")
     if then.tzinfo is None:
-        then = then.replace(tzinfo=timezone.utc)
+        then = then.replace(tzinfo=UTC)
     return (now - then).total_seconds()
 
 

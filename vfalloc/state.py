@@ -124,7 +124,8 @@ class Transaction:
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc/record.py)
-    from typing import Any, Callable, Protocol
+    from collections.abc import Callable
+    from typing import Any, Protocol
 
     class _Releasable(Protocol):
         def release(self) -> object: ...

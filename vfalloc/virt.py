@@ -31,8 +31,8 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import libvirt
 
@@ -177,7 +177,7 @@ class Connection:
             raise VirtError(f"cannot connect to libvirt at {uri}: {_message(exc)}; is libvirtd running? "
                             "(choose another with --connect URI or LIBVIRT_DEFAULT_URI)") from exc
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> Connection:
         return self
 
     def __exit__(self, *exc_info) -> None:

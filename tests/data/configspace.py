@@ -36,7 +36,7 @@ class Cfg:
         self._last_cap = None
         self._last_ext = None
 
-    def cap(self, off: int, cap_id: int, body: bytes = b"") -> "Cfg":
+    def cap(self, off: int, cap_id: int, body: bytes = b"") -> Cfg:
         self.b[off], self.b[off + 1] = cap_id, 0
         self.b[off + 2:off + 2 + len(body)] = body
         if self._last_cap is None:
@@ -46,11 +46,11 @@ class Cfg:
         self._last_cap = off
         return self
 
-    def pcie(self, off: int, port_type: int, slot: bool = False) -> "Cfg":
+    def pcie(self, off: int, port_type: int, slot: bool = False) -> Cfg:
         flags = 0x2 | (port_type << 4) | (0x100 if slot else 0)  # version 2
         return self.cap(off, EXP, struct.pack("<H", flags))
 
-    def ext(self, off: int, cap_id: int, body: bytes = b"", version: int = 1) -> "Cfg":
+    def ext(self, off: int, cap_id: int, body: bytes = b"", version: int = 1) -> Cfg:
         struct.pack_into("<I", self.b, off, cap_id | (version << 16))
         self.b[off + 4:off + 4 + len(body)] = body
         if self._last_ext is not None:
@@ -59,7 +59,7 @@ class Cfg:
         self._last_ext = off
         return self
 
-    def acs(self, off: int, cap: int, ctrl: int) -> "Cfg":
+    def acs(self, off: int, cap: int, ctrl: int) -> Cfg:
         return self.ext(off, ACS, struct.pack("<HH", cap, ctrl))
 
     def bytes(self) -> bytes:

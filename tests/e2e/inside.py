@@ -15,9 +15,9 @@ import shlex
 import subprocess
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pace
 
@@ -359,7 +359,7 @@ def qemu_devices(pid: int) -> list[dict[str, str]]:
     (`-device {"driver":"vfio-pci","host":"0000:01:10.0",...}`); the key=value form is read too."""
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     devices = []
-    for flag, value in zip(argv, argv[1:]):
+    for flag, value in zip(argv, argv[1:], strict=False):
         if flag != b"-device":
             continue
         text = value.decode(errors="replace")

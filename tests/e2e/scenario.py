@@ -33,18 +33,43 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pace  # noqa: E402
 from inside import (  # noqa: E402
-    HOST_DIRS, LIBVIRT_ENV, PF, SYS_PCI, VENV, VFALLOC, boot_id, Context, domain_xml, driver_of,
-    expect, group_members, hide_host_files, hostdev_devices, iommu_group_of, libvirtd_pid,
-    metadata_request, module_loaded, qemu_devices, qemu_pid, read_sysfs, read_unit_exec_start,
-    sriov_pfs, start_libvirt, start_libvirtd, StepFailed, vf_macs, vfs_of, write_sysfs,
+    HOST_DIRS,
+    LIBVIRT_ENV,
+    PF,
+    SYS_PCI,
+    VENV,
+    VFALLOC,
+    Context,
+    StepFailed,
+    boot_id,
+    domain_xml,
+    driver_of,
+    expect,
+    group_members,
+    hide_host_files,
+    hostdev_devices,
+    iommu_group_of,
+    libvirtd_pid,
+    metadata_request,
+    module_loaded,
+    qemu_devices,
+    qemu_pid,
+    read_sysfs,
+    read_unit_exec_start,
+    sriov_pfs,
+    start_libvirt,
+    start_libvirtd,
+    vf_macs,
+    vfs_of,
+    write_sysfs,
 )
 
 TAIL_LINES = 30
@@ -247,7 +272,7 @@ def columns(text: str) -> list[dict[str, str]]:
         cells = line.split()
         if len(cells) != len(header) or line.startswith(("stale:", "no ")):
             continue
-        table.append(dict(zip(header, cells)))
+        table.append(dict(zip(header, cells, strict=False)))
     return table
 
 
@@ -520,7 +545,7 @@ def vfs_on_igbvf(ctx: Context) -> None:
     """Every VF is bound to igbvf and has a network interface."""
     for pf in sriov_pfs():
         for vf in vfs_of(pf):
-            ctx.wait_for(f"{vf} bound to igbvf", lambda: driver_of(vf) == "igbvf", timeout=10)
+            ctx.wait_for(f"{vf} bound to igbvf", lambda vf=vf: driver_of(vf) == "igbvf", timeout=10)
             netdevs = os.listdir(SYS_PCI / vf / "net") if (SYS_PCI / vf / "net").exists() else []
             ctx.log(f"{pf.netdev} {vf}: driver={driver_of(vf)} net={netdevs}")
             expect(netdevs, f"{vf} has no network interface")
@@ -974,7 +999,7 @@ def persist_at_boot(ctx: Context) -> None:
         vfs = vfs_of(pf)
         expect(len(vfs) == NUM_VFS, f"{pf.netdev}: {len(vfs)} VFs after the unit ran")
         for vf in vfs:
-            ctx.wait_for(f"{vf} on igbvf", lambda: driver_of(vf) == "igbvf", timeout=10)
+            ctx.wait_for(f"{vf} on igbvf", lambda vf=vf: driver_of(vf) == "igbvf", timeout=10)
 
 
 @step("stale-listed", needs=("persist-at-boot", "reboot-no-vfs"), boot=2)
@@ -1026,8 +1051,8 @@ def start_after_reboot(ctx: Context) -> None:
 # Steps kept in modules of their own register here, in this order. Run as a script this module
 # is __main__: it is put in sys.modules as "scenario" too, so theirs is this module, not a copy.
 sys.modules.setdefault("scenario", sys.modules[__name__])
-import steps_fdb  # noqa: E402,F401  (boot 2: bridged guests and VFs on one port, docs/bridges.md)
 import steps_deb  # noqa: E402,F401  (the Debian package, at the end of boot 2)
+import steps_fdb  # noqa: E402,F401  (boot 2: bridged guests and VFs on one port, docs/bridges.md)
 
 
 def inside_the_rig() -> bool:

@@ -6,7 +6,6 @@ the step's output tail; a step that left no record fails too (the VM died or tim
 from __future__ import annotations
 
 import pytest
-
 import rig
 import scenario
 

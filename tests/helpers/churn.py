@@ -8,6 +8,7 @@ they must hold at the end; writes that as JSON to OUT.
 import json
 import random
 import sys
+from pathlib import Path
 
 from vfalloc.allocator import allocate, release
 from vfalloc.config import read_config, resolve_pools
@@ -15,7 +16,6 @@ from vfalloc.errors import PoolExhausted
 from vfalloc.model import Request
 from vfalloc.state import StateStore
 from vfalloc.sysfs import Sysfs
-from pathlib import Path
 
 sysfs, state, config, proc, seed, ops, base, count, out = sys.argv[1:]
 rng = random.Random(int(seed))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 from ..errors import DomainXMLError, UnknownPool, UsageError, VfallocError, VirtError
-from ..model import Lease, PciAddress, Phase, Request, refuse_hostdev_settings
+from ..model import PciAddress, Phase, Request, refuse_hostdev_settings
 from ..record import replace
 from .audit import record
 
@@ -62,7 +62,6 @@ def _request_json(req: Request) -> dict:
 
 def cmd_request(args, ctx) -> int:
     from .. import domxml  # lxml: only for the commands that need it
-
     from ..virt import Connection
 
     new = _new_request(args, 0)  # every value checked before libvirt is asked anything
@@ -118,7 +117,6 @@ def _show(ctx, args, name: str, requests, active: bool, changed: bool = False) -
 
 def cmd_start(args, ctx) -> int:
     from .. import domxml  # lxml: only for the commands that need it
-
     from ..allocator import set_phase
     from ..lease_ops import lease_for_start, now, release_domain
     from ..virt import Connection

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 
 from ..errors import HostError, UsageError
-from ..model import PciAddress
 from ..host import acs, boot_config, check, iommu
+from ..host.rootfs import RootFS
+from ..model import PciAddress
 from . import host_context as facts
 from .host_context import line, vendor
-from ..host.rootfs import RootFS
 
 
 def cmd_check(args, ctx) -> int:

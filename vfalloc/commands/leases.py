@@ -12,11 +12,9 @@ if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc
     from typing import TextIO
 
 from .. import jsontext
-
+from ..errors import shown
 from ..model import Phase
 from .audit import record
-
-from ..errors import shown
 
 
 def cmd_list(args, ctx) -> int:

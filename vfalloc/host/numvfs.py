@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import errno
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..allocator import stale_reason
 from ..errors import HostError, SysfsError, UsageError

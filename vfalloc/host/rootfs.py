@@ -9,7 +9,6 @@ Must not: know what the files mean, or touch sysfs (that is vfalloc.sysfs).
 from __future__ import annotations
 
 import difflib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
