@@ -315,10 +315,11 @@ def libvirtd_pid() -> int | None:
 
 
 def domain_xml(name: str, vf: str | None = None, mac: str | None = None,
-               metadata: str = "") -> str:
+               metadata: str = "", nic: str = "") -> str:
     """A tiny q35 guest with no disk: it is only ever started paused. Two pcie-root-ports: on
     q35 a PCIe device (and any hot-plug) needs a free root port. vf: an <interface
-    type='hostdev'> on that VF in the saved config; metadata: put into <metadata>."""
+    type='hostdev'> on that VF in the saved config; metadata: put into <metadata>; nic: another
+    device's XML, put after it."""
     interface = ""
     if vf:
         domain, bus, slot_fn = vf.split(":")
@@ -339,7 +340,7 @@ def domain_xml(name: str, vf: str | None = None, mac: str | None = None,
     <memballoon model='none'/>
     <controller type='pci' index='0' model='pcie-root'/>
     <controller type='pci' index='1' model='pcie-root-port'/>
-    <controller type='pci' index='2' model='pcie-root-port'/>{interface}
+    <controller type='pci' index='2' model='pcie-root-port'/>{interface}{nic}
   </devices>
 </domain>
 """

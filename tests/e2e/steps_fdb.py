@@ -25,7 +25,18 @@ import shlex
 import time
 from pathlib import Path
 
-from inside import SYS_PCI, VFALLOC, Context, driver_of, expect, libvirtd_answers, sriov_pfs, start_libvirt, vfs_of
+from inside import (
+    SYS_PCI,
+    VFALLOC,
+    Context,
+    domain_xml,
+    driver_of,
+    expect,
+    libvirtd_answers,
+    sriov_pfs,
+    start_libvirt,
+    vfs_of,
+)
 from scenario import CONFIG, UNIT, step, syslog
 
 BR0, BR0_MAC = "br0", "02:e2:0f:db:00:01"
@@ -43,26 +54,13 @@ def self_entries(ctx: Context, dev: str, ns: str | None = None) -> set[str]:
 
 
 def guest_xml(name: str, mac: str) -> str:
-    """A tiny q35 guest (started paused only) with one virtio NIC, no VF."""
-    return f"""<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='q35'>hvm</type></os>
-  <devices>
-    <controller type='usb' model='none'/>
-    <memballoon model='none'/>
-    <controller type='pci' index='0' model='pcie-root'/>
-    <controller type='pci' index='1' model='pcie-root-port'/>
-    <controller type='pci' index='2' model='pcie-root-port'/>
+    """A tiny q35 guest (started paused only) with one virtio NIC on br0, no VF."""
+    return domain_xml(name, nic=f"""
     <interface type='bridge'>
       <mac address='{mac}'/>
       <source bridge='{BR0}'/>
       <model type='virtio'/>
-    </interface>
-  </devices>
-</domain>
-"""
+    </interface>""")
 
 
 def fdb_check(ctx: Context, pf: str) -> dict:
