@@ -92,3 +92,25 @@ def test_packaged_install_hook_writes_a_usr_bin_python3_hook(unpacked, tmp_path)
     assert done.returncode == 0, done.stderr
     hook = (tmp_path / "hooks" / "qemu.d" / "vfalloc").read_text()
     assert hook.startswith("#!/usr/bin/python3 -I\n")
+
+
+@pytest.mark.skipif(not Path("/usr/lib/python3/dist-packages/filelock").is_dir(),
+                    reason="Debian's python3-filelock is not installed (tools/setup-debian installs it)")
+def test_both_locks_work_with_debians_filelock(tmp_path):
+    """The package depends on Debian 12's python3-filelock 3.9, whose FileLock takes no mode=:
+    the lease table's and the FDB record's locks are taken with it, by Debian's /usr/bin/python3,
+    and leave their lock files 0600."""
+    code = ("import filelock, sys\n"
+            "from vfalloc.state import StateStore\nfrom vfalloc.fdb_book import FdbBook\n"
+            "print(filelock.__version__)\n"
+            "store = StateStore(sys.argv[1], lock_timeout=5)\n"
+            "with store.transaction() as txn:\n    pass\n"
+            "with FdbBook(sys.argv[1], lock_timeout=5).transaction():\n    pass\n")
+    state = tmp_path / "state.json"
+    done = subprocess.run(["/usr/bin/python3", "-I", "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+                           "exec(sys.argv.pop(1))", str(REPO), code, str(state)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("3.9"), done.stdout
+    for lock in (tmp_path / "state.json.lock", tmp_path / "fdb.json.lock"):
+        assert lock.stat().st_mode & 0o777 == 0o600, lock

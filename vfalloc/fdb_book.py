@@ -88,8 +88,12 @@ class FdbBook:
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         except OSError as exc:
             raise FdbError(self.path, f"its directory cannot be created ({exc.strerror})", "run as root") from exc
-        lock = FileLock(self.lock_path, timeout=self.lock_timeout, mode=0o600)
         try:
+            # Created 0600 here: filelock < 3.10 (Debian 12 ships 3.9) takes no mode=, and its
+            # O_CREAT leaves an existing file's mode alone.
+            os.close(os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             0o600))
+            lock = FileLock(self.lock_path, timeout=self.lock_timeout)
             lock.acquire(poll_interval=0.005)
         except Timeout as exc:
             raise FdbError(self.path, f"is locked by another vfalloc for more than {self.lock_timeout:g} s",
