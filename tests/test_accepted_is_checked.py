@@ -129,14 +129,19 @@ def test_hook_sees_a_request_however_it_is_written(hook, disguise):
     assert [(x["domain"], x["pool"]) for x in hook.leases()] == [("vm1", "lan")]
 
 
-def test_xml_in_an_encoding_libxml2_cannot_read_is_refused_not_skipped(hook):
-    """EBCDIC (IBM037): the bytes of the namespace do not show, and lxml cannot read it here. The
-    start is refused in one line rather than let through as a domain that asks for nothing."""
+def test_xml_in_an_encoding_the_byte_test_cannot_see_is_read_or_refused_not_skipped(hook):
+    """EBCDIC (IBM037): the bytes of the namespace do not show. Where lxml's libxml2 cannot read
+    the encoding (PyPI's wheels), the start is refused in one line; where it can (Debian's
+    python3-lxml over the system's iconv), the request is read and its VF leased. Never let
+    through as a domain that asks for nothing."""
     xml = ('<?xml version="1.0" encoding="IBM037"?>' + domain_xml(1, REQUEST)).encode("cp037")
     proc = subprocess.run(hook_argv(hook, "vm1", "prepare", "begin"), input=xml, env=hook.env,
                           capture_output=True, timeout=60)
-    assert "vm1" in one_line(proc.returncode, proc.stderr.decode())
-    assert hook.leases() == []
+    if proc.returncode == 0:
+        assert [x["domain"] for x in hook.leases()] == ["vm1"], proc.stderr
+    else:
+        assert "vm1" in one_line(proc.returncode, proc.stderr.decode())
+        assert hook.leases() == []
 
 
 def test_hook_sees_a_device_alias_written_with_character_references(hook):
