@@ -154,3 +154,13 @@ def test_a_domain_named_by_no_lease_is_not_parsed(hook):
         r = hook.run("vm6", op, sub, xml="<domain><name>vm6</name><uuid>not parsed")
         assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"")
     assert hook.s.state.read_bytes() == before
+
+
+def test_a_pf_table_for_a_pf_in_no_pool_does_not_refuse_a_start(hook):
+    """[pf.NAME] may name a PF in no pool (its numvfs is for `host persist`): the hook reads
+    that PF too, and gives the config the verdict `vfalloc list` gives, which accepts it."""
+    hook.s.write_config(CONFIG + '[pf.enp1s0f3]\nnumvfs = 4\n')
+    assert hook.s.run("list").code == 0
+    r = hook.run("vm1", "prepare", "begin", xml=domain_xml(1, '<vfalloc:vf pool="lan0"/>'))
+    assert r.returncode == 0, r.stderr
+    assert [x["pool"] for x in hook.leases()] == ["lan0"]

@@ -324,26 +324,15 @@ def parse_member(path: str, where: str, text: str) -> tuple[str, frozenset[int] 
     return ref, frozenset(indexes)
 
 
-def resolve_pools(config: ConfigFile, host: Host, names: set[str] | None = None) -> tuple[Pool, ...]:
-    """Pools from the file, or with no pools configured one pool per SR-IOV PF. With `names`,
-    only those pools (the host snapshot then only needs their PFs)."""
-    if names is None:
-        pf_counts(config, host)  # a [pf.X] naming no PF is refused like any other config error
+def resolve_pools(config: ConfigFile, host: Host) -> tuple[Pool, ...]:
+    """Every pool from the file, or with no pools configured one pool per SR-IOV PF. The whole
+    config is checked against `host`, which must hold every PF the config names."""
+    pf_counts(config, host)  # a [pf.X] naming no PF is refused like any other config error
     if not config.pools:
-        return tuple(Pool(pf.name, (PoolMember(pf.address, None, _pf_numvfs(config, pf)),))
-                     for pf in host.pfs if names is None or pf.name in names)
-    specs = [s for s in config.pools if names is None or s.name in names]
-    pools = tuple(_resolve(config, spec, host) for spec in specs)
+        return tuple(Pool(pf.name, (PoolMember(pf.address, None, _pf_numvfs(config, pf)),)) for pf in host.pfs)
+    pools = tuple(_resolve(config, spec, host) for spec in config.pools)
     _check_overlap(config.path, pools)
     return pools
-
-
-def pf_refs(config: ConfigFile, names: set[str]) -> set[str]:
-    """The PF references (interface names or PCI addresses) the named pools need. With no pools
-    configured a pool's name is its PF's interface name or address."""
-    if not config.pools:
-        return set(names)
-    return {ref for spec in config.pools if spec.name in names for ref, _ in spec.members}
 
 
 def pf_counts(config: ConfigFile, host: Host) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """The part of the host one domain's start needs, read as the choice needs it.
 
 A host may have a thousand VFs; a start needs few of them. `HostView.for_domain` reads the PFs
-of every configured pool without their VFs (so the config gets the same verdict here as in every
+the config names (every pool's, every [pf.NAME] table's) without their VFs (so the config gets the same verdict here as in every
 command: a pool naming a missing PF, overlapping pools or a VF range past sriov_totalvfs is
 refused the same way), the VFs of the PFs whose VFs the domain's XML names, and narrows the pools
 to those the domain asks for or whose VFs it names. `decide` runs a choice of the allocator on
@@ -39,8 +39,8 @@ class HostView:
         """The view for a domain asking for pools `asked` whose XML names the VFs `pinned`. A
         pool name that does not exist is refused here, naming the pools that do."""
         pinned_pfs = {pf for pf in (sysfs.physfn(vf) for vf in set(pinned)) if pf is not None}
-        members = _member_addresses(sysfs, config)
-        only = None if members is None else members | pinned_pfs
+        named = _named_addresses(sysfs, config)
+        only = None if named is None else named | pinned_pfs
         host = sysfs.read_host(only=only, brief=True, vfs_of=pinned_pfs)
         pools = resolve_pools(config, host)
         names = set(asked)
@@ -76,16 +76,17 @@ class HostView:
         return next((p for p in self.pools if p.admits(vf)), None)
 
 
-def _member_addresses(sysfs: Sysfs, config: ConfigFile) -> set[PciAddress] | None:
-    """The PFs every configured pool names; None when no pool is configured (then every SR-IOV
-    PF is a pool of its own, and all of them are read). A name that is no network interface is
-    left out: resolve_pools then refuses the pool that names it."""
+def _named_addresses(sysfs: Sysfs, config: ConfigFile) -> set[PciAddress] | None:
+    """The PFs the config names: every pool's members and every [pf.NAME] table (which may name
+    a PF in no pool); None when no pool is configured (then every SR-IOV PF is a pool of its own,
+    and all of them are read). A name that is no network interface is left out: resolve_pools
+    then refuses the pool or table that names it."""
     if not config.pools:
         return None
+    refs = [ref for spec in config.pools for ref, _ in spec.members] + list(config.pf_numvfs)
     found = set()
-    for spec in config.pools:
-        for ref, _ in spec.members:
-            address = PciAddress.parse(ref) if PciAddress.looks_like(ref) else sysfs.netdev_pci(ref)
-            if address is not None:
-                found.add(address)
+    for ref in refs:
+        address = PciAddress.parse(ref) if PciAddress.looks_like(ref) else sysfs.netdev_pci(ref)
+        if address is not None:
+            found.add(address)
     return found
