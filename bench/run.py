@@ -21,12 +21,14 @@ Nothing here asserts a time: it prints figures and ratios (and `--json` for scri
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import io
 import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,7 +43,24 @@ sys.path.insert(0, str(REPO / "tests"))
 from fakehost import FakeSys, big_host  # noqa: E402
 
 PY = sys.executable
-HOOK = [PY, "-I", str(REPO / "hooks" / "qemu")]
+
+
+def hook_file() -> str:
+    """The hook file as `vfalloc install-hook` writes it for this Python (a shell script that
+    starts Python for the calls vfalloc may act in); each host's environment says where it looks."""
+    from vfalloc.config import DEFAULTS
+    from vfalloc.config_cache import DEFAULT_RUN_DIR
+    from vfalloc.templates import hook_script
+
+    folder = tempfile.mkdtemp(prefix="vfalloc-bench-hook-")
+    atexit.register(shutil.rmtree, folder, True)
+    path = Path(folder) / "vfalloc"
+    path.write_text(hook_script(PY, DEFAULTS["state"], DEFAULT_RUN_DIR))
+    path.chmod(0o755)
+    return str(path)
+
+
+HOOK = [hook_file()]
 LEAN = [PY, "-I", str(REPO / "bench" / "lean_hook.py")]
 LEAN_LIST = [PY, "-I", str(REPO / "bench" / "lean_list.py")]
 FLOOR = [PY, "-I", "-c", "import lxml.etree"]

@@ -55,7 +55,8 @@ BINARIES = ("libvirtd", "virtlogd", "qemu-system-x86_64", "unshare", "nsenter", 
 BIND = {"run": "/run/libvirt", "etc-qemu": "/etc/libvirt/qemu", "hooks": "/etc/libvirt/hooks",
         "lib": "/var/lib/libvirt", "log": "/var/log/libvirt", "run-vfalloc": "/run/vfalloc"}
 START_TIMEOUT = 60.0
-PREFIX = "vfalloc-test-"
+# Not "vfalloc-...": a name with that word sends every call of the domain to Python (hook file).
+PREFIX = "vfa-lab-"
 NS = "urn:vfalloc:1"
 BOOT_ID = "5e551011-0000-4000-8000-000000000001"
 POOLS = ('[pools.lan0]\npfs = ["enp1s0f0"]\n'        # 7 VFs

@@ -9,10 +9,9 @@ import json
 import os
 import stat
 import subprocess
-import sys
 
 import pytest
-from conftest import REPO
+from conftest import hook_file
 from fakehost import i350
 from test_hook import Hook, domain_xml, uuid
 from test_one_line import files_of, one_line, run_exe
@@ -155,7 +154,7 @@ def test_hook_sees_a_device_alias_written_with_character_references(hook):
 
 
 def hook_argv(hook, *args: str) -> list[str]:
-    return [sys.executable, str(REPO / "hooks" / "qemu"), *args, "-"]
+    return [hook_file(), *args, "-"]
 
 
 def test_plain_xml_without_vfalloc_is_still_skipped(hook):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import hook_file
 from fakehost import i350
 
 from vfalloc import config_cache
@@ -158,7 +159,7 @@ def test_vfalloc_list_runs_on_the_parse_the_hook_kept(scratch):
     xml = ("<domain type='kvm'><name>vm1</name><uuid>00000000-0000-0000-0000-000000000001</uuid><metadata>"
            "<vfalloc:vfs xmlns:vfalloc='urn:vfalloc:1'><vfalloc:vf pool='lan0'/></vfalloc:vfs></metadata>"
            "<devices/></domain>")
-    hook = subprocess.run([sys.executable, str(REPO / "hooks" / "qemu"), "vm1", "prepare", "begin", "-"],
+    hook = subprocess.run([hook_file(), "vm1", "prepare", "begin", "-"],
                           input=xml, capture_output=True, text=True, env=scratch.env())
     assert hook.returncode == 0 and len(memos(str(scratch.run_dir))) == 1, hook.stderr
     code = ("import sys, io\nfrom vfalloc.cli import main\nout = io.StringIO()\n"

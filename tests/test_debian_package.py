@@ -71,10 +71,8 @@ def test_ships_what_the_parser_generates(unpacked):
     assert gzip.decompress((unpacked / "usr/share/man/man8/vfalloc.8.gz").read_bytes()).decode() == render(spec())
     assert (unpacked / "usr/share/bash-completion/completions/vfalloc").read_text() == script("bash", spec())
     assert (unpacked / "usr/share/zsh/vendor-completions/_vfalloc").read_text() == script("zsh", spec())
-    # dh_python3 points the template's `#!/usr/bin/env python3` at Debian's python3
-    template = (unpacked / "usr/share/vfalloc/hooks/qemu").read_text().split("\n", 1)
-    assert template[0] == "#! /usr/bin/python3"
-    assert template[1] == (REPO / "hooks" / "qemu").read_text().split("\n", 1)[1]
+    # the hook file's template, a shell script running `python3` (Debian's, on libvirt's PATH)
+    assert (unpacked / "usr/share/vfalloc/hooks/qemu").read_text() == (REPO / "hooks" / "qemu").read_text()
 
 
 def test_command_runs_debians_python(unpacked):
@@ -91,7 +89,7 @@ def test_packaged_install_hook_writes_a_usr_bin_python3_hook(unpacked, tmp_path)
                            str(tmp_path / "hooks")], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     hook = (tmp_path / "hooks" / "qemu.d" / "vfalloc").read_text()
-    assert hook.startswith("#!/usr/bin/python3 -I\n")
+    assert hook.startswith("#!/bin/sh\n") and "\npython=/usr/bin/python3\n" in hook
 
 
 @pytest.mark.skipif(not Path("/usr/lib/python3/dist-packages/filelock").is_dir(),

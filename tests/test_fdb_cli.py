@@ -13,7 +13,7 @@ import sys
 import uuid as uuidlib
 
 import pytest
-from conftest import REPO
+from conftest import REPO, hook_file
 from fakehost import i350
 
 FAKE_BRIDGE = REPO / "tests" / "helpers" / "fake_bridge.py"
@@ -66,7 +66,7 @@ class Host:
                                                   f"  <taint flag='high-privileges'/>\n{body}</domstatus>\n")
 
     def hook(self, domain: str, op: str, subop: str, xml: str, extra: str = "-"):
-        return subprocess.run([sys.executable, str(REPO / "hooks" / "qemu"), domain, op, subop, extra],
+        return subprocess.run([hook_file(), domain, op, subop, extra],
                               input=xml.encode(), env=self.env, capture_output=True, timeout=60)
 
     def run(self, *argv: str):

@@ -32,10 +32,7 @@ def build(scratch, *, vf_driver=None, numvfs=2, cpu="GenuineIntel", cmdline="roo
     (scratch.proc / "cmdline").write_text(cmdline + "\n")
     scratch.write_config(CONFIG)
     scratch.target = scratch.root / "target"
-    hook = scratch.target / "etc/libvirt/hooks/qemu.d/vfalloc"
-    hook.parent.mkdir(parents=True)
-    hook.write_text("#!/bin/sh\nexec vfalloc-hook \"$@\"\n")
-    hook.chmod(0o755)
+    assert scratch.run("install-hook", "--hooks-dir", str(scratch.target / "etc/libvirt/hooks")).code == 0
     unit = scratch.target / "etc/systemd/system"
     (unit / "multi-user.target.wants").mkdir(parents=True)
     (unit / "vfalloc-numvfs.service").write_text(
@@ -45,6 +42,19 @@ def build(scratch, *, vf_driver=None, numvfs=2, cpu="GenuineIntel", cmdline="roo
     grub = (DATA / "boot/debian-12/etc/default/grub").read_text()  # Debian's stock file, IOMMU on
     write(scratch.target, "etc/default/grub", grub.replace('GRUB_CMDLINE_LINUX=""', f'GRUB_CMDLINE_LINUX="{BOOT_ARGS[cpu]}"'))
     return scratch
+
+
+# The hook file vfalloc 0.1.0 wrote before its shell part: it ran Python for every call and looks
+# for leases reserved by hand in no table of its own.
+OLD_HOOK = """#!/usr/bin/python3 -I
+# vfalloc libvirt qemu hook: hands SR-IOV VFs to domains that ask for them.
+import gc
+import os
+import sys
+gc.disable()
+from vfalloc.hook import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def check(scratch, *args):
@@ -178,8 +188,12 @@ def test_vfs_on_host_driver_warn_with_autoprobe_fix(scratch):
                 (t / "etc/libvirt/hooks/qemu").chmod(0o755)), "ok", "hooks/qemu"),
     (lambda t: ((t / "etc/libvirt/hooks/qemu.d/vfalloc").unlink(),
                 write(t, "etc/libvirt/hooks/qemu", "#!/bin/sh\nexit 0\n")), "fail", "no vfalloc hook"),
-], ids=["not-executable", "missing", "main-qemu-script", "foreign-qemu-script"])
+    (lambda t: write(t, "etc/libvirt/hooks/qemu.d/vfalloc", OLD_HOOK), "warn", "is not the hook this vfalloc writes"),
+    (lambda t: write(t, "etc/libvirt/hooks/qemu.d/vfalloc", "#!/bin/sh\nexec /usr/local/bin/my-vf-hook \"$@\"\n"),
+     "ok", "hook installed"),
+], ids=["not-executable", "missing", "main-qemu-script", "foreign-qemu-script", "older-vfalloc", "admins-own"])
 def test_hook(scratch, setup, status, text):
+    """The hook is checked as `install-hook` wrote it (build), and after each change to it."""
     build(scratch)
     setup(scratch.target)
     [line] = lines(check(scratch), name="hook")

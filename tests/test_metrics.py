@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import hook_file
 from fakehost import i350, x710
 from prometheus_client.parser import text_string_to_metric_families
 from test_hook import Hook, domain_xml
@@ -151,7 +151,7 @@ def test_a_successful_start_touches_no_counter(host, scratch):
 def test_racing_refusals_lose_no_count(host, scratch):
     """Twelve hooks refused at the same moment: the flock'd read-modify-write keeps every one."""
     lived_in(host, scratch)
-    procs = [subprocess.Popen([sys.executable, str(REPO / "hooks" / "qemu"), f"r{n}", "prepare", "begin", "-"],
+    procs = [subprocess.Popen([hook_file(), f"r{n}", "prepare", "begin", "-"],
                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env=host.env) for n in range(12)]
     for n, proc in enumerate(procs):

@@ -12,7 +12,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import REPO
+from conftest import REPO, hook_file
 from fakehost import i350
 
 import vfalloc.hook
@@ -245,7 +245,7 @@ def test_a_pinned_vf_claimed_again_while_gc_judges_is_kept(lab):
            f"<alias name='ua-vfalloc-0'/></interface></devices></domain>")
 
     def observe(table):
-        r = subprocess.run([sys.executable, str(REPO / "hooks" / "qemu"), "vm2", "prepare", "begin", "-"],
+        r = subprocess.run([hook_file(), "vm2", "prepare", "begin", "-"],
                            input=xml.encode(), env=lab.env() | {"VFALLOC_LIBVIRT_RUN": str(lab.rundir)},
                            capture_output=True, timeout=60)
         assert r.returncode == 0, r.stderr

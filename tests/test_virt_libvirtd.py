@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
+import sys
 
 import pytest
 from libvirtd import lab, libvirt_daemon  # noqa: F401  (fixtures)
@@ -54,6 +56,32 @@ def test_the_hook_gets_the_request_and_the_worker_reports_libvirts_refusal(lab):
     assert log[2].startswith(f"{name} hotplug: cannot hot-plug a VF into {name}: libvirt: ")
     assert log[2].endswith(f"; VF {FIRST_VF} (lan0) given back")
     assert lab.leases() == [] and dom.isActive()
+
+
+def test_libvirt_starts_python_only_for_the_calls_vfalloc_acts_in(lab):
+    """The hook file answers the calls of a domain without VFs in the shell (templates.hook_script):
+    its start and stop start no Python; a domain that asks for a VF has it at prepare, started
+    (the hot-plug) and release. The installed file's interpreter is wrapped to count its starts."""
+    hook = lab.tmp / "hooks" / "qemu.d" / "vfalloc"
+    installed = hook.read_text()
+    starts, wrapper = lab.tmp / "python-starts", lab.tmp / "python-counting"
+    wrapper.write_text(f'#!/bin/sh\necho "$4 $5 $6" >> {starts}\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    assert f"\npython={shlex.quote(sys.executable)}\n" in installed
+    hook.write_text(installed.replace(f"\npython={shlex.quote(sys.executable)}\n", f"\npython={wrapper}\n"))
+    try:
+        plain, asks = lab.define("novf"), lab.define("asks", REQ)
+        start(plain)
+        plain.destroy()
+        assert len(lab.calls()) == 5 and not starts.exists()
+        start(asks)
+        lab.wait_until(lambda: any("hotplug" in line for line in lab.log_lines()), message="the worker logs")
+        asks.destroy()
+        name = asks.name()
+        assert starts.read_text().splitlines() == [f"{name} prepare begin", f"{name} started begin", f"{name} release end"]
+        assert lab.leases() == []
+    finally:
+        hook.write_text(installed)
 
 
 def test_the_hook_keeps_its_parsed_config_in_run_vfalloc(lab):

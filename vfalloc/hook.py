@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 # so on a real host the defaults apply.
 ENV_HOTPLUG = "VFALLOC_HOTPLUG_CMD"   # the worker started after `started begin`
 ENV_IP = "VFALLOC_IP"                 # the `ip` binary used for trust/spoofchk
+ENV_TABLE = "VFALLOC_HOOK_TABLE"      # set by the hook file: the table it looked for names in
+ENV_KEPT_XML = "VFALLOC_HOOK_XML"     # set by the hook file: where it kept the XML that is our stdin
 
 
 class Call:
@@ -61,6 +63,7 @@ class Call:
 
         if self.settings is None:
             self.settings = load_settings({}, self.environ, keep_memo=True)
+            _check_table(self.environ, self.settings)
         return Context(self.settings, out=self.out, err=self.err)
 
     def holds_leases(self) -> bool:
@@ -85,6 +88,7 @@ def main(argv: Sequence[str], stdin: BinaryIO | None = None, out: TextIO | None 
     out = out or sys.stdout
     err = err or sys.stderr
     environ = os.environ if environ is None else environ
+    _remove_kept_xml(environ)
     if len(argv) < 3:
         err.write("vfalloc hook: expected DOMAIN OPERATION SUB-OPERATION [EXTRA] as libvirt passes them\n")
         return 2
@@ -250,13 +254,11 @@ def _fdb_none(call: Call) -> None:
     return None
 
 
-# libvirt writes <interface type='...'> with single quotes (virDomainNetDefFormat, 11.3): a
-# domain without such an interface costs the FDB steps one byte search and no import.
-_FDB_MARKS = (b"<interface type='bridge'", b"<interface type='network'", b"<interface type='direct'")
 
 
 def _fdb(call: Call, step: Callable) -> None:
-    if (call.op, call.subop) != ("reconnect", "begin") and not any(m in call.xml for m in _FDB_MARKS):
+    # A domain without such an interface costs the FDB steps one byte search and no import.
+    if (call.op, call.subop) != ("reconnect", "begin") and not any(m in call.xml for m in domxml.BRIDGED_MARKS):
         return
     from . import fdb_ops
 
@@ -293,6 +295,29 @@ def _refresh_metrics(environ: Mapping[str, str], call: Call) -> None:
     trouble = request_refresh(environ)
     if trouble:
         log(environ, f"metrics: {trouble}", call.settings)
+
+
+def _remove_kept_xml(environ: Mapping[str, str]) -> None:
+    """The hook file kept libvirt's XML in a file of the runtime directory, open as our stdin;
+    its name goes now (the data stays readable through stdin). A file already gone is fine."""
+    kept = environ.get(ENV_KEPT_XML)
+    if not kept:
+        return
+    try:
+        os.unlink(kept)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log(environ, f"warning: cannot remove {kept} ({exc.strerror}); remove it by hand", None)
+
+
+def _check_table(environ: Mapping[str, str], settings: Settings) -> None:
+    """The hook file (templates.hook_script) looks for domains' names in the table whose path it
+    was written with; if the config now names another, it no longer sees leases reserved by hand."""
+    looked = environ.get(ENV_TABLE)
+    if looked and looked != settings.state:
+        log(environ, f"warning: the hook file looks for reserved leases in {looked}, the config names "
+                     f"{settings.state}: run `vfalloc install-hook` again", settings)
 
 
 def _address(text: str):

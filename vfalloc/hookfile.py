@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .atomicfile import write_atomic
+from .config_cache import DEFAULT_RUN_DIR
 from .errors import UsageError, VfallocError
-from .templates import HOOK_MARKER
+from .templates import HOOK_MARKER, hook_script
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks"
 
@@ -27,6 +32,16 @@ def hook_path(hooks_dir: str | os.PathLike[str]) -> Path:
 def main_hook(hooks_dir: str | os.PathLike[str]) -> Path:
     """The single `qemu` script libvirt runs before qemu.d/*."""
     return Path(hooks_dir) / "qemu"
+
+
+def render(settings: Settings, interpreter: str) -> str:
+    """The hook as `vfalloc install-hook` writes it for these settings: the lease table's path,
+    and a config file other than the default (libvirt gives hooks no VFALLOC_* environment)."""
+    from .config import DEFAULT_CONFIG
+
+    config = settings.config
+    custom = os.path.realpath(config.path) if config.exists and config.path != DEFAULT_CONFIG else None
+    return hook_script(interpreter, settings.state, DEFAULT_RUN_DIR, custom)
 
 
 def is_ours(path: Path) -> bool:

@@ -1,28 +1,104 @@
-"""Text of the files vfalloc installs on a host. Pure: rendering only, no paths, no writes."""
+"""Text of the files vfalloc installs on a host. Pure: rendering only, no paths read, no writes."""
 
 from __future__ import annotations
 
+import shlex
+
+from .domxml import ALIAS_PREFIX, BRIDGED_MARKS, NS
+from .model import Phase
+
 HOOK_MARKER = "# vfalloc libvirt qemu hook"
 
+# The one word the shell part looks for in the XML: every name vfalloc.hook acts on contains it.
+_WORD = "vfalloc"
+assert _WORD in NS and _WORD in ALIAS_PREFIX
 
-def hook_script(interpreter: str, config: str | None = None) -> str:
-    """The hook libvirt runs. `-I` keeps PYTHONPATH and the user's site-packages out of a
-    program that runs as root inside libvirtd. libvirt runs hooks with a minimal environment
-    (PATH, LANG and little else), so a config file other than the default is written into the
-    script."""
-    env = f"os.environ.setdefault(\"VFALLOC_CONFIG\", {config!r})\n" if config else ""
-    return f"""#!{interpreter} -I
-{HOOK_MARKER}: hands SR-IOV VFs to domains that ask for them.
-# libvirt runs it as `qemu DOMAIN OPERATION SUB-OPERATION EXTRA` with the domain XML on stdin.
-import gc
-import os
-import sys
+# What the hook file has Python run: vfalloc.hook with libvirt's arguments.
+HOOK_PYTHON = "import gc, sys\ngc.disable()\nfrom vfalloc.hook import main\nsys.exit(main(sys.argv[1:]))"
 
-# A hook process lives for some 50 ms and makes no garbage cycles; the collector's passes
-# while Python, lxml and vfalloc load cost it about 2 ms.
-gc.disable()
+_HOOK = r"""#!/bin/sh
+@MARKER@: hands SR-IOV VFs to domains that ask for them.
+# libvirt runs it as `qemu DOMAIN OPERATION SUB-OPERATION EXTRA` with the domain XML on stdin,
+# and waits for it at every start and stop of every domain. Written by `vfalloc install-hook`.
+# A call vfalloc has nothing to do in ends here, without starting Python; the others go to
+# vfalloc.hook with the XML as libvirt sent it.
+python=@PYTHON@
+state=${VFALLOC_STATE:-@STATE@}
+run=${VFALLOC_RUN_DIR:-@RUN@}
+@CONFIG@
+xml=
+vfalloc() {
+	exec 3<&-
+	export VFALLOC_HOOK_TABLE="$state"  # where this script looked for the domain's name
+	[ -z "$xml" ] || export VFALLOC_HOOK_XML="$xml"  # vfalloc.hook removes it first thing
+	# A hook process lives for some 50 ms and makes no garbage cycles: no collector passes.
+	exec "$python" -I -c '@PROGRAM@' "$@"
+}
 
-from vfalloc.hook import main
+[ $# -ge 3 ] || vfalloc "$@"
+case $2.$3 in
+prepare.begin | started.begin | release.end) ;;
+migrate.begin | restore.begin | reconnect.begin) vfalloc "$@" ;;
+*) exit 0 ;;
+esac
 
-{env}sys.exit(main(sys.argv[1:]))
+# The lease table is searched for the domain's name as JSON writes it, which is the name itself
+# when it is printable ASCII without a quote or a backslash.
+case $1 in
+*[!\ -~]* | *[\"\\]*) vfalloc "$@" ;;
+esac
+
+# The XML is kept in a file, read here and read again from its start by vfalloc.hook when it is
+# needed; it is removed at the end of either (one process fewer on vfalloc's way).
+[ -d "$run" ] || mkdir -p -m 0700 "$run" 2>/dev/null || vfalloc "$@"
+file=$run/hook-xml.$$
+if ! cat 2>/dev/null >"$file"; then
+	rm -f "$file"
+	echo "vfalloc: cannot write the domain XML to $run: free space there (or make it a writable directory), then start the domain again" >&2
+	[ "$2" != prepare ] || exit 1
+	exit 0
+fi
+xml=$file
+IFS= read -r head <"$xml" || :
+exec 3<"$xml" <"$xml"
+
+# libvirt writes a domain's XML in UTF-8 from `<domain ` on (virDomainDefFormat, libvirt 11.3).
+# Anything else goes to vfalloc.hook, which parses it: an XML declaration or another encoding,
+# a NUL (UTF-16/32), a character reference that may spell a name.
+case $head in
+'<domain '*) ;;
+*) vfalloc "$@" ;;
+esac
+case $2 in
+prepare) look="@WORD@|\"\\Q$1\\E\"" ;;
+started) look="@BRIDGED@|\"@PENDING@\"" ;;
+release) look="@WORD@|@BRIDGED@|\"\\Q$1\\E\"" ;;
+esac
+[ -e "$state" ] && table=$state || table=/dev/null
+grep -qsaP -e "&#|\\x00|$look" - "$table" <&3
+[ $? -ne 1 ] || { rm -f "$xml"; exit 0; }
+vfalloc "$@"
 """
+
+
+def hook_script(interpreter: str, state: str, run_dir: str, config: str | None = None) -> str:
+    """The hook libvirt runs: a POSIX shell script that starts `interpreter` (with `-I`, which
+    keeps PYTHONPATH and the user's site-packages out of a program that runs as root inside
+    libvirtd) only for a call vfalloc acts in:
+    - `prepare begin`: the XML mentions vfalloc, or the lease table names the domain (a lease
+      reserved by hand with `vfalloc alloc`);
+    - `started begin`: a lease waits to be hot-plugged, or the domain has an interface on a
+      bridge, a network or a macvtap (the PFs' FDB entries);
+    - `release end`: any of these;
+    - `migrate begin`, `restore begin`, `reconnect begin`: always;
+    and for XML that is not in libvirt's own form. What it looks for is a superset of what
+    vfalloc.hook acts on: a match only costs a Python start. libvirt runs hooks with a minimal
+    environment (PATH, LANG and little else), so the table's path and a config file other than
+    the default are written into the script."""
+    bridged = "|".join(m.decode() for m in BRIDGED_MARKS)
+    config_line = (f"[ -n \"${{VFALLOC_CONFIG-}}\" ] || VFALLOC_CONFIG={shlex.quote(config)}\nexport VFALLOC_CONFIG\n"
+                   if config else "")
+    return (_HOOK.replace("@MARKER@", HOOK_MARKER).replace("@PYTHON@", shlex.quote(interpreter))
+            .replace("@STATE@", shlex.quote(state)).replace("@RUN@", shlex.quote(run_dir))
+            .replace("@CONFIG@\n", config_line).replace("@PROGRAM@", HOOK_PYTHON).replace("@WORD@", _WORD)
+            .replace("@BRIDGED@", bridged).replace("@PENDING@", Phase.PENDING))

@@ -636,7 +636,8 @@ def install_hook(ctx: Context) -> None:
     expect(os.access(HOOK, os.X_OK), f"{HOOK} is missing or not executable")
     text = HOOK.read_text()
     ctx.log(f"# cat {HOOK}\n{text}")
-    expect(text.startswith(f"#!{VENV}/bin/python"), "the hook does not run vfalloc's Python")
+    expect(text.startswith("#!/bin/sh\n") and f"\npython={VENV}/bin/python" in text,
+           "the hook does not run vfalloc's Python")
     expect(str(CONFIG) in text, f"the hook does not name {CONFIG}")
     again = ctx.vfalloc("install-hook", "--config", str(CONFIG)).stdout
     expect("already installed" in again, "installing the same hook twice is not a no-op")

@@ -5,8 +5,10 @@ Must not: write anything, or decide verdicts (the modules do)."""
 from __future__ import annotations
 
 import json
+import sys
 
 from ..errors import HostError, UsageError
+from ..hookfile import render
 from ..host import acs, boot_config, check, iommu
 from ..host.rootfs import RootFS
 from ..model import PciAddress
@@ -20,6 +22,7 @@ def cmd_check(args, ctx) -> int:
     gathered = check.Facts(ctx.sysfs, ctx.host, rootfs, boot_config.running_tokens(ctx.settings.proc_root, ctx.err),
                             vendor(ctx), counts_wanted, config_error, args.hooks_dir, boot_config.configured(rootfs))
     _fdb_facts(ctx, gathered)
+    gathered.hook_text = render(ctx.settings, sys.executable)
     checks = check.run(gathered)
     counts = check.summary(checks)
     if args.json:

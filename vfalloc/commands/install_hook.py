@@ -3,13 +3,10 @@ the Python vfalloc is installed in, or removes it. The file's rules are vfalloc.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from .. import hookfile
-from ..config import DEFAULT_CONFIG
-from ..templates import hook_script
 from .audit import record
 
 
@@ -17,9 +14,7 @@ def cmd_install_hook(args, ctx) -> int:
     path = hookfile.hook_path(args.hooks_dir)
     if args.remove:
         return _remove(ctx, path, args.dry_run)
-    config = ctx.settings.config
-    custom = os.path.realpath(config.path) if config.exists and config.path != DEFAULT_CONFIG else None
-    text = hook_script(sys.executable, custom)
+    text = hookfile.render(ctx.settings, sys.executable)
     hookfile.check_replaceable(path)
     if args.dry_run:
         ctx.out.write(f"would write {path} (mode 0755):\n{text}")

@@ -15,6 +15,7 @@ from ..fdb import Entry
 from ..hookfile import DEFAULT_HOOKS_DIR
 from ..model import PF, Host
 from ..sysfs import Sysfs
+from ..templates import HOOK_MARKER
 from . import acs, bootsetup, cmdline, owners, persist, vfdriver
 from .bootsetup import Setup
 from .rootfs import RootFS
@@ -52,10 +53,11 @@ class Facts:
     fdb_missing: dict[str, list[Entry]] = field(default_factory=dict)
     fdb_kept_by_vfalloc: frozenset[str] = frozenset()  # PFs whose entries vfalloc keeps (config)
     fdb_error: str | None = None
+    hook_text: str | None = None  # the hook `vfalloc install-hook` would write now
 
 
 def run(f: Facts) -> list[Check]:
-    checks = iommu(f) + [boot(f), vfio(f.sysfs), hook(f.rootfs, f.hooks_dir)]
+    checks = iommu(f) + [boot(f), vfio(f.sysfs), hook(f.rootfs, f.hooks_dir, f.hook_text)]
     if f.config_error:
         checks.append(Check(FAIL, "config", "host", f.config_error, "fix the config file"))
     if not f.host.pfs:
@@ -168,7 +170,7 @@ def vfio(sysfs: Sysfs) -> Check:
                  "modprobe vfio-pci; echo vfio-pci > /etc/modules-load.d/vfio-pci.conf")
 
 
-def hook(rootfs: RootFS, hooks_dir: str) -> Check:
+def hook(rootfs: RootFS, hooks_dir: str, current: str | None = None) -> Check:
     dropin, main = f"{hooks_dir}/qemu.d/vfalloc", f"{hooks_dir}/qemu"
     for name in (dropin, main):
         text = rootfs.read(name) if rootfs.path(name).is_file() else None
@@ -177,6 +179,11 @@ def hook(rootfs: RootFS, hooks_dir: str) -> Check:
         if not os.access(rootfs.path(name), os.X_OK):
             return Check(FAIL, "hook", "host", f"{rootfs.shown(name)} is not executable (libvirt skips it)",
                          f"`chmod 755 {rootfs.shown(name)}`")
+        if name == dropin and current is not None and HOOK_MARKER in text and text != current:
+            # The script carries the lease table's path and the config's (templates.hook_script).
+            return Check(WARN, "hook", "host", f"{rootfs.shown(name)} is not the hook this vfalloc writes for "
+                         "this config (another version, or `state` or the config file moved): it may miss "
+                         "leases reserved by hand", "`vfalloc install-hook`")
         return Check(OK, "hook", "host", f"hook installed: {rootfs.shown(name)}")
     return Check(FAIL, "hook", "host", f"no vfalloc hook in {rootfs.shown(hooks_dir)}: VMs started by virsh get no VF",
                  "`vfalloc install-hook`, then restart libvirtd (or virtqemud)")

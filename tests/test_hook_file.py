@@ -1,0 +1,272 @@
+"""The hook file's shell part (templates.hook_script): which of libvirt's calls start Python.
+
+The file runs as libvirt runs it, with the XML libvirt hands a hook (tests/data/libvirt, see
+SOURCES.md there) and lease tables vfalloc wrote; its interpreter is a stand-in that records its
+arguments, environment and stdin. A call goes on to Python whenever vfalloc.hook may act in it,
+with the XML byte for byte as sent; every other call ends in the shell with exit 0."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, hook_file
+from fakehost import i350
+
+from vfalloc.config import DEFAULTS
+from vfalloc.config_cache import DEFAULT_RUN_DIR
+from vfalloc.templates import hook_script
+
+DATA = REPO / "tests" / "data" / "libvirt"
+
+# Records what the hook file started: argv, the environment's VFALLOC_* and stdin.
+RECORDER = """#!/bin/sh
+rec={rec}
+printf '%s\\0' "$@" > "$rec.argv"
+env | grep '^VFALLOC_' | sort > "$rec.env"
+cat > "$rec.stdin"
+exit 0
+"""
+
+
+def xml(name: str) -> bytes:
+    return (DATA / f"{name}.xml").read_bytes()
+
+
+def spelled(change):
+    return lambda: change(xml("asks-prepare-begin"))
+
+
+class HookFile:
+    def __init__(self, scratch, tmp_path: Path, config: str | None = None):
+        self.scratch = scratch
+        self.rec = tmp_path / "rec"
+        python = tmp_path / "python"
+        python.write_text(RECORDER.format(rec=self.rec))
+        python.chmod(0o755)
+        self.path = tmp_path / "vfalloc"
+        self.path.write_text(hook_script(str(python), DEFAULTS["state"], DEFAULT_RUN_DIR, config))
+        self.path.chmod(0o755)
+        self.env = scratch.env()
+
+    def run(self, *argv: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+        for old in self.rec.parent.glob("rec.*"):
+            old.unlink()
+        return subprocess.run([str(self.path), *argv], input=stdin, env=self.env, capture_output=True, timeout=60)
+
+    def python_ran(self) -> bool:
+        return self.rec.with_suffix(".argv").exists()
+
+    def seen(self) -> tuple[list[str], bytes, dict[str, str]]:
+        argv = self.rec.with_suffix(".argv").read_text().split("\0")[:-1]
+        env = dict(line.split("=", 1) for line in self.rec.with_suffix(".env").read_text().splitlines())
+        return argv, self.rec.with_suffix(".stdin").read_bytes(), env
+
+
+@pytest.fixture
+def host(scratch, tmp_path):
+    i350(scratch.fs)
+    scratch.write_config('[pools.lan0]\npfs = ["enp1s0f0"]\n')
+    return HookFile(scratch, tmp_path)
+
+
+def lease_by_hand(scratch, domain: str) -> None:
+    r = scratch.run("alloc", "--domain", domain, "--uuid", "00000000-0000-0000-0000-0000000000aa", "--pool", "lan0")
+    assert r.code == 0, r.err
+
+
+def lease_pending(scratch, domain: str) -> None:
+    """What the real hook leaves after `prepare begin` of a domain that asks for a VF."""
+    done = subprocess.run([hook_file(), domain, "prepare", "begin", "-"], input=xml("asks-prepare-begin"),
+                          env=scratch.env(), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [x["phase"] for x in json.loads(scratch.state.read_text())["leases"]] == ["pending-attach"]
+
+
+TABLES = {
+    "no-table": lambda s: None,
+    "others-lease": lambda s: lease_by_hand(s, "mail3"),
+    "reserved-by-hand": lambda s: lease_by_hand(s, "web1"),
+    "reserved-web2": lambda s: lease_by_hand(s, "web2"),
+    "pending-hot-plug": lambda s: lease_pending(s, "db1"),
+}
+
+CASES = [
+    # op, subop, the XML, the table, whether Python starts
+    ("prepare", "begin", "plain-prepare-begin", "no-table", False),
+    ("prepare", "begin", "plain-prepare-begin", "others-lease", False),
+    ("prepare", "begin", "plain-prepare-begin", "pending-hot-plug", False),
+    ("prepare", "begin", "plain-prepare-begin", "reserved-by-hand", True),
+    ("prepare", "begin", "bridged-prepare-begin", "others-lease", False),
+    ("prepare", "begin", "asks-prepare-begin", "no-table", True),
+    ("started", "begin", "plain-started-begin", "others-lease", False),
+    ("started", "begin", "plain-started-begin", "reserved-by-hand", False),
+    ("started", "begin", "plain-started-begin", "pending-hot-plug", True),
+    ("started", "begin", "asks-started-begin", "others-lease", False),
+    ("started", "begin", "asks-started-begin", "pending-hot-plug", True),
+    ("release", "end", "plain-release-end", "others-lease", False),
+    ("release", "end", "plain-release-end", "reserved-by-hand", True),
+    ("release", "end", "bridged-release-end", "no-table", True),
+    ("release", "end", "asks-release-end", "no-table", True),
+    ("start", "begin", "asks-prepare-begin", "reserved-by-hand", False),
+    ("stopped", "end", "asks-release-end", "reserved-by-hand", False),
+    ("prepare", "end", "asks-prepare-begin", "reserved-by-hand", False),
+    ("migrate", "begin", "plain-prepare-begin", "no-table", True),
+    ("restore", "begin", "plain-prepare-begin", "no-table", True),
+    ("reconnect", "begin", "plain-started-begin", "no-table", True),
+]
+
+
+def _id(case) -> str:
+    op, subop, name, table, python = case
+    return f"{op}-{subop}-{name.split('-')[0]}-{table}-{'python' if python else 'shell'}"
+
+
+@pytest.mark.parametrize("op, subop, name, table, python", CASES, ids=[_id(c) for c in CASES])
+def test_which_calls_start_python(host, op, subop, name, table, python):
+    TABLES[table](host.scratch)
+    domain = {"plain": "web1", "bridged": "web2", "asks": "db1"}[name.split("-")[0]]
+    before = host.scratch.state.read_bytes() if host.scratch.state.exists() else None
+    r = host.run(domain, op, subop, "-", stdin=xml(name))
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"")
+    assert host.python_ran() == python
+    if python:
+        argv, stdin, env = host.seen()
+        assert argv[:3] == ["-I", "-c", argv[2]] and "from vfalloc.hook import main" in argv[2]
+        assert argv[3:] == [domain, op, subop, "-"]
+        assert stdin == xml(name)
+        assert env["VFALLOC_HOOK_TABLE"] == str(host.scratch.state)
+        if op in ("migrate", "restore", "reconnect"):  # passed on before the XML is read
+            assert "VFALLOC_HOOK_XML" not in env
+        else:
+            kept = Path(env["VFALLOC_HOOK_XML"])  # vfalloc.hook removes it (test_python_removes_the_kept_xml)
+            assert kept.parent == host.scratch.run_dir and kept.read_bytes() == stdin
+            kept.unlink()
+    after = host.scratch.state.read_bytes() if host.scratch.state.exists() else None
+    assert after == before
+    assert list(host.scratch.run_dir.glob("hook-xml.*")) == []  # the kept XML is gone
+
+
+# XML that is not in libvirt's own form goes to Python whatever it says, exactly as sent.
+SPELLINGS = {
+    "utf-16": spelled(lambda x: x.decode().encode("utf-16")),
+    "utf-16-no-bom": spelled(lambda x: x.decode().encode("utf-16-le")),
+    "utf-32": spelled(lambda x: x.decode().encode("utf-32")),
+    "declaration": spelled(lambda x: b"<?xml version='1.0' encoding='ISO-8859-1'?>\n" + x),
+    "character-reference": spelled(lambda x: x.replace(b"urn:vfalloc:1", b"urn:&#118;falloc:1")
+                                   .replace(b"<vfalloc:", b"<v:").replace(b"</vfalloc:", b"</v:")
+                                   .replace(b"xmlns:vfalloc", b"xmlns:v")),
+    "nul-inside": lambda: xml("plain-prepare-begin").replace(b"<devices>", b"<devices>\0"),
+    "leading-blank-line": lambda: b"\n" + xml("plain-prepare-begin"),
+    "empty": lambda: b"",
+}
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS, ids=list(SPELLINGS))
+def test_xml_in_another_form_goes_to_python_byte_for_byte(host, spelling):
+    data = SPELLINGS[spelling]()
+    assert b"vfalloc" not in data or spelling == "declaration"
+    r = host.run("web1", "prepare", "begin", "-", stdin=data)
+    assert r.returncode == 0 and host.python_ran()
+    assert host.seen()[1] == data
+
+
+@pytest.mark.parametrize("name", ["wëb1", 'we"b1', "we\\b1", "web 1\t"], ids=["non-ascii", "quote", "backslash", "tab"])
+def test_a_name_json_would_escape_goes_to_python(host, name):
+    """The table is searched for `"NAME"`: only names JSON writes as they are can be found so."""
+    host.run(name, "prepare", "begin", "-", stdin=xml("plain-prepare-begin"))
+    assert host.python_ran() and host.seen()[0][3] == name
+
+
+def test_the_names_json_writes_as_they_are_are_found_in_a_real_table(host):
+    """Every printable ASCII name but `"` and `\\` is found; the search is a fixed string."""
+    name = "a-b.c_d+e:f@g(h)[i]*j?k$l`m!n^o|p{q}r~s's#t%u&v,w;x<y=z>/0 1"
+    lease_by_hand(host.scratch, name)
+    host.run(name, "prepare", "begin", "-", stdin=xml("plain-prepare-begin"))
+    assert host.python_ran()
+    host.run(name[:-1], "prepare", "begin", "-", stdin=xml("plain-prepare-begin"))
+    assert not host.python_ran()
+
+
+def test_too_few_arguments_go_to_python_which_says_what_it_expects(host):
+    assert host.run("web1", "prepare").returncode == 0 and host.seen()[0][3:] == ["web1", "prepare"]
+
+
+def test_an_unreadable_table_goes_to_python(host):
+    host.scratch.state.mkdir(parents=True)  # grep cannot read it: in doubt, Python looks
+    host.run("web1", "prepare", "begin", "-", stdin=xml("plain-prepare-begin"))
+    assert host.python_ran()
+
+
+def test_config_written_into_the_file_unless_the_environment_names_one(scratch, tmp_path):
+    i350(scratch.fs)
+    scratch.write_config('[pools.lan0]\npfs = ["enp1s0f0"]\n')
+    hook = HookFile(scratch, tmp_path, config="/etc/vfalloc/other place.toml")
+    del hook.env["VFALLOC_CONFIG"]
+    hook.run("db1", "prepare", "begin", "-", stdin=xml("asks-prepare-begin"))
+    assert hook.seen()[2]["VFALLOC_CONFIG"] == "/etc/vfalloc/other place.toml"
+    hook.env["VFALLOC_CONFIG"] = str(scratch.config)
+    hook.run("db1", "prepare", "begin", "-", stdin=xml("asks-prepare-begin"))
+    assert hook.seen()[2]["VFALLOC_CONFIG"] == str(scratch.config)
+
+
+def test_the_runtime_directory_is_made_0700(host):
+    run_dir = host.scratch.run_dir
+    assert not run_dir.exists()
+    host.run("web1", "prepare", "begin", "-", stdin=xml("plain-prepare-begin"))
+    assert run_dir.is_dir() and run_dir.stat().st_mode & 0o777 == 0o700 and not host.python_ran()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a full tmpfs in a private mount namespace needs root")
+def test_no_room_for_the_xml_refuses_prepare_in_one_line_and_lets_the_rest_pass(host, tmp_path):
+    """A runtime directory on a full file system: the start is refused with one line (the hook
+    cannot tell whether the domain asks for a VF); a stop is not held up."""
+    full = tmp_path / "full"
+    full.mkdir()
+    results = {}
+    for op, subop in (("prepare", "begin"), ("release", "end")):
+        script = (f"mount -t tmpfs -o size=4k none {full} && (dd if=/dev/zero of={full}/fill bs=1k 2>/dev/null; :) "
+                  f"&& VFALLOC_RUN_DIR={full} exec {host.path} db1 {op} {subop} -")
+        done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                              input=xml("asks-prepare-begin"), env=host.env, capture_output=True, timeout=60)
+        results[op] = (done.returncode, done.stderr.decode())
+    for op, code in (("prepare", 1), ("release", 0)):
+        assert results[op][0] == code, results[op]
+        assert results[op][1].count("\n") == 1 and results[op][1].startswith("vfalloc: cannot write the domain XML")
+    assert not host.python_ran()
+
+
+def test_the_real_hook_behind_the_shell_part_serves_a_start(scratch, tmp_path):
+    """The hook file as install-hook writes it, with the real Python behind it: the lease is made
+    and the kept XML is gone."""
+    i350(scratch.fs)
+    scratch.write_config('[pools.lan0]\npfs = ["enp1s0f0"]\n')
+    done = subprocess.run([hook_file(), "db1", "prepare", "begin", "-"], input=xml("asks-prepare-begin"),
+                          env=scratch.env(), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [x["domain"] for x in json.loads(scratch.state.read_text())["leases"]] == ["db1"]
+    assert sys.executable in Path(hook_file()).read_text()
+    assert list(scratch.run_dir.iterdir()) != [] and list(scratch.run_dir.glob("hook-xml.*")) == []
+
+
+@pytest.mark.parametrize("there", [True, False], ids=["kept-file", "already-gone"])
+def test_python_removes_the_kept_xml(scratch, tmp_path, there):
+    """vfalloc.hook reads the XML from stdin and removes the file the hook file kept it in."""
+    from vfalloc.hook import main
+
+    i350(scratch.fs)
+    scratch.write_config('[pools.lan0]\npfs = ["enp1s0f0"]\n')
+    kept = tmp_path / "hook-xml.1"
+    if there:
+        kept.write_bytes(xml("asks-prepare-begin"))
+    err = io.StringIO()
+    env = {**scratch.env(), "VFALLOC_HOOK_XML": str(kept)}
+    code = main(["db1", "prepare", "begin", "-"], stdin=io.BytesIO(xml("asks-prepare-begin")), out=io.StringIO(),
+                err=err, environ=env)
+    assert (code, err.getvalue()) == (0, "") and not kept.exists()
+    assert [x["domain"] for x in json.loads(scratch.state.read_text())["leases"]] == ["db1"]
