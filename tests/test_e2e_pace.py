@@ -4,6 +4,7 @@ it. Run here, on this machine, without booting the VM."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,20 +19,35 @@ import rig  # noqa: E402
 import scenario  # noqa: E402
 
 
-def test_factor_is_never_below_one_and_grows_with_the_time_taken():
-    assert pace.factor_of(pace.REFERENCE_S / 2) == 1.0
-    assert pace.factor_of(pace.REFERENCE_S * 3) == pytest.approx(3.0)
-    speed = pace.Pace(boot_seconds=pace.REFERENCE_S * 2)
-    speed.now_seconds = pace.REFERENCE_S * 5  # busier now than at boot: the larger one counts
+def idle(work: float = 1.0, start: float = 1.0) -> pace.Sample:
+    """A sample that took `work` and `start` times what each kind takes on an idle machine."""
+    return pace.Sample(pace.REFERENCE_S * work, pace.REFERENCE_START_S * start)
+
+
+@pytest.mark.parametrize("work, start, factor", [
+    (0.5, 0.5, 1.0), (3, 1, 3.0), (1, 4, 4.0), (2, 6, 6.0), (6, 2, 6.0),
+], ids=["faster-than-idle", "computing-slow", "starts-slow", "starts-slower", "computing-slower"])
+def test_a_samples_factor_is_the_larger_slowdown_never_below_one(work, start, factor):
+    assert idle(work, start).factor == pytest.approx(factor)
+
+
+def test_the_boots_factor_is_a_floor_and_a_busier_moment_raises_it():
+    speed = pace.Pace(idle(2, 1))
+    speed.now = idle(1, 5)  # busier now than at boot: the larger one counts
     assert speed.factor == pytest.approx(5.0)
-    speed.now_seconds = pace.REFERENCE_S  # a moment of calm does not go below the boot's
+    speed.now = idle(1, 1)  # a moment of calm does not go below the boot's
     assert speed.factor == pytest.approx(2.0)
-    assert "slower than on an idle machine" in speed.describe()
+    text = speed.describe()
+    assert "slower than on an idle machine" in text and "a Python start" in text
 
 
-def test_a_sample_times_real_work():
+def test_a_sample_times_real_work_and_a_real_python_start():
     assert pace.work(1000) == pace.work(1000)  # fixed work: the same result every time
-    assert pace.sample() > 0
+    taken = pace.sample()
+    assert taken.work_s > 0 and taken.start_s > 0
+    with pytest.raises(subprocess.CalledProcessError):  # the start runs and must succeed
+        subprocess.run([sys.executable, "-c", pace.START_CODE + ", no_such_module"], check=True,
+                       capture_output=True)
 
 
 @pytest.mark.parametrize("factor", [1.0, 4.0])
@@ -58,8 +74,8 @@ def test_a_step_runs_with_its_bound_times_the_pace(tmp_path, monkeypatch):
         seen["pace"], seen["left"] = ctx.pace, ctx.deadline - time.monotonic()
 
     step = scenario.Step("probe", probe, timeout=10, needs=(), boot=1)
-    speed = pace.Pace(boot_seconds=pace.REFERENCE_S * 3)
-    monkeypatch.setattr(pace, "sample", lambda: pace.REFERENCE_S)
+    speed = pace.Pace(idle(3, 1))
+    monkeypatch.setattr(pace, "sample", lambda: idle(1, 1))
     record = scenario.run_step(step, tmp_path, set(), speed)
     assert record["ok"] and record["pace"] == pytest.approx(3.0)
     assert seen["pace"] == pytest.approx(3.0) and 25 < seen["left"] <= 30

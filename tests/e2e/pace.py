@@ -2,11 +2,19 @@
 runs nothing else: the factor every wait inside the VM is scaled by.
 
 The VM is QEMU under TCG: every instruction of the guest is translated and run by the host's
-CPUs, so when other processes take those CPUs the whole guest slows down alike (its kernel, its
-QEMU guests, libvirtd, each Python start), and a bound in seconds that holds on an idle machine
-runs out on a busy one. So the VM times a fixed piece of work (pure Python, no I/O, no
-allocation that grows) and divides by the time that work takes on 2 idle cores: that factor,
-never below 1, multiplies every step's bound and every wait in it (inside.Context).
+CPUs, so when other processes take those CPUs the whole guest slows down (its kernel, its QEMU
+guests, libvirtd, each Python start), and a bound in seconds that holds on an idle machine runs
+out on a busy one. So the VM times fixed work and divides by the time it takes on 2 idle cores:
+that factor, never below 1, multiplies every step's bound and every wait in it (inside.Context).
+
+Two kinds of work slow down differently, and the steps do both: Python computing, and Python
+starting (every `vfalloc`, `virsh` and hook is a new process, whose start reads many small
+files from the root this machine shares with the VM over 9p, each read a trip through QEMU).
+So a sample times both: a fixed computation (pure Python, no I/O, no allocation that grows),
+and a Python start that imports lxml and
+vfalloc's command line from that root. The factor is the larger of the two ratios: on a
+machine whose other processes take the CPUs, starts were seen slowing 2-5 times more than
+computing.
 
 It is measured once at boot (the median of a few samples) and again before every step (one
 sample); a step uses the larger of the two, so a machine that gets busier during the run
@@ -18,20 +26,25 @@ Standard library only; importing it runs nothing.
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import time
 
-# Seconds WORK_LOOPS iterations of work() take inside the VM on the project's 2-core test machine
-# when the rig has it nearly to itself: the lowest of 15 samples (0.39 s for twice the loops;
-# most samples were 0.45-0.60 s with other test suites running beside it, 1.1-3.9 s with two
-# CPU-bound loops as well).
+# Seconds each kind of work takes inside the VM on the project's 2-core test machine when the
+# rig has it to itself: the lowest of the samples of idle runs. WORK_LOOPS iterations of work():
+# 0.39 s for twice the loops; most samples were 0.45-0.60 s with other test suites running
+# beside it, 1.1-3.9 s with two CPU-bound loops as well. The Python start: START_CODE run by the
+# VM's Python.
 REFERENCE_S = 0.20
+REFERENCE_START_S = 1.0
 WORK_LOOPS = 100_000
+START_CODE = "import lxml.etree, vfalloc.cli"
 BOOT_SAMPLES = 5
 
 
 def work(loops: int = WORK_LOOPS) -> int:
     """The fixed piece of work: integer arithmetic and a small dict, the interpreter's bread and
-    butter (the rig's steps are mostly Python and process starts, which slow down alike)."""
+    butter."""
     seen: dict[int, int] = {}
     total = 0
     for i in range(loops):
@@ -40,15 +53,38 @@ def work(loops: int = WORK_LOOPS) -> int:
     return total + len(seen)
 
 
-def sample() -> float:
-    """Seconds one work() takes now."""
+def python_start() -> None:
+    """A new Python process that imports what a `vfalloc` command imports first."""
+    subprocess.run([sys.executable, "-c", START_CODE], check=True, timeout=600)
+
+
+class Sample:
+    """Seconds each kind of work took once."""
+
+    def __init__(self, work_s: float, start_s: float) -> None:
+        self.work_s, self.start_s = work_s, start_s
+
+    @property
+    def factor(self) -> float:
+        """How many times slower than on an idle machine; never below 1."""
+        return max(1.0, self.work_s / REFERENCE_S, self.start_s / REFERENCE_START_S)
+
+    def describe(self) -> str:
+        return (f"computing {self.work_s:.2f} s (idle {REFERENCE_S:.2f} s), a Python start "
+                f"{self.start_s:.2f} s (idle {REFERENCE_START_S:.2f} s)")
+
+
+def sample() -> Sample:
+    """Both kinds of work, timed now."""
     start = time.perf_counter()
     work()
-    return time.perf_counter() - start
+    middle = time.perf_counter()
+    python_start()
+    return Sample(middle - start, time.perf_counter() - middle)
 
 
 def factor_of(seconds: float) -> float:
-    """How many times slower than on an idle machine a sample of `seconds` is; never below 1."""
+    """How many times slower than on an idle machine the fixed work's `seconds` are; never below 1."""
     return max(1.0, seconds / REFERENCE_S)
 
 
@@ -63,31 +99,30 @@ def current() -> float:
 class Pace:
     """The boot's measurement and the latest one; `factor` is what waits are multiplied by."""
 
-    def __init__(self, boot_seconds: float) -> None:
-        self.boot_seconds = boot_seconds
-        self.now_seconds = boot_seconds
+    def __init__(self, boot: Sample) -> None:
+        self.boot = boot
+        self.now = boot
 
     @classmethod
     def at_boot(cls, samples: int = BOOT_SAMPLES) -> Pace:
         """Measured now; also what current() answers from now on."""
         global _latest
-        _latest = cls(statistics.median(sample() for _ in range(samples)))
+        taken = [sample() for _ in range(samples)]
+        _latest = cls(Sample(statistics.median(s.work_s for s in taken), statistics.median(s.start_s for s in taken)))
         return _latest
 
     def describe(self) -> str:
-        return (f"{self.factor:.1f}x slower than on an idle machine (a fixed piece of work took "
-                f"{self.now_seconds:.2f} s now, {self.boot_seconds:.2f} s at boot, "
-                f"{REFERENCE_S:.2f} s idle)")
+        return f"{self.factor:.1f}x slower than on an idle machine (now: {self.now.describe()}; at boot: {self.boot.describe()})"
 
     def again(self) -> float:
         """Measure once more (before a step); the factor that step runs with."""
-        self.now_seconds = sample()
+        self.now = sample()
         return self.factor
 
     @property
     def boot_factor(self) -> float:
-        return factor_of(self.boot_seconds)
+        return self.boot.factor
 
     @property
     def factor(self) -> float:
-        return max(self.boot_factor, factor_of(self.now_seconds))
+        return max(self.boot.factor, self.now.factor)
