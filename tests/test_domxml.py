@@ -3,7 +3,8 @@ and a parser that refuses bombs, external entities and oversized input."""
 
 from __future__ import annotations
 
-import time
+import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -564,11 +565,15 @@ def test_render_refuses_bad_mac_argument():
 
 
 def test_pinning_cost_is_linear_in_the_input():
-    # 200k full ranges: a set filled per range would do 3e9 inserts; an int bit set does not
+    """200k full ranges: a set filled per range would do 3e9 inserts (minutes of CPU); an int bit
+    set does not. The parse runs in a process limited to 60 s of CPU time (not wall-clock time,
+    which a busy machine stretches): a quadratic parse is killed by SIGXCPU."""
+    code = ("import resource, sys\nresource.setrlimit(resource.RLIMIT_CPU, (60, 60))\n"
+            "from vfalloc.domxml import read_domain\n"
+            "print(len(read_domain(sys.stdin.read()).cpuset))\n")
     head = "<vcpu cpuset='" + ",".join(["0-16383", "^5"] * 100_000) + "'>1</vcpu>"
-    start = time.monotonic()
-    assert len(read_domain(domain(head=head)).cpuset) == 16383
-    assert time.monotonic() - start < 5.0
+    done = subprocess.run([sys.executable, "-c", code], input=domain(head=head), capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "16383\n"), done.stderr
 
 
 # --- add_devices ------------------------------------------------------------------------------
@@ -707,10 +712,8 @@ PASSWD_ENTITY = (
 )
 @pytest.mark.parametrize("call", [read_domain, read_requests_xml, lambda x: add_devices(x, []),
                                   lambda x: swap_sources(x, {})], ids=["read", "requests", "add", "swap"])
-def test_doctype_refused_quickly(data, call):
-    start = time.monotonic()
+def test_doctype_refused(data, call):
     text = err_of(call, data)
-    assert time.monotonic() - start < 1.0
     assert "DOCTYPE" in text or "not well-formed" in text
     assert "root:" not in text
 
@@ -720,9 +723,8 @@ def test_entity_refused_even_past_the_byte_scan(monkeypatch):
     # still neither expands nor fetches, and the DOCTYPE is refused after the parse.
     monkeypatch.setattr(domxml, "_DOCTYPE_MARKS", ())
     for data in (BILLION_LAUGHS.encode(), PASSWD_ENTITY.encode()):
-        start = time.monotonic()
         text = err_of(read_domain, data)
-        assert time.monotonic() - start < 1.0 and "root:" not in text
+        assert ("DOCTYPE" in text or "not well-formed" in text) and "root:" not in text and "lol" not in text
 
 
 @pytest.mark.parametrize(
@@ -745,13 +747,11 @@ def test_malformed_xml(data):
 
 
 @pytest.mark.parametrize("kind", [bytes, str])
-def test_oversized_input_refused_quickly(kind):
+def test_oversized_input_refused(kind):
     pad = " " * (domxml.MAX_XML_BYTES + 1)
     data = domain().replace("<devices>", "<devices>" + pad)
     data = data.encode() if kind is bytes else data
-    start = time.monotonic()
     assert "larger than 16777216 bytes" in err_of(read_domain, data)
-    assert time.monotonic() - start < 1.0
 
 
 def test_input_at_the_bound_is_read():
