@@ -33,8 +33,8 @@ import time
 # Seconds each kind of work takes inside the VM on the project's 2-core test machine when the
 # rig has it to itself: the lowest of the samples of idle runs. WORK_LOOPS iterations of work():
 # 0.39 s for twice the loops; most samples were 0.45-0.60 s with other test suites running
-# beside it, 1.1-3.9 s with two CPU-bound loops as well. The Python start: START_CODE run by the
-# VM's Python.
+# beside it, 1.1-3.9 s with two CPU-bound loops as well. The Python start (START_CODE run by the
+# VM's Python): 0.95-1.2 s at boot in a run beside one other test suite (2026-12-02).
 REFERENCE_S = 0.20
 REFERENCE_START_S = 1.0
 WORK_LOOPS = 100_000
