@@ -41,6 +41,16 @@ def test_the_boots_factor_is_a_floor_and_a_busier_moment_raises_it():
     assert "slower than on an idle machine" in text and "a Python start" in text
 
 
+def test_the_python_start_is_timed_again_only_every_so_often():
+    speed = pace.Pace(idle(1, 7))
+    speed.again()  # within START_EVERY_S: the computation is timed, the start is the boot's
+    assert speed.now.start_s == pytest.approx(pace.REFERENCE_START_S * 7) and speed.now.work_s != speed.boot.work_s
+    speed.start_timed_at -= pace.START_EVERY_S
+    speed.again()  # a real Python start, far quicker than 7 idle ones
+    assert speed.now.start_s < pace.REFERENCE_START_S * 7
+    assert speed.start_timed_at > time.monotonic() - 5
+
+
 def test_a_sample_times_real_work_and_a_real_python_start():
     assert pace.work(1000) == pace.work(1000)  # fixed work: the same result every time
     taken = pace.sample()
@@ -75,7 +85,7 @@ def test_a_step_runs_with_its_bound_times_the_pace(tmp_path, monkeypatch):
 
     step = scenario.Step("probe", probe, timeout=10, needs=(), boot=1)
     speed = pace.Pace(idle(3, 1))
-    monkeypatch.setattr(pace, "sample", lambda: idle(1, 1))
+    monkeypatch.setattr(pace, "sample", lambda previous=None: idle(1, 1))
     record = scenario.run_step(step, tmp_path, set(), speed)
     assert record["ok"] and record["pace"] == pytest.approx(3.0)
     assert seen["pace"] == pytest.approx(3.0) and 25 < seen["left"] <= 30

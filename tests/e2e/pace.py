@@ -17,7 +17,7 @@ machine whose other processes take the CPUs, starts were seen slowing 2-5 times 
 computing.
 
 It is measured once at boot (the median of a few samples) and again before every step (one
-sample); a step uses the larger of the two, so a machine that gets busier during the run
+sample; the Python start at most every START_EVERY_S); a step uses the larger of the two, so a machine that gets busier during the run
 lengthens the later steps' bounds, and a moment of calm does not shorten them below the boot's.
 
 Standard library only; importing it runs nothing.
@@ -40,6 +40,7 @@ REFERENCE_START_S = 1.0
 WORK_LOOPS = 100_000
 START_CODE = "import lxml.etree, vfalloc.cli"
 BOOT_SAMPLES = 5
+START_EVERY_S = 30.0
 
 
 def work(loops: int = WORK_LOOPS) -> int:
@@ -74,18 +75,15 @@ class Sample:
                 f"{self.start_s:.2f} s (idle {REFERENCE_START_S:.2f} s)")
 
 
-def sample() -> Sample:
-    """Both kinds of work, timed now."""
+def sample(previous: Sample | None = None) -> Sample:
+    """Both kinds of work, timed now; given `previous`, the computation only, and its start."""
     start = time.perf_counter()
     work()
     middle = time.perf_counter()
+    if previous is not None:
+        return Sample(middle - start, previous.start_s)
     python_start()
     return Sample(middle - start, time.perf_counter() - middle)
-
-
-def factor_of(seconds: float) -> float:
-    """How many times slower than on an idle machine the fixed work's `seconds` are; never below 1."""
-    return max(1.0, seconds / REFERENCE_S)
 
 
 _latest: Pace | None = None
@@ -102,6 +100,7 @@ class Pace:
     def __init__(self, boot: Sample) -> None:
         self.boot = boot
         self.now = boot
+        self.start_timed_at = time.monotonic()
 
     @classmethod
     def at_boot(cls, samples: int = BOOT_SAMPLES) -> Pace:
@@ -115,8 +114,14 @@ class Pace:
         return f"{self.factor:.1f}x slower than on an idle machine (now: {self.now.describe()}; at boot: {self.boot.describe()})"
 
     def again(self) -> float:
-        """Measure once more (before a step); the factor that step runs with."""
-        self.now = sample()
+        """Measure once more (before a step); the factor that step runs with. The Python start
+        (about a second in the VM, several on a busy machine) is timed again only when the last
+        time is START_EVERY_S old: load changes over tens of seconds, and most steps are shorter."""
+        if time.monotonic() - self.start_timed_at < START_EVERY_S:
+            self.now = sample(self.now)
+        else:
+            self.now = sample()
+            self.start_timed_at = time.monotonic()
         return self.factor
 
     @property
