@@ -14,6 +14,10 @@ Besides the leases, the hook keeps the SR-IOV PFs' FDB entries of guests on a br
 a PF (vfalloc.fdb_ops, docs/bridges.md): added at `started begin`, removed at `release end`,
 synced at `reconnect begin`; for any domain, with or without VFs, and never fatal to it.
 
+libvirt runs it through the hook file (templates.hook_script), whose shell part ends the calls
+in which this module would do nothing, so what reaches `main` may still be such a call (the
+shell part looks for a superset) and is sorted out here again.
+
 This module never imports libvirt. It reads the same settings as the CLI (config file and the
 VFALLOC_* environment), does its work under the lease table's lock, logs one line per call to
 syslog (facility daemon, ident vfalloc) and turns every error into one line on stderr.
