@@ -54,7 +54,10 @@ POOL = "bench"
 NETWORK = "hostnet"
 VFS_PER_PF = 2  # one start at a time needs one VF; each VF costs about half a second of TCG time
 PLAIN, REQUEST, NETDOM = "plain", "asks-vf", "on-network"
-KINDS = ("a", "b", "c_running", "c_attached", "d", "e")
+KINDS = ("a", "b", "c_running", "c_attached", "d", "e", "hook_a")
+HOOK_FILE = Path("/etc/libvirt/hooks/qemu.d/vfalloc")
+# What libvirt 11.3 gives a hook (virHookCall): its own PATH and LC_ALL, and nothing of ours.
+HOOK_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 DEFAULT_ROUNDS = 7
 # Bounds for a broken run only, never reached by a working one on a busy machine: each wait ends
 # as soon as what it waits for is there. libvirtd probes QEMU first when its cache is cold.
@@ -159,8 +162,30 @@ def run(ctx: Context, rounds: int, packages: list[str]) -> dict[str, list[float]
         if n:
             for key, value in took.items():
                 samples[key].append(value)
+    samples["hook_a"] = hook_alone(ctx, rounds * 3)
+    print("e2e bench: the hook file's calls of a start of a, alone: "
+          + ", ".join(f"{x:.3f} s" for x in samples["hook_a"]), flush=True)
     ctx.log(f"leases left: {leases()}")
     return samples
+
+
+def hook_alone(ctx: Context, rounds: int) -> list[float]:
+    """What the hook file adds to a start of PLAIN, without the start around it: libvirt's three
+    calls (prepare, start and started begin) run as libvirt runs them, one after another, with
+    the domain's live XML on stdin. The difference between b and a is this, plus noise."""
+    virsh(ctx, "start", "--paused", PLAIN)
+    live = ctx.run("virsh", "dumpxml", PLAIN, quiet=True).stdout.encode()
+    stop(ctx, PLAIN)
+    took = []
+    for n in range(rounds + 1):
+        begin = time.monotonic()
+        for op in ("prepare", "start", "started"):
+            done = subprocess.run([str(HOOK_FILE), PLAIN, op, "begin", "-"], input=live, env=HOOK_ENV,
+                                  capture_output=True, cwd="/")
+            expect(done.returncode == 0, f"the hook file failed at {op} begin: {done.stderr.decode().strip()}")
+        if n:  # round 0: a warm-up, as for the starts
+            took.append(time.monotonic() - begin)
+    return took
 
 
 def one_round(ctx: Context) -> dict[str, float]:

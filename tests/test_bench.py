@@ -88,9 +88,12 @@ def test_the_host_table_says_whether_each_target_is_met():
     host = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(host)
     samples = {"a": [1.0, 1.2, 1.1], "b": [1.1, 1.0, 1.2], "c_running": [1.3, 1.2, 1.4],
-               "c_attached": [2.0, 2.5, 2.2], "d": [1.5, 1.6, 1.4], "e": [1.0, 1.1, 1.2]}
+               "c_attached": [2.0, 2.5, 2.2], "d": [1.5, 1.6, 1.4], "e": [1.0, 1.1, 1.2],
+               "hook_a": [0.02, 0.03, 0.04]}
     summary = host.summarize({"rounds": 3, "samples": samples})
     assert summary["rows"]["c_attached"] == {"median_s": 2.2, "min_s": 2.0, "max_s": 2.5, "n": 3}
     assert summary["ratios"]["b/a"]["ratio"] == 1.0 and summary["ratios"]["d/e"]["ratio"] == 1.364
     table = host.format_table(summary)
     assert "b/a: 1.000 (target <= 1.05: met)" in table and "d/e: 1.364 (target <= 1.10: MISSED)" in table
+    assert "((a + hook) / a): 1.027 (target <= 1.05: met)" in table
+    assert "the hook file's 3 calls of a's start, run alone" in table
