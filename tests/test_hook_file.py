@@ -193,6 +193,15 @@ def test_the_names_json_writes_as_they_are_are_found_in_a_real_table(host):
     assert not host.python_ran()
 
 
+def test_the_word_the_shell_looks_for_is_in_every_name_python_acts_on():
+    from vfalloc import domxml, templates
+    from vfalloc.fdb import BRIDGED_MARKS
+
+    assert templates.WORD in domxml.NS and templates.WORD in domxml.ALIAS_PREFIX
+    script = hook_script("python3", DEFAULTS["state"], DEFAULT_RUN_DIR)
+    assert all(mark.decode() in script for mark in BRIDGED_MARKS)
+
+
 def test_too_few_arguments_go_to_python_which_says_what_it_expects(host):
     assert host.run("web1", "prepare").returncode == 0 and host.seen()[0][3:] == ["web1", "prepare"]
 

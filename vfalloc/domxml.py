@@ -31,9 +31,6 @@ NS = "urn:vfalloc:1"
 ALIAS_PREFIX = "ua-vfalloc-"
 _NS_BYTES = NS.encode()
 _ALIAS_BYTES = ALIAS_PREFIX.encode()
-# libvirt writes <interface type='...'> with single quotes (virDomainNetDefFormat, 11.3): how a
-# guest on a bridge (also through a network) or a macvtap shows in its XML, found with a byte search.
-BRIDGED_MARKS = (b"<interface type='bridge'", b"<interface type='network'", b"<interface type='direct'")
 MAX_XML_BYTES = 16 * 1024 * 1024
 
 _Q = "{" + NS + "}"

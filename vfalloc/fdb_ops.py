@@ -23,11 +23,10 @@ import re
 from collections.abc import Iterator, Mapping
 
 from .errors import VfallocError
-from .fdb import DOMAIN, PORT, Entry, Guest, Link, Owner, Topology, guest_entries, host_entries, plan
+from .fdb import BRIDGED_MARKS, DOMAIN, PORT, Entry, Guest, Link, Owner, Topology, guest_entries, host_entries, plan
 from .record import replace
 
 NETWORK_CONFIG_DIR = "/etc/libvirt/qemu/networks"
-_MARKS = (b"<interface type='bridge'", b"<interface type='network'", b"<interface type='direct'")
 _SOURCE = re.compile(rb"<source\b[^>]*>")
 _SOURCE_ATTR = re.compile(rb"\b(bridge|dev|network)='([^'<>]+)'")
 _UUID = re.compile(rb"<uuid>\s*([0-9a-fA-F-]{32,36})\s*</uuid>")
@@ -84,7 +83,7 @@ def network_bridge(settings, network: str) -> str | None:
 def worth_parsing(xml: bytes, settings, topo: Topology) -> bool:
     """The hook's cheap test, without parsing: may this domain have an interface on a bridge
     that has an SR-IOV PF with VFs as a port, or a macvtap on such a PF?"""
-    if not any(mark in xml for mark in _MARKS):
+    if not any(mark in xml for mark in BRIDGED_MARKS):
         return False
     for attr, value in (a for tag in _SOURCE.findall(xml) for a in _SOURCE_ATTR.findall(tag)):
         name = value.decode("utf-8", "replace")
@@ -155,7 +154,7 @@ def drop_for_domain(ctx, environ: Mapping[str, str], xml: bytes) -> str:
     Only the record is asked, not the bridges: they may have changed while the domain ran."""
     from .fdb_book import FdbBook
 
-    if not any(mark in xml for mark in _MARKS):
+    if not any(mark in xml for mark in BRIDGED_MARKS):
         return ""
     found = _UUID.search(xml)
     settings = ctx.settings
@@ -225,7 +224,7 @@ def running_guests(settings, report: SyncReport) -> list[Guest]:
         except OSError as exc:
             report.warnings.append(f"cannot read {path} ({exc.strerror})")
             continue
-        if not any(mark in data for mark in _MARKS):
+        if not any(mark in data for mark in BRIDGED_MARKS):
             continue
         try:
             guests.append(resolved(domxml.read_guest(data), settings))

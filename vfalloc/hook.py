@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from . import domxml
 from .errors import DomainXMLError, VfallocError
+from .fdb import BRIDGED_MARKS
 from .log import log
 from .model import Phase
 
@@ -262,7 +263,7 @@ def _fdb_none(call: Call) -> None:
 
 def _fdb(call: Call, step: Callable) -> None:
     # A domain without such an interface costs the FDB steps one byte search and no import.
-    if (call.op, call.subop) != ("reconnect", "begin") and not any(m in call.xml for m in domxml.BRIDGED_MARKS):
+    if (call.op, call.subop) != ("reconnect", "begin") and not any(m in call.xml for m in BRIDGED_MARKS):
         return
     from . import fdb_ops
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import shlex
 
-from .domxml import ALIAS_PREFIX, BRIDGED_MARKS, NS
+from .fdb import BRIDGED_MARKS
 from .model import Phase
 
 HOOK_MARKER = "# vfalloc libvirt qemu hook"
 
-# The one word the shell part looks for in the XML: every name vfalloc.hook acts on contains it.
-_WORD = "vfalloc"
-assert _WORD in NS and _WORD in ALIAS_PREFIX
+# The one word the shell part looks for in the XML: every name vfalloc.hook acts on contains it
+# (NS, ALIAS_PREFIX; tests/test_hook_file.py checks).
+WORD = "vfalloc"
 
 # What the hook file has Python run: vfalloc.hook with libvirt's arguments.
 HOOK_PYTHON = "import gc, sys\ngc.disable()\nfrom vfalloc.hook import main\nsys.exit(main(sys.argv[1:]))"
@@ -100,5 +100,5 @@ def hook_script(interpreter: str, state: str, run_dir: str, config: str | None =
                    if config else "")
     return (_HOOK.replace("@MARKER@", HOOK_MARKER).replace("@PYTHON@", shlex.quote(interpreter))
             .replace("@STATE@", shlex.quote(state)).replace("@RUN@", shlex.quote(run_dir))
-            .replace("@CONFIG@\n", config_line).replace("@PROGRAM@", HOOK_PYTHON).replace("@WORD@", _WORD)
+            .replace("@CONFIG@\n", config_line).replace("@PROGRAM@", HOOK_PYTHON).replace("@WORD@", WORD)
             .replace("@BRIDGED@", bridged).replace("@PENDING@", Phase.PENDING))
