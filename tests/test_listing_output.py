@@ -107,3 +107,17 @@ def test_the_kept_listings_show_every_kind_of_row():
     assert "reserved: " in text and "stale: " in text
     pools = json.loads((DATA / "pools.json").read_text())
     assert [p["pool"] for p in pools] == ["lan0", "san", "cx1", "spare"] and pools[3]["total"] == 0
+
+
+def test_pools_reads_of_each_vf_only_what_it_counts(listed_host):
+    """`vfalloc pools` reads each VF's address and index, nothing else: a VF whose IOMMU group
+    link is damaged stops `vfalloc list`, which shows the group, with one line naming the file,
+    and leaves the counts as they were."""
+    s = listed_host
+    group = s.sysfs / "bus/pci/devices/0000:5e:00.2/iommu_group"
+    group.unlink()
+    group.symlink_to("../../../kernel/iommu_groups/not-a-number")
+    r = s.run("list", "--connect", "test:///default")
+    assert r.code != 0 and r.err.count("\n") == 1 and "0000:5e:00.2/iommu_group" in r.err, r.err
+    r = s.run("pools", "--connect", "test:///default")
+    assert (r.code, r.err, r.out) == (0, "", (DATA / "pools.txt").read_text())

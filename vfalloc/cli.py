@@ -206,7 +206,7 @@ def _lease_commands(sub, parents) -> None:
     p = sub.add_parser("pools", parents=parents, help="capacity of each pool and PF",
                        description="Total, free, leased and stale VFs of each pool and of each PF in it.")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
-    p.set_defaults(func=_handler("leases:cmd_pools"))
+    p.set_defaults(func=_handler("leases:cmd_pools"), vf_details=False)  # it counts VFs, shows none
 
     p = sub.add_parser("alloc", parents=parents[:1], help="lease a VF to a domain by hand",
                        description="Lease a VF from POOL to a domain (for admins and scripts). "
@@ -410,7 +410,7 @@ def make_context(args: argparse.Namespace, out: TextIO, err: TextIO):
     from .context import Context
 
     flags = {k: getattr(args, k, None) for k in COMMON}
-    return Context(load_settings(flags), out=out, err=err)
+    return Context(load_settings(flags), out=out, err=err, vf_details=getattr(args, "vf_details", True))
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:

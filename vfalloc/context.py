@@ -1,6 +1,11 @@
 """What a command needs, built lazily from the settings: the sysfs view, the host snapshot, the
 pools and the lease store. Entry points make one Context per run; nothing here parses arguments
-or prints."""
+or prints.
+
+`vf_details`: whether the host snapshot holds all a VF shows (driver, netdev, NUMA node, IOMMU
+group), or only what counting and allocating it needs (address and index, from its virtfn link:
+Sysfs.read_host's brief read, one system call a VF where the full read makes seven).
+"""
 
 from __future__ import annotations
 
@@ -16,8 +21,10 @@ from .model import Host, Pool
 
 
 class Context:
-    def __init__(self, settings: Settings, out: TextIO | None = None, err: TextIO | None = None) -> None:
+    def __init__(self, settings: Settings, out: TextIO | None = None, err: TextIO | None = None,
+                 vf_details: bool = True) -> None:
         self.settings = settings
+        self.vf_details = vf_details
         self.out = sys.stdout if out is None else out
         self.err = sys.stderr if err is None else err
 
@@ -29,7 +36,7 @@ class Context:
 
     @cached_property
     def host(self) -> Host:
-        return self.sysfs.read_host()
+        return self.sysfs.read_host(brief=not self.vf_details)
 
     @cached_property
     def pools(self) -> tuple[Pool, ...]:
