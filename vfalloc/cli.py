@@ -1,4 +1,5 @@
-"""`vfalloc ...`: the command line. Builds the one parser of every command, makes a Context,
+"""`vfalloc ...`: the command line. Builds the one parser of every command (when the command
+line names a command, only that command's part of it: build_parser), makes a Context,
 runs the command's handler (vfalloc.commands.*) and turns every VfallocError into one line on
 stderr and an exit code. Errors are caught only here; nothing below prints an error.
 
@@ -156,18 +157,20 @@ def _handler(spec: str):
     return run
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command. With `command`, a top-level command's name (COMMANDS), only
+    that command's parser and those its group adds beside it are built: its arguments, its
+    --help and its errors are the same, and a `vfalloc list` does not build the parsers and help
+    of the thirty other commands (argparse makes a parser, a formatter and gettext lookups for
+    each)."""
     common, connect = _common_parser(), _connect_parser()
     parser = _Parser(prog="vfalloc", description="Hand SR-IOV virtual functions to libvirt/QEMU VMs.")
     parser.add_argument("--version", action="version", version=f"vfalloc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    _lease_commands(sub, [common, connect])
-    _domain_commands(sub, [common, connect])
-    _hook_commands(sub, [common])
-    _host_commands(sub, [common])
-    _fdb_commands(sub, [common])
-    _tool_commands(sub, [common, connect])
+    for names, add, libvirt in _GROUPS:
+        if command is None or command in names:
+            add(sub, [common, connect] if libvirt else [common])
     return parser
 
 
@@ -389,6 +392,25 @@ def _tool_commands(sub, parents) -> None:
     p.set_defaults(func=_handler("tools:cmd_complete_values"))
 
 
+# Each function that adds commands: the top-level commands it adds, in the order of `vfalloc
+# --help`, and whether they take --connect (tests/test_cli_core.py checks them against the parser).
+_GROUPS = (
+    (("list", "pools", "alloc", "release"), _lease_commands, True),
+    (("request", "start", "gc"), _domain_commands, True),
+    (("install-hook",), _hook_commands, False),
+    (("host",), _host_commands, False),
+    (("fdb",), _fdb_commands, False),
+    (("metrics", "completion", COMPLETE_COMMAND), _tool_commands, True),
+)
+COMMANDS = frozenset(name for names, _, _ in _GROUPS for name in names)
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The command `argv` names first, when it names one; else None (then every command's parser
+    is built: `vfalloc --help` lists them, a wrong name is told which exist)."""
+    return argv[0] if argv and argv[0] in COMMANDS else None
+
+
 def _refresh_metrics(ctx) -> None:
     """A command that may have changed the leases or the VFs has the metrics textfile rendered
     anew, as the hook does after its changes (vfalloc.metrics_file)."""
@@ -418,7 +440,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     printer = _Output(stream)
     err = err or sys.stderr
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser(_command(argv)).parse_args(argv)
         ctx = make_context(args, printer, err)  # type: ignore[arg-type]  # a TextIO as far as callers see
         code = args.func(args, ctx)
         printer.flush()  # a full disk shows at the flush as often as at a write
