@@ -56,6 +56,27 @@ def test_i350_vf_details(host_dir):
     assert len(groups) == 7 and pf.iommu_group not in groups
 
 
+def test_without_vf_netdevs_every_other_fact_is_read(host_dir):
+    """`vfalloc list`'s read: the VFs' network interfaces are not looked up (a VF's net/ that
+    cannot be listed does not matter to it), all else is what the full read gives."""
+    full = Sysfs(host_dir.root).read_host()
+    vf_net = host_dir.root / "bus/pci/devices/0000:01:11.1/net"
+    vf_net.rename(vf_net.with_name("net-moved"))
+    vf_net.write_text("")  # a file where the kernel has a directory: listing it fails
+    with pytest.raises(SysfsError, match="0000:01:11.1/net"):
+        Sysfs(host_dir.root).read_host()
+    shown = Sysfs(host_dir.root).read_host(vf_netdevs=False)
+    assert any(vf.netdev for pf in full.pfs for vf in pf.vfs)
+    assert all(vf.netdev is None for pf in shown.pfs for vf in pf.vfs)
+
+    def facts(host):
+        return [(pf.address, pf.netdev, pf.link_up, pf.numa_node, pf.iommu_group,
+                 [(vf.address, vf.index, vf.pf, vf.vendor, vf.device, vf.driver, vf.numa_node, vf.iommu_group)
+                  for vf in pf.vfs]) for pf in host.pfs]
+
+    assert facts(shown) == facts(full)
+
+
 def test_vfio_bound_vf_has_no_netdev(host_dir):
     pf = Sysfs(host_dir.root).read_host().pf("0000:81:00.0")
     assert pf.netdev is None

@@ -204,7 +204,7 @@ def _lease_commands(sub, parents) -> None:
                                    "holder. --connect is asked which domains run (libvirt's status directory "
                                    "when it does not answer).")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
-    p.set_defaults(func=_handler("leases:cmd_list"))
+    p.set_defaults(func=_handler("leases:cmd_list"), vf_netdevs=False)  # a row shows no VF's netdev
 
     p = sub.add_parser("pools", parents=parents, help="capacity of each pool and PF",
                        description="Total, free, leased and stale VFs of each pool and of each PF in it.")
@@ -432,7 +432,8 @@ def make_context(args: argparse.Namespace, out: TextIO, err: TextIO):
     from .context import Context
 
     flags = {k: getattr(args, k, None) for k in COMMON}
-    return Context(load_settings(flags), out=out, err=err, vf_details=getattr(args, "vf_details", True))
+    return Context(load_settings(flags), out=out, err=err, vf_details=getattr(args, "vf_details", True),
+                   vf_netdevs=getattr(args, "vf_netdevs", True))
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:

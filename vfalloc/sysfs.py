@@ -162,16 +162,17 @@ class Sysfs:
         return os.path.exists(f"{self._dev(address)}/sriov_totalvfs")
 
     def read_host(self, only: set[PciAddress] | None = None, brief: bool = False,
-                  vfs_of: set[PciAddress] | None = None) -> Host:
+                  vfs_of: set[PciAddress] | None = None, vf_netdevs: bool = True) -> Host:
         """Every SR-IOV PF (or only those in `only`) with its VFs. `brief` reads of each VF only
         what allocation needs (address, index; the NUMA node is the PF's, as a VF sits on the
         same device) and leaves driver, netdev, IDs and IOMMU group out: the hook's fast path.
         With `vfs_of`, only those PFs' VFs are read and the others are left `unread` in the
         Host; this implies `brief`, whose VFs are on their PF's NUMA node, which the allocator's
-        choice among unread PFs relies on."""
+        choice among unread PFs relies on. Without `vf_netdevs`, the VFs' network interfaces
+        are not looked up (their `netdev` is None): `vfalloc list` shows all else of a VF."""
         brief = brief or vfs_of is not None
         addresses = self.pf_addresses() if only is None else [a for a in sorted(only) if self.is_pf(a)]
-        pfs = tuple(self._pf(a, brief, vfs_of is None or a in vfs_of) for a in addresses)
+        pfs = tuple(self._pf(a, brief, vfs_of is None or a in vfs_of, vf_netdevs) for a in addresses)
         unread = frozenset(a for a in addresses if vfs_of is not None and a not in vfs_of)
         return Host(pfs, unread)
 
@@ -180,7 +181,7 @@ class Sysfs:
             raise SysfsError(self._dev(address), "is not an SR-IOV physical function (no sriov_totalvfs)")
         return self._pf(address, brief, vfs=True)
 
-    def _pf(self, address: PciAddress, brief: bool, vfs: bool) -> PF:
+    def _pf(self, address: PciAddress, brief: bool, vfs: bool, vf_netdevs: bool = True) -> PF:
         """A function known to be a PF (read_host found it so): its record, VFs if `vfs`."""
         dev = self._dev(address)
         netdev = self._netdev(dev)
@@ -195,11 +196,12 @@ class Sysfs:
             numvfs=self._read_int(f"{dev}/sriov_numvfs"),
             numa_node=numa,
             iommu_group=self._group(dev),
-            vfs=self._read_vfs(address, dev, brief, numa) if vfs else (),
+            vfs=self._read_vfs(address, dev, brief, numa, vf_netdevs) if vfs else (),
             link_up=self._link_up(dev, netdev),
         )
 
-    def _read_vfs(self, pf: PciAddress, dev: str, brief: bool, numa: int | None) -> tuple[VF, ...]:
+    def _read_vfs(self, pf: PciAddress, dev: str, brief: bool, numa: int | None,
+                  netdevs: bool) -> tuple[VF, ...]:
         try:
             names = os.listdir(dev)
         except OSError as exc:
@@ -219,7 +221,7 @@ class Sysfs:
                     # 2.6.30): read them from one VF, not from each.
                     vdev = self._dev(address)
                     ids = (self._hex_id(f"{vdev}/vendor"), self._hex_id(f"{vdev}/device"))
-                vfs.append(self._read_vf(pf, int(name[6:]), address, ids))
+                vfs.append(self._read_vf(pf, int(name[6:]), address, ids, netdevs))
         return tuple(sorted(vfs, key=lambda vf: vf.index))
 
     def _vf_address(self, link: str) -> PciAddress:
@@ -229,7 +231,7 @@ class Sysfs:
         except UsageError as exc:
             raise SysfsError(link, "does not point to a PCI function") from exc
 
-    def _read_vf(self, pf: PciAddress, index: int, address: PciAddress, ids: tuple[str, str]) -> VF:
+    def _read_vf(self, pf: PciAddress, index: int, address: PciAddress, ids: tuple[str, str], netdev: bool) -> VF:
         vdev = self._dev(address)
         return VF(
             address=address,
@@ -238,7 +240,7 @@ class Sysfs:
             vendor=ids[0],
             device=ids[1],
             driver=self._link_name(f"{vdev}/driver"),
-            netdev=self._netdev(vdev),
+            netdev=self._netdev(vdev) if netdev else None,
             numa_node=self._numa(vdev),
             iommu_group=self._group(vdev),
         )
