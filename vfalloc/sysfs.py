@@ -100,7 +100,7 @@ class Sysfs:
 
     def _link_name(self, path: str) -> str | None:
         try:
-            return os.path.basename(os.readlink(path))
+            return os.readlink(path).rpartition("/")[2]  # the link's last component
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -209,11 +209,11 @@ class Sysfs:
         ids: tuple[str, str] | None = None
         vfs = []
         for name in names:
-            if name.startswith("virtfn") and whole_number(name[6:], MAX_VFS) is not None:
-                link = f"{dev}/{name}"
-                address = self._vf_address(link)
+            index = whole_number(name[6:], MAX_VFS) if name.startswith("virtfn") else None
+            if index is not None:
+                address = self._vf_address(f"{dev}/{name}")
                 if brief:
-                    vfs.append(VF(address, int(name[6:]), pf, "", "", None, None, numa, None))
+                    vfs.append(VF(address, index, pf, "", "", None, None, numa, None))
                     continue
                 if ids is None:
                     # Every VF of a PF has the PF's vendor ID and the one VF Device ID of the PF's
@@ -221,7 +221,7 @@ class Sysfs:
                     # 2.6.30): read them from one VF, not from each.
                     vdev = self._dev(address)
                     ids = (self._hex_id(f"{vdev}/vendor"), self._hex_id(f"{vdev}/device"))
-                vfs.append(self._read_vf(pf, int(name[6:]), address, ids, netdevs))
+                vfs.append(self._read_vf(pf, index, address, ids, netdevs))
         return tuple(sorted(vfs, key=lambda vf: vf.index))
 
     def _vf_address(self, link: str) -> PciAddress:
