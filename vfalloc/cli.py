@@ -198,7 +198,7 @@ def _fdb_commands(sub, parents) -> None:
     p.set_defaults(func=_handler("fdb:cmd_show"))
 
 
-def _lease_commands(sub, parents) -> None:
+def _listing_commands(sub, parents) -> None:
     p = sub.add_parser("list", parents=parents, help="show every VF and who holds it",
                        description="One row per VF: its PF, pool, state (free, leased, stale, unusable) and "
                                    "holder. --connect is asked which domains run (libvirt's status directory "
@@ -211,7 +211,9 @@ def _lease_commands(sub, parents) -> None:
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=_handler("leases:cmd_pools"), vf_details=False)  # it counts VFs, shows none
 
-    p = sub.add_parser("alloc", parents=parents[:1], help="lease a VF to a domain by hand",
+
+def _lease_commands(sub, parents) -> None:
+    p = sub.add_parser("alloc", parents=parents, help="lease a VF to a domain by hand",
                        description="Lease a VF from POOL to a domain (for admins and scripts). "
                                    "Asking again for the same domain returns its lease.")
     p.add_argument("--domain", required=True, help="domain name")
@@ -226,7 +228,7 @@ def _lease_commands(sub, parents) -> None:
     p.add_argument("--json", action="store_true", help="print the lease as JSON")
     p.set_defaults(func=_handler("leases:cmd_alloc"), refreshes_metrics=True)
 
-    p = sub.add_parser("release", parents=parents[:1], help="give back every lease of a domain",
+    p = sub.add_parser("release", parents=parents, help="give back every lease of a domain",
                        description="Give back every lease held by the domain with this UUID.")
     p.add_argument("--uuid", required=True, help="domain UUID")
     p.set_defaults(func=_handler("leases:cmd_release"), refreshes_metrics=True)
@@ -395,7 +397,8 @@ def _tool_commands(sub, parents) -> None:
 # Each function that adds commands: the top-level commands it adds, in the order of `vfalloc
 # --help`, and whether they take --connect (tests/test_cli_core.py checks them against the parser).
 _GROUPS = (
-    (("list", "pools", "alloc", "release"), _lease_commands, True),
+    (("list", "pools"), _listing_commands, True),
+    (("alloc", "release"), _lease_commands, False),
     (("request", "start", "gc"), _domain_commands, True),
     (("install-hook",), _hook_commands, False),
     (("host",), _host_commands, False),
