@@ -26,9 +26,12 @@ import errno
 import os
 
 from .errors import SysfsError, UsageError, shown
-from .fdb import Link
 from .model import MAX_VFS, PF, VF, Host, PciAddress, whole_number
 from .record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the FDB's records are imported where they are read: a listing needs none
+    from .fdb import Link
 
 DEFAULT_ROOT = "/sys"
 
@@ -298,6 +301,8 @@ class Sysfs:
 
     def read_link(self, name: str) -> Link | None:
         """The interface `name`, None when there is none (or the name cannot be one)."""
+        from .fdb import Link
+
         if not name or "/" in name or name in (".", ".."):
             return None
         path = f"{self._root}/class/net/{name}"

@@ -14,7 +14,6 @@ if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc
 from .. import jsontext
 from ..errors import shown
 from ..model import Phase
-from .audit import record
 
 
 def cmd_list(args, ctx) -> int:
@@ -85,6 +84,7 @@ def cmd_alloc(args, ctx) -> int:
     from ..allocator import allocate
     from ..lease_ops import now as lease_now
     from ..model import Request, check_name, check_uuid, refuse_hostdev_settings
+    from .audit import record
 
     uuid = check_uuid(args.uuid)
     check_name(args.domain)
@@ -112,6 +112,7 @@ def cmd_alloc(args, ctx) -> int:
 def cmd_release(args, ctx) -> int:
     from ..allocator import release
     from ..model import check_uuid
+    from .audit import record
 
     uuid = check_uuid(args.uuid)
     with ctx.store.transaction() as txn:
