@@ -272,3 +272,16 @@ def test_usage_errors_and_help_are_those_of_the_parser_of_every_command(argv, ca
         assert (code, printed, err.getvalue()) == (exc.exit_code, "", f"vfalloc: {exc}\n")
     if argv in (["lst"], ["--help"]):
         assert all(name in printed + err.getvalue() for name in ("pools", "install-hook", "fdb", "completion"))
+
+
+def test_the_executable_runs_without_the_cycle_collector(i350_host):
+    """cli.run, the `vfalloc` executable's entry, switches the cycle collector off (as the hook
+    does); main(), which tests and other callers use, leaves it as it is."""
+    code = ("import atexit, gc, sys\n"
+            "atexit.register(lambda: sys.stderr.write(f'collector on: {gc.isenabled()}\\n'))\n"
+            "from vfalloc.cli import main, run\n"
+            "assert main(['--version']) == 0 and gc.isenabled()\n"
+            "sys.argv = ['vfalloc', *sys.argv[1:]]\nrun()\n")
+    done = subprocess.run([os.sys.executable, "-c", code, "list", *i350_host.flags()], capture_output=True, text=True)
+    assert done.returncode == 0 and "0000:01:10.0" in done.stdout, done.stderr
+    assert done.stderr.endswith("collector on: False\n"), done.stderr
