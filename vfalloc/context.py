@@ -5,7 +5,7 @@ or prints.
 What the host snapshot holds of each VF (Sysfs.read_host): everything (driver, netdev, NUMA
 node, IOMMU group), or without its netdev (`vf_netdevs` False: `vfalloc list` does not show it),
 or only what counting and allocating it needs (`vf_details` False: address and index, from its
-virtfn link, one system call a VF where the full read makes seven).
+virtfn link alone).
 """
 
 from __future__ import annotations
