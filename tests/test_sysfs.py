@@ -77,6 +77,19 @@ def test_without_vf_netdevs_every_other_fact_is_read(host_dir):
     assert facts(shown) == facts(full)
 
 
+def test_a_vf_is_not_asked_whether_it_is_a_pf(host_dir):
+    """The functions are walked in address order and a VF of a PF read already is not checked
+    for sriov_totalvfs (the kernel shows it on PFs only): here one VF is given the file, which
+    no kernel does, and stays a VF of its PF, not a PF of its own."""
+    before = Sysfs(host_dir.root).read_host()
+    vf = host_dir.root / "bus/pci/devices/0000:01:11.1"
+    (vf / "sriov_totalvfs").write_text("7\n")
+    after = Sysfs(host_dir.root).read_host()
+    assert [pf.address for pf in after.pfs] == [pf.address for pf in before.pfs]
+    assert after.find_vf("0000:01:11.1") == before.find_vf("0000:01:11.1")
+    assert Sysfs(host_dir.root).is_pf(PciAddress.parse("0000:01:11.1"))  # asked by name, it says what it has
+
+
 def test_vfio_bound_vf_has_no_netdev(host_dir):
     pf = Sysfs(host_dir.root).read_host().pf("0000:81:00.0")
     assert pf.netdev is None
