@@ -185,11 +185,11 @@ class Sysfs:
     def _every_pf(self, brief: bool, vfs_of: set[PciAddress] | None, vf_netdevs: bool) -> tuple[PF, ...]:
         """Every SR-IOV PF, in address order, with its VFs if `vfs_of` is None or holds it. A
         function is a PF when it has sriov_totalvfs, and a VF of a PF read already is not asked:
-        the kernel shows the sriov_* files only on PFs (drivers/pci/iov.c, sriov_pf_attrs_are_visible)
-        and a VF is never one (a VF implements no SR-IOV capability, PCIe Base Spec 4.0, 9.3.3).
-        A VF's routing ID is its PF's plus First VF Offset and a stride (drivers/pci/iov.c,
-        pci_iov_virtfn_bus), so in address order a PF comes before its VFs: on a host of a
-        thousand VFs this spares a thousand stat calls."""
+        the kernel shows the sriov_* files on PFs only (drivers/pci/iov.c,
+        sriov_pf_attrs_are_visible: dev_is_pf; Linux 5.x and 6.x), and a VF's routing ID is its
+        PF's plus the First VF Offset and a stride (pci_iov_virtfn_bus, pci_iov_virtfn_devfn), so
+        in address order a PF comes before its VFs. On a host of a thousand VFs this spares a
+        thousand stat calls; were a VF ever listed before its PF, it would only be asked."""
         pfs = []
         vfs: set[str] = set()
         for name in sorted(self._device_names()):
