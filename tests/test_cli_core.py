@@ -1,5 +1,6 @@
 """`vfalloc list / pools / alloc / release` through main(argv) and as the installed executable."""
 
+import io
 import json
 import os
 import shutil
@@ -217,3 +218,70 @@ def test_help_is_laid_out_as_argparse_lays_it_out(monkeypatch, columns):
         ours = p.format_help()
         p.formatter_class = argparse.HelpFormatter
         assert ours == p.format_help(), p.prog
+
+
+def _commands_of(parser):
+    import argparse
+
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return commands.choices
+
+
+def test_each_command_is_parsed_as_by_the_parser_of_every_command():
+    """main() builds only the parser of the command it runs and those defined beside it
+    (cli.build_parser(command)): cli.COMMANDS names exactly the parser's commands, and each
+    narrowed parser gives that command the help every command's parser gives it, sub-commands
+    included, and the same values for the same arguments."""
+    from vfalloc import cli
+
+    full = _commands_of(cli.build_parser())
+    assert set(full) == cli.COMMANDS
+    for name in sorted(cli.COMMANDS):
+        narrowed = _commands_of(cli.build_parser(name))
+        group = next(names for names, _, _ in cli._GROUPS if name in names)
+        assert list(narrowed) == list(group) and set(group) <= set(full), name
+        pairs = [(narrowed[name], full[name])]
+        if name in ("host", "fdb"):  # their sub-commands
+            pairs += [(sub, _commands_of(full[name])[key]) for key, sub in _commands_of(narrowed[name]).items()]
+        for ours, theirs in pairs:
+            assert ours.format_help() == theirs.format_help(), ours.prog
+            assert ours.format_usage() == theirs.format_usage(), ours.prog
+    for argv in (["alloc", "--domain", "vm1", "--uuid", uuid(1), "--pool", "lan0", "--vlan", "30", "--state", "/x"],
+                 ["list", "--json", "-c", "test:///default"], ["host", "numvfs", "enp1s0f0", "4", "--dry-run"]):
+        ours, theirs = vars(cli.build_parser(argv[0]).parse_args(argv)), vars(cli.build_parser().parse_args(argv))
+        assert ours.pop("func").spec == theirs.pop("func").spec and ours == theirs, argv
+
+
+@pytest.mark.parametrize("argv", [["lst"], ["--help"], ["list", "--nope"], ["host", "nope"], []],
+                         ids=["unknown-command", "help", "unknown-flag", "unknown-subcommand", "none"])
+def test_usage_errors_and_help_are_those_of_the_parser_of_every_command(argv, capsys):
+    """What main() says for a wrong or missing command, and for --help, is what the parser of
+    every command says: a wrong name is told every command that exists."""
+    from vfalloc import cli
+    from vfalloc.errors import UsageError
+
+    err = io.StringIO()
+    code = cli.main(argv, out=io.StringIO(), err=err)
+    printed = capsys.readouterr().out
+    try:
+        cli.build_parser().parse_args(argv)
+        raise AssertionError(f"{argv} parsed")
+    except SystemExit as exc:  # --help
+        assert (code, printed, err.getvalue()) == (exc.code, capsys.readouterr().out, "")
+    except UsageError as exc:  # one line, as main() reports it
+        assert (code, printed, err.getvalue()) == (exc.exit_code, "", f"vfalloc: {exc}\n")
+    if argv in (["lst"], ["--help"]):
+        assert all(name in printed + err.getvalue() for name in ("pools", "install-hook", "fdb", "completion"))
+
+
+def test_the_executable_runs_without_the_cycle_collector(i350_host):
+    """cli.run, the `vfalloc` executable's entry, switches the cycle collector off (as the hook
+    does); main(), which tests and other callers use, leaves it as it is."""
+    code = ("import atexit, gc, sys\n"
+            "atexit.register(lambda: sys.stderr.write(f'collector on: {gc.isenabled()}\\n'))\n"
+            "from vfalloc.cli import main, run\n"
+            "assert main(['--version']) == 0 and gc.isenabled()\n"
+            "sys.argv = ['vfalloc', *sys.argv[1:]]\nrun()\n")
+    done = subprocess.run([os.sys.executable, "-c", code, "list", *i350_host.flags()], capture_output=True, text=True)
+    assert done.returncode == 0 and "0000:01:10.0" in done.stdout, done.stderr
+    assert done.stderr.endswith("collector on: False\n"), done.stderr

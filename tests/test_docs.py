@@ -330,3 +330,33 @@ def test_prepare_and_release_avoid_the_imports_performance_md_names(scratch):
     for name, mods in (("prepare begin", prepare), ("release end", release)):
         extra = sorted(m for m in AVOIDED if m in mods and m not in floor)
         assert not extra, f"`{name}` imports {extra}; docs/performance.md says it does not"
+
+
+# -- docs/performance.md: what the listings do not import --
+
+LISTING_AVOIDS = ("typing", "shutil", "tomllib", "libvirt", "lxml", "datetime", "subprocess",
+                  "vfalloc.fdb", "vfalloc.commands.audit")
+
+
+@pytest.mark.parametrize("argv", [["list"], ["list", "--json"], ["pools"], ["pools", "--json"]],
+                         ids=["list", "list-json", "pools", "pools-json"])
+def test_listings_avoid_the_imports_performance_md_names(scratch, argv):
+    """On a host where the hook ran (the config's parse kept) and the leases are reserved by
+    hand, `vfalloc list` and `vfalloc pools` import none of these (typing alone is some 3 ms)."""
+    i350(scratch.fs)
+    scratch.write_config('[pools.lan0]\npfs = ["enp1s0f0"]\n')
+    assert scratch.run("alloc", "--domain", "vm1", "--uuid", "00000000-0000-0000-0000-000000000001",
+                       "--pool", "lan0").code == 0
+    env = scratch.env()
+    hook = str(REPO / "hooks" / "qemu")
+    run_hook = f"sys.argv = [{hook!r}, *sys.argv[1:]]\nexec(compile(open({hook!r}).read(), {hook!r}, 'exec'))\n"
+    xml = ("<domain><name>vm2</name><uuid>00000000-0000-0000-0000-000000000002</uuid><metadata>"
+           "<vfalloc:vfs xmlns:vfalloc='urn:vfalloc:1'><vfalloc:vf pool='lan0'/></vfalloc:vfs></metadata>"
+           "<devices/></domain>")
+    assert "tomllib" in loaded(run_hook, ["vm2", "prepare", "begin", "-"], env, xml)  # keeps the config's parse
+    loaded(run_hook, ["vm2", "release", "end", "destroyed"], env, xml)
+    code = "import sys\nfrom vfalloc.cli import main\nrc = main(sys.argv[1:])\nsys.exit(rc)\n"
+    mods = loaded(code, argv, env)
+    assert "vfalloc.holdings" in mods, "the listing did not run"
+    extra = sorted(m for m in LISTING_AVOIDS if m in mods)
+    assert not extra, f"`vfalloc {' '.join(argv)}` imports {extra}; docs/performance.md says it does not"

@@ -1,6 +1,7 @@
 """vfalloc.jsontext writes what json.dumps(value, indent=N) writes, byte for byte: scripts that
 read `vfalloc list --json` and `vfalloc pools --json` (or diff them) see no change."""
 
+import enum
 import json
 
 import pytest
@@ -16,6 +17,14 @@ ROW = {"vf": "0000:01:10.0", "pf": "0000:01:00.0", "pf_netdev": "enp1s0f0", "vf_
 POOL = {"pool": "lan", "policy": "pack", "total": 2, "free": 1, "leased": 1, "stale": 0,
         "pfs": [{"pf": "0000:01:00.0", "pf_netdev": None, "total": 2, "free": 1, "leased": 1, "stale": 0}]}
 
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+class Name(str):
+    """A str subclass, as a value a caller may hand over (json writes it as a string)."""
+
+
 CASES = {
     "list-rows": [ROW, {**ROW, "vf": "0000:01:10.4", "state": "free", "domain": None}],
     "pools": [POOL, {**POOL, "pool": "san", "pfs": []}],
@@ -29,6 +38,7 @@ CASES = {
     "deep": {"a": [{"b": [{"c": [1, [2, [3]]]}]}]},
     "floats": [1e300, 1e-300, float("inf"), float("-inf"), 0.1],
     "scalar-top": "just a string",
+    "scalar-subclasses": [{"level": Level.HIGH, "name": Name("vm1"), "flag": True}, [Name("a"), Level.HIGH]],
 }
 
 

@@ -56,6 +56,40 @@ def test_i350_vf_details(host_dir):
     assert len(groups) == 7 and pf.iommu_group not in groups
 
 
+def test_without_vf_netdevs_every_other_fact_is_read(host_dir):
+    """`vfalloc list`'s read: the VFs' network interfaces are not looked up (a VF's net/ that
+    cannot be listed does not matter to it), all else is what the full read gives."""
+    full = Sysfs(host_dir.root).read_host()
+    vf_net = host_dir.root / "bus/pci/devices/0000:01:11.1/net"
+    vf_net.rename(vf_net.with_name("net-moved"))
+    vf_net.write_text("")  # a file where the kernel has a directory: listing it fails
+    with pytest.raises(SysfsError, match="0000:01:11.1/net"):
+        Sysfs(host_dir.root).read_host()
+    shown = Sysfs(host_dir.root).read_host(vf_netdevs=False)
+    assert any(vf.netdev for pf in full.pfs for vf in pf.vfs)
+    assert all(vf.netdev is None for pf in shown.pfs for vf in pf.vfs)
+
+    def facts(host):
+        return [(pf.address, pf.netdev, pf.link_up, pf.numa_node, pf.iommu_group,
+                 [(vf.address, vf.index, vf.pf, vf.vendor, vf.device, vf.driver, vf.numa_node, vf.iommu_group)
+                  for vf in pf.vfs]) for pf in host.pfs]
+
+    assert facts(shown) == facts(full)
+
+
+def test_a_vf_is_not_asked_whether_it_is_a_pf(host_dir):
+    """The functions are walked in address order and a VF of a PF read already is not checked
+    for sriov_totalvfs (the kernel shows it on PFs only): here one VF is given the file, which
+    no kernel does, and stays a VF of its PF, not a PF of its own."""
+    before = Sysfs(host_dir.root).read_host()
+    vf = host_dir.root / "bus/pci/devices/0000:01:11.1"
+    (vf / "sriov_totalvfs").write_text("7\n")
+    after = Sysfs(host_dir.root).read_host()
+    assert [pf.address for pf in after.pfs] == [pf.address for pf in before.pfs]
+    assert after.find_vf("0000:01:11.1") == before.find_vf("0000:01:11.1")
+    assert Sysfs(host_dir.root).is_pf(PciAddress.parse("0000:01:11.1"))  # asked by name, it says what it has
+
+
 def test_vfio_bound_vf_has_no_netdev(host_dir):
     pf = Sysfs(host_dir.root).read_host().pf("0000:81:00.0")
     assert pf.netdev is None

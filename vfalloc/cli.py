@@ -1,4 +1,5 @@
-"""`vfalloc ...`: the command line. Builds the one parser of every command, makes a Context,
+"""`vfalloc ...`: the command line. Builds the one parser of every command (when the command
+line names a command, only that command's part of it: build_parser), makes a Context,
 runs the command's handler (vfalloc.commands.*) and turns every VfallocError into one line on
 stderr and an exit code. Errors are caught only here; nothing below prints an error.
 
@@ -10,6 +11,7 @@ neither the host checks nor libvirt.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import re
@@ -156,18 +158,20 @@ def _handler(spec: str):
     return run
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command. With `command`, a top-level command's name (COMMANDS), only
+    that command's parser and those its group adds beside it are built: its arguments, its
+    --help and its errors are the same, and a `vfalloc list` does not build the parsers and help
+    of the thirty other commands (argparse makes a parser, a formatter and gettext lookups for
+    each)."""
     common, connect = _common_parser(), _connect_parser()
     parser = _Parser(prog="vfalloc", description="Hand SR-IOV virtual functions to libvirt/QEMU VMs.")
     parser.add_argument("--version", action="version", version=f"vfalloc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    _lease_commands(sub, [common, connect])
-    _domain_commands(sub, [common, connect])
-    _hook_commands(sub, [common])
-    _host_commands(sub, [common])
-    _fdb_commands(sub, [common])
-    _tool_commands(sub, [common, connect])
+    for names, add, libvirt in _GROUPS:
+        if command is None or command in names:
+            add(sub, [common, connect] if libvirt else [common])
     return parser
 
 
@@ -195,20 +199,22 @@ def _fdb_commands(sub, parents) -> None:
     p.set_defaults(func=_handler("fdb:cmd_show"))
 
 
-def _lease_commands(sub, parents) -> None:
+def _listing_commands(sub, parents) -> None:
     p = sub.add_parser("list", parents=parents, help="show every VF and who holds it",
                        description="One row per VF: its PF, pool, state (free, leased, stale, unusable) and "
                                    "holder. --connect is asked which domains run (libvirt's status directory "
                                    "when it does not answer).")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
-    p.set_defaults(func=_handler("leases:cmd_list"))
+    p.set_defaults(func=_handler("leases:cmd_list"), vf_netdevs=False)  # a row shows no VF's netdev
 
     p = sub.add_parser("pools", parents=parents, help="capacity of each pool and PF",
                        description="Total, free, leased and stale VFs of each pool and of each PF in it.")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
-    p.set_defaults(func=_handler("leases:cmd_pools"))
+    p.set_defaults(func=_handler("leases:cmd_pools"), vf_details=False)  # it counts VFs, shows none
 
-    p = sub.add_parser("alloc", parents=parents[:1], help="lease a VF to a domain by hand",
+
+def _lease_commands(sub, parents) -> None:
+    p = sub.add_parser("alloc", parents=parents, help="lease a VF to a domain by hand",
                        description="Lease a VF from POOL to a domain (for admins and scripts). "
                                    "Asking again for the same domain returns its lease.")
     p.add_argument("--domain", required=True, help="domain name")
@@ -223,7 +229,7 @@ def _lease_commands(sub, parents) -> None:
     p.add_argument("--json", action="store_true", help="print the lease as JSON")
     p.set_defaults(func=_handler("leases:cmd_alloc"), refreshes_metrics=True)
 
-    p = sub.add_parser("release", parents=parents[:1], help="give back every lease of a domain",
+    p = sub.add_parser("release", parents=parents, help="give back every lease of a domain",
                        description="Give back every lease held by the domain with this UUID.")
     p.add_argument("--uuid", required=True, help="domain UUID")
     p.set_defaults(func=_handler("leases:cmd_release"), refreshes_metrics=True)
@@ -389,6 +395,26 @@ def _tool_commands(sub, parents) -> None:
     p.set_defaults(func=_handler("tools:cmd_complete_values"))
 
 
+# Each function that adds commands: the top-level commands it adds, in the order of `vfalloc
+# --help`, and whether they take --connect (tests/test_cli_core.py checks them against the parser).
+_GROUPS = (
+    (("list", "pools"), _listing_commands, True),
+    (("alloc", "release"), _lease_commands, False),
+    (("request", "start", "gc"), _domain_commands, True),
+    (("install-hook",), _hook_commands, False),
+    (("host",), _host_commands, False),
+    (("fdb",), _fdb_commands, False),
+    (("metrics", "completion", COMPLETE_COMMAND), _tool_commands, True),
+)
+COMMANDS = frozenset(name for names, _, _ in _GROUPS for name in names)
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The command `argv` names first, when it names one; else None (then every command's parser
+    is built: `vfalloc --help` lists them, a wrong name is told which exist)."""
+    return argv[0] if argv and argv[0] in COMMANDS else None
+
+
 def _refresh_metrics(ctx) -> None:
     """A command that may have changed the leases or the VFs has the metrics textfile rendered
     anew, as the hook does after its changes (vfalloc.metrics_file)."""
@@ -410,7 +436,8 @@ def make_context(args: argparse.Namespace, out: TextIO, err: TextIO):
     from .context import Context
 
     flags = {k: getattr(args, k, None) for k in COMMON}
-    return Context(load_settings(flags), out=out, err=err)
+    return Context(load_settings(flags), out=out, err=err, vf_details=getattr(args, "vf_details", True),
+                   vf_netdevs=getattr(args, "vf_netdevs", True))
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -418,7 +445,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     printer = _Output(stream)
     err = err or sys.stderr
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser(_command(argv)).parse_args(argv)
         ctx = make_context(args, printer, err)  # type: ignore[arg-type]  # a TextIO as far as callers see
         code = args.func(args, ctx)
         printer.flush()  # a full disk shows at the flush as often as at a write
@@ -460,6 +488,11 @@ def _discard(stream: TextIO) -> None:
 
 
 def run() -> None:
+    """The `vfalloc` executable, with the cycle collector off, as the hook has it (templates.py).
+    A command is a short process, and what cycles it leaves go back at its exit; a listing
+    builds a record and a row for each of a thousand VFs, and the collector's passes over them
+    (some ten, once the modules are loaded) cost it about 1 ms."""
+    gc.disable()
     sys.exit(main())
 
 

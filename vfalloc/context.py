@@ -1,6 +1,12 @@
 """What a command needs, built lazily from the settings: the sysfs view, the host snapshot, the
 pools and the lease store. Entry points make one Context per run; nothing here parses arguments
-or prints."""
+or prints.
+
+What the host snapshot holds of each VF (Sysfs.read_host): everything (driver, netdev, NUMA
+node, IOMMU group), or without its netdev (`vf_netdevs` False: `vfalloc list` does not show it),
+or only what counting and allocating it needs (`vf_details` False: address and index, from its
+virtfn link alone).
+"""
 
 from __future__ import annotations
 
@@ -16,8 +22,11 @@ from .model import Host, Pool
 
 
 class Context:
-    def __init__(self, settings: Settings, out: TextIO | None = None, err: TextIO | None = None) -> None:
+    def __init__(self, settings: Settings, out: TextIO | None = None, err: TextIO | None = None,
+                 vf_details: bool = True, vf_netdevs: bool = True) -> None:
         self.settings = settings
+        self.vf_details = vf_details
+        self.vf_netdevs = vf_netdevs
         self.out = sys.stdout if out is None else out
         self.err = sys.stderr if err is None else err
 
@@ -29,7 +38,7 @@ class Context:
 
     @cached_property
     def host(self) -> Host:
-        return self.sysfs.read_host()
+        return self.sysfs.read_host(brief=not self.vf_details, vf_netdevs=self.vf_netdevs)
 
     @cached_property
     def pools(self) -> tuple[Pool, ...]:

@@ -30,16 +30,18 @@ def vf_rows(host: Host, pools: Sequence[Pool], table: LeaseTable, boot_id: str,
     rows = []
     for pf in host.pfs:
         pool_of = _pools_of_pf(pf, pools)
+        pf_address = str(pf.address)
         for vf in pf.vfs:
             pool = pool_of(vf)
+            address = str(vf.address)
             row = {
-                "vf": str(vf.address), "pf": str(pf.address), "pf_netdev": pf.netdev,
+                "vf": address, "pf": pf_address, "pf_netdev": pf.netdev,
                 "vf_index": vf.index, "pool": pool, "state": "free" if pool else "unusable",
                 "domain": None, "domain_uuid": None, "mac": None, "vlan": None,
                 "numa_node": vf.numa_node, "iommu_group": vf.iommu_group, "driver": vf.driver,
                 "phase": None, "since": None, "reason": None,
             }
-            lease = leases.get(str(vf.address))
+            lease = leases.get(address)
             if lease is not None:
                 _apply_lease(row, lease, vfs, boot_id, running_set)
             rows.append(row)

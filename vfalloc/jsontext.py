@@ -21,7 +21,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc/record.py)
     from typing import Any
 
-_SCALARS = (str, int, float, bool, type(None))
+# The types of the values written in one piece; a subclass of one (an enum's member) takes the
+# slower path of its own json.dumps, with the same text.
+_SCALARS = frozenset((str, int, float, bool, type(None)))
 _encoders: dict[str, Callable[[Any], str]] = {}
 
 
@@ -55,7 +57,7 @@ def _encode(value: Any, indent: int, level: int, out: list[str]) -> None:
         return
     inner = "\n" + " " * (indent * (level + 1))
     end = "\n" + " " * (indent * level) + closing
-    if all(isinstance(item, _SCALARS) for item in items):
+    if _SCALARS.issuperset(map(type, items)):  # flat: every item is a scalar
         out.append(opening + inner + _flat(inner)(value)[1:-1] + end)
         return
     out.append(opening)

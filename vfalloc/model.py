@@ -18,10 +18,11 @@ _PCI_RE = re.compile(
     r"^(?:(?P<domain>[0-9a-fA-F]{4,8}):)?(?P<bus>[0-9a-fA-F]{2}):"
     r"(?P<slot>[0-9a-fA-F]{2})\.(?P<function>[0-7])$"
 )
-# Compiled at first use (re's cache): a hook call that sets no MAC never needs this one. Both are
-# used with fullmatch: `$` also matches before a final newline, so "...:56\n" would pass a match.
+# Compiled at first use (re's cache): a hook call that sets no MAC never needs the first, a
+# listing neither. Both are used with fullmatch: `$` also matches before a final newline, so
+# "...:56\n" would pass a match.
 _MAC_RE = r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}"
-_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_UUID_RE = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 # PCIe SR-IOV: TotalVFs and NumVFs are 16-bit fields of the capability (PCIe Base Spec 9.3.3.5),
 # so no PF has more VFs and no VF index reaches this.
 MAX_VFS = 65535
@@ -81,6 +82,14 @@ class VF(Record):
     netdev: str | None
     numa_node: int | None
     iommu_group: int | None
+
+    def __init__(self, address: PciAddress, index: int, pf: PciAddress, vendor: str, device: str,
+                 driver: str | None, netdev: str | None, numa_node: int | None, iommu_group: int | None) -> None:
+        # Built once per VF read, a thousand times for a listing: its fields set in one step, as
+        # PciAddress's (it has nothing to validate).
+        object.__setattr__(self, "__dict__", {
+            "address": address, "index": index, "pf": pf, "vendor": vendor, "device": device, "driver": driver,
+            "netdev": netdev, "numa_node": numa_node, "iommu_group": iommu_group})
 
 
 class PF(Record):
@@ -361,7 +370,7 @@ def parse_vlan(value: object) -> int:
 
 
 def check_uuid(text: str) -> str:
-    if not isinstance(text, str) or not _UUID_RE.fullmatch(text):
+    if not isinstance(text, str) or not re.fullmatch(_UUID_RE, text):
         raise UsageError(f"{shown(repr(text))} is not a domain UUID; write it as 8-4-4-4-12 hex digits")
     return text.lower()
 

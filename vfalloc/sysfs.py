@@ -26,9 +26,12 @@ import errno
 import os
 
 from .errors import SysfsError, UsageError, shown
-from .fdb import Link
 from .model import MAX_VFS, PF, VF, Host, PciAddress, whole_number
 from .record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the FDB's records are imported where they are read: a listing needs none
+    from .fdb import Link
 
 DEFAULT_ROOT = "/sys"
 
@@ -100,7 +103,7 @@ class Sysfs:
 
     def _link_name(self, path: str) -> str | None:
         try:
-            return os.path.basename(os.readlink(path))
+            return os.readlink(path).rpartition("/")[2]  # the link's last component
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -162,25 +165,50 @@ class Sysfs:
         return os.path.exists(f"{self._dev(address)}/sriov_totalvfs")
 
     def read_host(self, only: set[PciAddress] | None = None, brief: bool = False,
-                  vfs_of: set[PciAddress] | None = None) -> Host:
+                  vfs_of: set[PciAddress] | None = None, vf_netdevs: bool = True) -> Host:
         """Every SR-IOV PF (or only those in `only`) with its VFs. `brief` reads of each VF only
         what allocation needs (address, index; the NUMA node is the PF's, as a VF sits on the
         same device) and leaves driver, netdev, IDs and IOMMU group out: the hook's fast path.
         With `vfs_of`, only those PFs' VFs are read and the others are left `unread` in the
         Host; this implies `brief`, whose VFs are on their PF's NUMA node, which the allocator's
-        choice among unread PFs relies on."""
+        choice among unread PFs relies on. Without `vf_netdevs`, the VFs' network interfaces
+        are not looked up (their `netdev` is None): `vfalloc list` shows all else of a VF."""
         brief = brief or vfs_of is not None
-        addresses = self.pf_addresses() if only is None else [a for a in sorted(only) if self.is_pf(a)]
-        pfs = tuple(self._pf(a, brief, vfs_of is None or a in vfs_of) for a in addresses)
-        unread = frozenset(a for a in addresses if vfs_of is not None and a not in vfs_of)
+        if only is None:
+            pfs = self._every_pf(brief, vfs_of, vf_netdevs)
+        else:
+            pfs = tuple(self._pf(a, brief, vfs_of is None or a in vfs_of, vf_netdevs) for a in sorted(only)
+                        if self.is_pf(a))
+        unread = frozenset(pf.address for pf in pfs if vfs_of is not None and pf.address not in vfs_of)
         return Host(pfs, unread)
+
+    def _every_pf(self, brief: bool, vfs_of: set[PciAddress] | None, vf_netdevs: bool) -> tuple[PF, ...]:
+        """Every SR-IOV PF, in address order, with its VFs if `vfs_of` is None or holds it. A
+        function is a PF when it has sriov_totalvfs, and a VF of a PF read already is not asked:
+        the kernel shows the sriov_* files on PFs only (drivers/pci/iov.c,
+        sriov_pf_attrs_are_visible: dev_is_pf; Linux 5.x and 6.x), and a VF's routing ID is its
+        PF's plus the First VF Offset and a stride (pci_iov_virtfn_bus, pci_iov_virtfn_devfn), so
+        in address order a PF comes before its VFs. On a host of a thousand VFs this spares a
+        thousand stat calls; were a VF ever listed before its PF, it would only be asked."""
+        pfs = []
+        vfs: set[str] = set()
+        for name in sorted(self._device_names()):
+            if name in vfs or not os.path.exists(f"{self._devices}/{name}/sriov_totalvfs"):
+                continue
+            if not PciAddress.looks_like(name):
+                continue
+            address = PciAddress.parse(name)
+            pf = self._pf(address, brief, vfs_of is None or address in vfs_of, vf_netdevs)
+            pfs.append(pf)
+            vfs.update(str(vf.address) for vf in pf.vfs)
+        return tuple(sorted(pfs, key=lambda pf: pf.address))
 
     def read_pf(self, address: PciAddress, brief: bool = False) -> PF:
         if not self.is_pf(address):
             raise SysfsError(self._dev(address), "is not an SR-IOV physical function (no sriov_totalvfs)")
         return self._pf(address, brief, vfs=True)
 
-    def _pf(self, address: PciAddress, brief: bool, vfs: bool) -> PF:
+    def _pf(self, address: PciAddress, brief: bool, vfs: bool, vf_netdevs: bool = True) -> PF:
         """A function known to be a PF (read_host found it so): its record, VFs if `vfs`."""
         dev = self._dev(address)
         netdev = self._netdev(dev)
@@ -195,11 +223,12 @@ class Sysfs:
             numvfs=self._read_int(f"{dev}/sriov_numvfs"),
             numa_node=numa,
             iommu_group=self._group(dev),
-            vfs=self._read_vfs(address, dev, brief, numa) if vfs else (),
+            vfs=self._read_vfs(address, dev, brief, numa, vf_netdevs) if vfs else (),
             link_up=self._link_up(dev, netdev),
         )
 
-    def _read_vfs(self, pf: PciAddress, dev: str, brief: bool, numa: int | None) -> tuple[VF, ...]:
+    def _read_vfs(self, pf: PciAddress, dev: str, brief: bool, numa: int | None,
+                  netdevs: bool) -> tuple[VF, ...]:
         try:
             names = os.listdir(dev)
         except OSError as exc:
@@ -207,11 +236,11 @@ class Sysfs:
         ids: tuple[str, str] | None = None
         vfs = []
         for name in names:
-            if name.startswith("virtfn") and whole_number(name[6:], MAX_VFS) is not None:
-                link = f"{dev}/{name}"
-                address = self._vf_address(link)
+            index = whole_number(name[6:], MAX_VFS) if name.startswith("virtfn") else None
+            if index is not None:
+                address = self._vf_address(f"{dev}/{name}")
                 if brief:
-                    vfs.append(VF(address, int(name[6:]), pf, "", "", None, None, numa, None))
+                    vfs.append(VF(address, index, pf, "", "", None, None, numa, None))
                     continue
                 if ids is None:
                     # Every VF of a PF has the PF's vendor ID and the one VF Device ID of the PF's
@@ -219,7 +248,7 @@ class Sysfs:
                     # 2.6.30): read them from one VF, not from each.
                     vdev = self._dev(address)
                     ids = (self._hex_id(f"{vdev}/vendor"), self._hex_id(f"{vdev}/device"))
-                vfs.append(self._read_vf(pf, int(name[6:]), address, ids))
+                vfs.append(self._read_vf(pf, index, address, ids, netdevs))
         return tuple(sorted(vfs, key=lambda vf: vf.index))
 
     def _vf_address(self, link: str) -> PciAddress:
@@ -229,7 +258,7 @@ class Sysfs:
         except UsageError as exc:
             raise SysfsError(link, "does not point to a PCI function") from exc
 
-    def _read_vf(self, pf: PciAddress, index: int, address: PciAddress, ids: tuple[str, str]) -> VF:
+    def _read_vf(self, pf: PciAddress, index: int, address: PciAddress, ids: tuple[str, str], netdev: bool) -> VF:
         vdev = self._dev(address)
         return VF(
             address=address,
@@ -238,7 +267,7 @@ class Sysfs:
             vendor=ids[0],
             device=ids[1],
             driver=self._link_name(f"{vdev}/driver"),
-            netdev=self._netdev(vdev),
+            netdev=self._netdev(vdev) if netdev else None,
             numa_node=self._numa(vdev),
             iommu_group=self._group(vdev),
         )
@@ -296,6 +325,8 @@ class Sysfs:
 
     def read_link(self, name: str) -> Link | None:
         """The interface `name`, None when there is none (or the name cannot be one)."""
+        from .fdb import Link
+
         if not name or "/" in name or name in (".", ".."):
             return None
         path = f"{self._root}/class/net/{name}"
