@@ -176,7 +176,8 @@ def test_xml_in_another_form_goes_to_python_byte_for_byte(host, spelling):
     assert host.seen()[1] == data
 
 
-@pytest.mark.parametrize("name", ["wëb1", 'we"b1', "we\\b1", "web 1\t"], ids=["non-ascii", "quote", "backslash", "tab"])
+@pytest.mark.parametrize("name", ["wëb1", 'we"b1', "we\\b1", "web 1\t", "we/b1"],
+                         ids=["non-ascii", "quote", "backslash", "tab", "slash"])
 def test_a_name_json_would_escape_goes_to_python(host, name):
     """The table is searched for `"NAME"`: only names JSON writes as they are can be found so."""
     host.run(name, "prepare", "begin", "-", stdin=xml("plain-prepare-begin"))
@@ -184,13 +185,68 @@ def test_a_name_json_would_escape_goes_to_python(host, name):
 
 
 def test_the_names_json_writes_as_they_are_are_found_in_a_real_table(host):
-    """Every printable ASCII name but `"` and `\\` is found; the search is a fixed string."""
-    name = "a-b.c_d+e:f@g(h)[i]*j?k$l`m!n^o|p{q}r~s's#t%u&v,w;x<y=z>/0 1"
+    """Every printable ASCII name but `"`, `\\` and `/` is found; the search is a fixed string."""
+    name = "a-b.c_d+e:f@g(h)[i]*j?k$l`m!n^o|p{q}r~s's#t%u&v,w;x<y=z>0 1"
     lease_by_hand(host.scratch, name)
     host.run(name, "prepare", "begin", "-", stdin=xml("plain-prepare-begin"))
     assert host.python_ran()
     host.run(name[:-1], "prepare", "begin", "-", stdin=xml("plain-prepare-begin"))
     assert not host.python_ran()
+
+
+def stamped(stamp: str) -> bytes:
+    """db1's XML as `vfalloc start` hands it to libvirt: the request element stamped."""
+    return xml("asks-prepare-begin").replace(b'<vfalloc:vfs xmlns:vfalloc="urn:vfalloc:1">',
+                                             f'<vfalloc:vfs xmlns:vfalloc="urn:vfalloc:1" start="{stamp}">'.encode())
+
+
+STAMPS = [
+    # the stamp file's text, the XML, the call, whether Python starts, whether the file is taken
+    ("0123abcd\n", stamped("0123abcd"), "prepare", False, True),
+    ("0123abcd\n", xml("asks-prepare-begin"), "prepare", True, False),   # a `virsh start` meanwhile
+    ("\n", stamped("0123abcd"), "prepare", True, False),
+    ("0123abcd\n", stamped("0123abcd"), "started", False, False),       # only prepare's work is done
+    ("0123abcd\n", stamped("0123abcd"), "release", True, False),
+]
+
+
+@pytest.mark.parametrize("text, data, op, python, taken", STAMPS,
+                         ids=["stamped", "not-this-start", "empty-stamp", "started", "release"])
+def test_a_start_stamped_by_vfalloc_start_needs_no_python_at_prepare(host, text, data, op, python, taken):
+    run_dir = host.scratch.run_dir
+    run_dir.mkdir(parents=True)
+    stamp = run_dir / "start.db1"
+    stamp.write_text(text)
+    r = host.run("db1", op, "end" if op == "release" else "begin", "-", stdin=data)
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert host.python_ran() == python and stamp.exists() != taken
+    if not python:
+        assert list(run_dir.glob("hook-xml.*")) == []
+
+
+def test_the_stamp_vfalloc_start_writes_is_what_the_hook_file_takes(host):
+    from vfalloc import domxml
+    from vfalloc.hookfile import StartStamp
+
+    stamp = StartStamp(str(host.scratch.run_dir), "db1")
+    stamp.write()
+    live = domxml.add_devices(xml("asks-prepare-begin"), [], stamp.value)
+    assert domxml.read_domain(live).requests == domxml.read_domain(xml("asks-prepare-begin")).requests
+    r = host.run("db1", "prepare", "begin", "-", stdin=live)
+    assert r.returncode == 0 and not host.python_ran()
+    assert stamp.taken()  # the hook file removed it
+    again = StartStamp(str(host.scratch.run_dir), "db1")
+    again.write()
+    assert again.value != stamp.value and not again.taken() and not host.scratch.run_dir.joinpath("start.db1").exists()
+
+
+@pytest.mark.parametrize("name", ["we/b1", "wëb1", 'we"b1'], ids=["slash", "non-ascii", "quote"])
+def test_no_stamp_for_a_name_the_hook_file_cannot_look_up(tmp_path, name):
+    from vfalloc.hookfile import StartStamp
+
+    stamp = StartStamp(str(tmp_path), name)
+    stamp.write()
+    assert (stamp.path, stamp.value, list(tmp_path.iterdir()), stamp.taken()) == (None, None, [], False)
 
 
 def test_the_word_the_shell_looks_for_is_in_every_name_python_acts_on():

@@ -9,6 +9,7 @@ libvirt's refusal, and what vfalloc does about it is what is checked."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -58,30 +59,53 @@ def test_the_hook_gets_the_request_and_the_worker_reports_libvirts_refusal(lab):
     assert lab.leases() == [] and dom.isActive()
 
 
-def test_libvirt_starts_python_only_for_the_calls_vfalloc_acts_in(lab):
-    """The hook file answers the calls of a domain without VFs in the shell (templates.hook_script):
-    its start and stop start no Python; a domain that asks for a VF has it at prepare, started
-    (the hot-plug) and release. The installed file's interpreter is wrapped to count its starts."""
+@contextlib.contextmanager
+def python_starts(lab):
+    """The installed hook file with its interpreter wrapped to note each Python start (domain,
+    operation, sub-operation); yields a function that returns the notes so far."""
     hook = lab.tmp / "hooks" / "qemu.d" / "vfalloc"
     installed = hook.read_text()
-    starts, wrapper = lab.tmp / "python-starts", lab.tmp / "python-counting"
-    wrapper.write_text(f'#!/bin/sh\necho "$4 $5 $6" >> {starts}\nexec {sys.executable} "$@"\n')
+    notes, wrapper = lab.tmp / "python-starts", lab.tmp / "python-counting"
+    notes.unlink(missing_ok=True)
+    wrapper.write_text(f'#!/bin/sh\necho "$4 $5 $6" >> {notes}\nexec {sys.executable} "$@"\n')
     wrapper.chmod(0o755)
     assert f"\npython={shlex.quote(sys.executable)}\n" in installed
     hook.write_text(installed.replace(f"\npython={shlex.quote(sys.executable)}\n", f"\npython={wrapper}\n"))
     try:
+        yield lambda: notes.read_text().splitlines() if notes.exists() else []
+    finally:
+        hook.write_text(installed)
+
+
+def test_libvirt_starts_python_only_for_the_calls_vfalloc_acts_in(lab):
+    """The hook file answers the calls of a domain without VFs in the shell (templates.hook_script):
+    its start and stop start no Python; a domain that asks for a VF has it at prepare, started
+    (the hot-plug) and release."""
+    with python_starts(lab) as starts:
         plain, asks = lab.define("novf"), lab.define("asks", REQ)
         start(plain)
         plain.destroy()
-        assert len(lab.calls()) == 5 and not starts.exists()
+        assert len(lab.calls()) == 5 and starts() == []
         start(asks)
         lab.wait_until(lambda: any("hotplug" in line for line in lab.log_lines()), message="the worker logs")
         asks.destroy()
         name = asks.name()
-        assert starts.read_text().splitlines() == [f"{name} prepare begin", f"{name} started begin", f"{name} release end"]
+        assert starts() == [f"{name} prepare begin", f"{name} started begin", f"{name} release end"]
         assert lab.leases() == []
-    finally:
-        hook.write_text(installed)
+
+
+def test_vfalloc_start_does_the_work_of_prepare_so_that_call_starts_no_python(lab, monkeypatch):
+    """`vfalloc start` stamps the XML it starts (hookfile.StartStamp) where the hook file looks
+    (the runtime directory libvirt's hooks see): `prepare begin` ends in the shell. The lab's fake
+    VF cannot be passed through, so the start fails, and `release end failed` gives the VF back."""
+    monkeypatch.setenv("VFALLOC_RUN_DIR", str(lab.tmp / "run-vfalloc"))
+    with python_starts(lab) as starts:
+        dom = lab.define("stamped", REQ)
+        r = lab.vfalloc("start", dom.name(), "--paused")
+        assert r.code == 1 and r.err.endswith(f"; VF {FIRST_VF} given back\n"), r.err
+        assert 'start="' in lab.stdin_of("prepare", "begin")
+        assert starts() == [f"{dom.name()} release end"]
+    assert lab.leases() == [] and list((lab.tmp / "run-vfalloc").glob("start.*")) == []
 
 
 def test_the_hook_keeps_its_parsed_config_in_run_vfalloc(lab):

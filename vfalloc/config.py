@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc
     from typing import Any
 
 from . import config_cache
-from .config_cache import DEFAULT_RUN_DIR, RUN_DIR_ENV
+from .config_cache import run_dir
 from .errors import ConfigError, UsageError, shown
 from .model import MAX_VFS, POLICIES, Host, PciAddress, Pool, PoolMember, parse_vlan, whole_number
 from .record import Record, field
@@ -127,8 +127,7 @@ def load_settings(flags: Mapping[str, str | None] | None = None,
     flags = flags or {}
     environ = os.environ if environ is None else environ
     explicit = flags.get("config") or environ.get(ENV["config"])
-    run_dir = environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR
-    config = read_config(explicit or DEFAULT_CONFIG, must_exist=bool(explicit), run_dir=run_dir, keep=keep_memo)
+    config = read_config(explicit or DEFAULT_CONFIG, must_exist=bool(explicit), run_dir=run_dir(environ), keep=keep_memo)
 
     def pick(key: str) -> str:
         for value in (flags.get(key), environ.get(ENV[key]), config.settings.get(key)):

@@ -19,6 +19,7 @@ import binascii
 import json
 import os
 import stat
+from collections.abc import Mapping
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc/record.py)
@@ -29,6 +30,11 @@ from .atomicfile import write_atomic
 RUN_DIR_ENV = "VFALLOC_RUN_DIR"
 DEFAULT_RUN_DIR = "/run/vfalloc"
 VERSION = 1
+
+
+def run_dir(environ: Mapping[str, str]) -> str:
+    """vfalloc's runtime directory: VFALLOC_RUN_DIR, else /run/vfalloc (a tmpfs)."""
+    return environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR
 
 
 def memo_path(run_dir: str, config_path: str) -> str:

@@ -170,11 +170,16 @@ def render_device(request: Request, address: PciAddress, mac: str | None) -> str
 
 
 def add_devices(
-    xml: bytes | str, devices: Sequence[tuple[Request, PciAddress, str | None]]
+    xml: bytes | str, devices: Sequence[tuple[Request, PciAddress, str | None]], stamp: str | None = None
 ) -> bytes:
+    """The XML with a device for each (request, VF, MAC); `stamp`, when given, is set as the
+    `start` attribute of the <vfalloc:vfs> request element (libvirt keeps metadata as written)."""
     tree = _parse(xml)
     dom = _domain_element(tree)
     name = _name(dom)
+    if stamp is not None:
+        for vfs in dom.iterfind(f"metadata/{_Q}vfs"):
+            vfs.set("start", stamp)
     container = dom.find("devices")
     if container is None:
         container = _append(dom, etree.Element("devices"))
@@ -327,7 +332,8 @@ def _metadata_requests(dom: etree._Element, name: str) -> tuple[Request, ...]:
 
 
 def _requests_from(vfs: etree._Element, domain: str) -> tuple[Request, ...]:
-    if vfs.attrib:
+    # `start` is the stamp of `vfalloc start` in the live XML it starts (add_devices)
+    if set(vfs.attrib) - {"start"}:
         raise DomainXMLError(domain, "<vfalloc:vfs> has attributes", "put them on <vfalloc:vf>")
     out: list[Request] = []
     for child in vfs.iterchildren(tag=etree.Element):

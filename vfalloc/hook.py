@@ -30,7 +30,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-from . import domxml
+from . import domxml, vfsettings
 from .errors import DomainXMLError, VfallocError
 from .fdb import BRIDGED_MARKS
 from .log import log
@@ -39,13 +39,10 @@ from .model import Phase
 if TYPE_CHECKING:
     from .config import Settings
     from .context import Context
-    from .hostview import HostView
-    from .model import Lease
 
 # Tests and admins may point these at other programs; libvirt gives hooks a minimal environment,
 # so on a real host the defaults apply.
 ENV_HOTPLUG = "VFALLOC_HOTPLUG_CMD"   # the worker started after `started begin`
-ENV_IP = "VFALLOC_IP"                 # the `ip` binary used for trust/spoofchk
 ENV_TABLE = "VFALLOC_HOOK_TABLE"      # set by the hook file: the table it looked for names in
 ENV_KEPT_XML = "VFALLOC_HOOK_XML"     # set by the hook file: where it kept the XML that is our stdin
 
@@ -150,7 +147,7 @@ def on_prepare(call: Call) -> str:
     ctx = call.context()
     leases, view = lease_for_start(ctx, info, now())
     try:
-        _apply_vf_settings(call, view, leases)
+        vfsettings.apply(call.environ, call.domain, view, leases)
     except VfallocError:
         from .lease_ops import release_domain
 
@@ -329,36 +326,6 @@ def _address(text: str):
     from .model import PciAddress
 
     return PciAddress.parse(text)
-
-
-def _apply_vf_settings(call: Call, view: HostView, leases: Sequence[Lease]) -> None:
-    """Trust and spoof checking are set on the VF through its PF (`ip link set PF vf N ...`,
-    iproute2; the PF's driver must support them) before QEMU starts, at every start, as the
-    domain's request asks now."""
-    for lease in leases:
-        args = []
-        if lease.trust:
-            args += ["trust", lease.trust]
-        if lease.spoofchk:
-            args += ["spoofchk", lease.spoofchk]
-        if not args:
-            continue
-        pf = view.pf(lease.pf)
-        vf = view.find_vf(lease.vf)
-        if pf is None or pf.netdev is None or vf is None:
-            raise VfallocError(f"cannot set {' '.join(args)} on VF {lease.vf} for {call.domain}: its PF "
-                               f"{lease.pf} has no network interface; remove trust/spoofchk from the request")
-        import subprocess
-
-        cmd = [call.environ.get(ENV_IP, "ip"), "link", "set", "dev", pf.netdev, "vf", str(vf.index), *args]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise VfallocError(f"cannot run `{' '.join(cmd)}` for {call.domain}: {exc}; install iproute2") from exc
-        if done.returncode != 0:
-            why = (done.stderr.strip().splitlines() or ["failed"])[-1]
-            raise VfallocError(f"`{' '.join(cmd)}` failed for {call.domain}: {why}; "
-                               "the PF's driver may not support it: remove trust/spoofchk from the request")
 
 
 def _hotplug_argv(call: Call, info) -> list[str]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .atomicfile import write_atomic
 from .config_cache import DEFAULT_RUN_DIR
 from .errors import UsageError, VfallocError
-from .templates import HOOK_MARKER, hook_script
+from .templates import HOOK_MARKER, hook_script, plain_name
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -42,6 +42,42 @@ def render(settings: Settings, interpreter: str) -> str:
     config = settings.config
     custom = os.path.realpath(config.path) if config.exists and config.path != DEFAULT_CONFIG else None
     return hook_script(interpreter, settings.state, DEFAULT_RUN_DIR, custom)
+
+
+class StartStamp:
+    """`vfalloc start`'s word to the hook file: it has done the work of `prepare begin` (the VFs
+    leased under the lock, trust and spoof checking set) for the start whose XML carries `value`
+    (domxml.add_devices stamps it). The hook file finds RUN_DIR/start.NAME, sees the value in the
+    XML libvirt hands it, removes the file and ends that call without Python; any other start of
+    the domain meanwhile (a `virsh start` of the saved config) has no value and goes to Python.
+    A name the hook file cannot look up (templates.plain_name) gets no stamp."""
+
+    def __init__(self, run_dir: str, domain: str) -> None:
+        import secrets
+
+        self.path = os.path.join(run_dir, f"start.{domain}") if plain_name(domain) else None
+        self.value = secrets.token_hex(16) if self.path else None
+
+    def write(self) -> None:
+        if self.path is None or self.value is None:
+            return
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            write_atomic(self.path, (self.value + "\n").encode(), 0o600, sync=False)  # a tmpfs
+        except OSError as exc:
+            raise VfallocError(f"cannot write {self.path} ({exc.strerror}); run as root") from exc
+
+    def taken(self) -> bool:
+        """Whether the hook file took the stamp (the file is gone); if not, it is removed now."""
+        if self.path is None:
+            return False
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            raise VfallocError(f"cannot remove {self.path} ({exc.strerror}); remove it by hand") from exc
+        return False
 
 
 def is_ours(path: Path) -> bool:

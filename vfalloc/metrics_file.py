@@ -22,15 +22,11 @@ import os
 import sys
 from collections.abc import Mapping
 
-from .config_cache import DEFAULT_RUN_DIR, RUN_DIR_ENV
+from .config_cache import run_dir
 from .errors import VfallocError
 
 PENDING = "metrics.pending"
 LOCK = "metrics.lock"
-
-
-def run_dir(environ: Mapping[str, str]) -> str:
-    return environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR
 
 
 def exposition(ctx, uri: str | None, offline: bool, environ: Mapping[str, str] | None = None) -> str:

@@ -9,6 +9,12 @@ from .model import Phase
 
 HOOK_MARKER = "# vfalloc libvirt qemu hook"
 
+
+def plain_name(name: str) -> bool:
+    """Whether the hook file looks a domain up by its name itself (in the lease table as JSON
+    writes it, and in file names): printable ASCII without a quote, a backslash or a slash."""
+    return all(" " <= c <= "~" for c in name) and not any(c in name for c in "\"\\/")
+
 # The one word the shell part looks for in the XML: every name vfalloc.hook acts on contains it
 # (NS, ALIAS_PREFIX; tests/test_hook_file.py checks).
 WORD = "vfalloc"
@@ -28,7 +34,6 @@ run=${VFALLOC_RUN_DIR:-@RUN@}
 @CONFIG@
 xml=
 vfalloc() {
-	exec 3<&-
 	export VFALLOC_HOOK_TABLE="$state"  # where this script looked for the domain's name
 	[ -z "$xml" ] || export VFALLOC_HOOK_XML="$xml"  # vfalloc.hook removes it first thing
 	# A hook process lives for some 50 ms and makes no garbage cycles: no collector passes.
@@ -43,9 +48,10 @@ migrate.begin | restore.begin | reconnect.begin) vfalloc "$@" ;;
 esac
 
 # The lease table is searched for the domain's name as JSON writes it, which is the name itself
-# when it is printable ASCII without a quote or a backslash.
+# for a plain_name: printable ASCII without a quote or a backslash, and no slash (the name is
+# also part of a file name below).
 case $1 in
-*[!\ -~]* | *[\"\\]*) vfalloc "$@" ;;
+*[!\ -~]* | *[\"\\/]*) vfalloc "$@" ;;
 esac
 
 # The XML is kept in a file, read here and read again from its start by vfalloc.hook when it is
@@ -60,7 +66,7 @@ if ! cat 2>/dev/null >"$file"; then
 fi
 xml=$file
 IFS= read -r head <"$xml" || :
-exec 3<"$xml" <"$xml"
+exec <"$xml"
 
 # libvirt writes a domain's XML in UTF-8 from `<domain ` on (virDomainDefFormat, libvirt 11.3).
 # Anything else goes to vfalloc.hook, which parses it: an XML declaration or another encoding,
@@ -69,13 +75,20 @@ case $head in
 '<domain '*) ;;
 *) vfalloc "$@" ;;
 esac
+# `vfalloc start` did the work of `prepare begin` for the XML it stamped (hookfile.StartStamp).
+stamp=$run/start.$1
+if [ "$2" = prepare ] && [ -f "$stamp" ] && IFS= read -r word <"$stamp" && [ -n "$word" ] &&
+	grep -qF -e "$word" "$xml"; then
+	rm -f "$stamp" "$xml"
+	exit 0
+fi
 case $2 in
 prepare) look="@WORD@|\"\\Q$1\\E\"" ;;
 started) look="@BRIDGED@|\"@PENDING@\"" ;;
 release) look="@WORD@|@BRIDGED@|\"\\Q$1\\E\"" ;;
 esac
 [ -e "$state" ] && table=$state || table=/dev/null
-grep -qsaP -e "&#|\\x00|$look" - "$table" <&3
+grep -qsaP -e "&#|\\x00|$look" "$xml" "$table"
 [ $? -ne 1 ] || { rm -f "$xml"; exit 0; }
 vfalloc "$@"
 """

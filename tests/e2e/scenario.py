@@ -895,12 +895,17 @@ def destroy_frees(ctx: Context) -> None:
 @step("vfalloc-start", timeout=90, needs=("destroy-frees",))
 def vfalloc_start(ctx: Context) -> None:
     """`vfalloc start` starts the refused guest with the freed VF in its live XML and on QEMU's
-    command line; `virsh dumpxml --inactive` still has no device, only the request."""
+    command line; `virsh dumpxml --inactive` still has no device, only the request. It did the
+    work of `prepare begin` itself: the hook file took its stamp, and vfalloc.hook logged nothing
+    for that call."""
     freed = recall(ctx, "vf_of")[RACERS[0]]
     state = ctx.run("virsh", "domstate", LATE).stdout.strip()
     expect(state == "shut off", f"{LATE} is {state} before `vfalloc start`")
+    prepared = syslog(ctx).count(f"{LATE} prepare begin")
     out = ctx.vfalloc("start", LATE, "--paused").stdout
     expect(freed in out, f"`vfalloc start` does not name {freed}")
+    expect(syslog(ctx).count(f"{LATE} prepare begin") == prepared, "vfalloc.hook ran at `prepare begin`")
+    expect(not list(Path("/run/vfalloc").glob("start.*")), "a start stamp was left in /run/vfalloc")
     view = listing(ctx, leased=(set(RACERS) - {RACERS[0]}) | {LATE}, free=0)
     expect(view.held()[LATE] == freed, f"{LATE} holds {view.held()[LATE]}, not {freed}")
     expect(view.row(freed)["phase"] == "attached", f"phase {view.row(freed)['phase']}")

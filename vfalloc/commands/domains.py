@@ -12,6 +12,7 @@ live definition of a running domain is left alone: the change applies from the n
 from __future__ import annotations
 
 import json
+import os
 
 from ..errors import DomainXMLError, UnknownPool, UsageError, VfallocError, VirtError
 from ..model import PciAddress, Phase, Request, refuse_hostdev_settings
@@ -116,8 +117,10 @@ def _show(ctx, args, name: str, requests, active: bool, changed: bool = False) -
 # -- start --
 
 def cmd_start(args, ctx) -> int:
-    from .. import domxml  # lxml: only for the commands that need it
+    from .. import domxml, vfsettings  # lxml: only for the commands that need it
     from ..allocator import set_phase
+    from ..config_cache import run_dir
+    from ..hookfile import StartStamp
     from ..lease_ops import lease_for_start, now, release_domain
     from ..virt import Connection
 
@@ -134,12 +137,19 @@ def cmd_start(args, ctx) -> int:
             raise UsageError(f"{dom.name} asks for no VFs; add one with `vfalloc request {dom.name} --pool POOL`, "
                              f"or start it with `virsh start {dom.name}`")
         present = {d.index for d in info.devices}
-        leases, _ = lease_for_start(ctx, info, now(), phase=Phase.RESERVED)
+        leases, view = lease_for_start(ctx, info, now(), phase=Phase.RESERVED)
+        # This command does the work of the hook's `prepare begin`; the stamp tells the hook file
+        # so (else the hook claims the ua-vfalloc-* devices there: phase "attached").
+        stamp = StartStamp(run_dir(os.environ), dom.name)
         try:
+            vfsettings.apply(os.environ, dom.name, view, leases)
             added = [x for x in leases if x.index not in present]
-            live = domxml.add_devices(xml, [(x.request(), PciAddress.parse(x.vf), x.mac) for x in added])
-            # the hook claims the ua-vfalloc-* devices at `prepare begin` (phase "attached")
-            conn.start_with(dom.name, live.decode(), args.paused)
+            live = domxml.add_devices(xml, [(x.request(), PciAddress.parse(x.vf), x.mac) for x in added], stamp.value)
+            stamp.write()
+            try:
+                conn.start_with(dom.name, live.decode(), args.paused)
+            finally:
+                stamped = stamp.taken()
         except VfallocError as exc:
             # libvirt ran `release end failed` if the hook had claimed them; give back the rest.
             # Not when the domain runs after all: then someone else started it, with its leases.
@@ -158,7 +168,7 @@ def cmd_start(args, ctx) -> int:
         what = f"{lease.pool}" + (f", mac {lease.mac}" if lease.mac else "") + (f", vlan {lease.vlan}" if lease.vlan else "")
         ctx.out.write(f"{dom.name}: {domxml.ALIAS_PREFIX}{lease.index} = VF {lease.vf} ({what})\n")
     ctx.out.write(f"started {dom.name}{' (paused)' if args.paused else ''}; its saved config keeps only the request\n")
-    if unclaimed:
+    if unclaimed and not stamped:
         ctx.err.write(f"vfalloc: warning: the vfalloc hook did not claim {', '.join(x.vf for x in unclaimed)}; "
                       "install it (`vfalloc install-hook`, then restart libvirt) or the VFs are not given back "
                       f"when {dom.name} stops (`vfalloc gc` frees them then)\n")
