@@ -54,12 +54,13 @@ case $1 in
 *[!\ -~]* | *[\"\\/]*) vfalloc "$@" ;;
 esac
 
-# The XML is kept in a file, read here and read again from its start by vfalloc.hook when it is
-# needed; it is removed at the end of either (one process fewer on vfalloc's way).
+# The XML is kept in the domain's own file (libvirt runs one hook call of a domain at a time),
+# read here and read again from its start by vfalloc.hook when it is needed, which removes it;
+# otherwise it is emptied (a shell builtin: no process for rm, each one costs under TCG).
 [ -d "$run" ] || mkdir -p -m 0700 "$run" 2>/dev/null || vfalloc "$@"
-file=$run/hook-xml.$$
+file=$run/hook-xml.$1
 if ! cat 2>/dev/null >"$file"; then
-	rm -f "$file"
+	true 2>/dev/null >"$file"
 	echo "vfalloc: cannot write the domain XML to $run: free space there (or make it a writable directory), then start the domain again" >&2
 	[ "$2" != prepare ] || exit 1
 	exit 0
@@ -79,7 +80,8 @@ esac
 stamp=$run/start.$1
 if [ "$2" = prepare ] && [ -f "$stamp" ] && IFS= read -r word <"$stamp" && [ -n "$word" ] &&
 	grep -qF -e "$word" "$xml"; then
-	rm -f "$stamp" "$xml"
+	true 2>/dev/null >"$xml"
+	rm -f "$stamp"
 	exit 0
 fi
 case $2 in
@@ -89,7 +91,10 @@ release) look="@WORD@|@BRIDGED@|\"\\Q$1\\E\"" ;;
 esac
 [ -e "$state" ] && table=$state || table=/dev/null
 grep -qsaP -e "&#|\\x00|$look" "$xml" "$table"
-[ $? -ne 1 ] || { rm -f "$xml"; exit 0; }
+if [ $? -eq 1 ]; then
+	true 2>/dev/null >"$xml"
+	exit 0
+fi
 vfalloc "$@"
 """
 
