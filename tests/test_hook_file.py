@@ -335,3 +335,28 @@ def test_python_removes_the_kept_xml(scratch, tmp_path, there):
                 err=err, environ=env)
     assert (code, err.getvalue()) == (0, "") and not kept.exists()
     assert [x["domain"] for x in json.loads(scratch.state.read_text())["leases"]] == ["db1"]
+
+
+@pytest.mark.parametrize("looked, warned", [("same", False), ("other", True), (None, False)],
+                         ids=["same-table", "moved-table", "not-run-by-the-hook-file"])
+def test_python_warns_when_the_hook_file_looks_in_another_table(scratch, tmp_path, looked, warned):
+    """The hook file searches the table whose path it was written with (VFALLOC_HOOK_TABLE): when
+    the config names another, leases reserved by hand go unseen, and the log says what to do."""
+    from vfalloc.hook import main
+
+    i350(scratch.fs)
+    scratch.write_config('[pools.lan0]\npfs = ["enp1s0f0"]\n')
+    log = tmp_path / "hook.log"
+    env = {**scratch.env(), "VFALLOC_HOOK_LOG": str(log)}
+    if looked is not None:
+        env["VFALLOC_HOOK_TABLE"] = str(scratch.state) if looked == "same" else "/var/lib/vfalloc/old.json"
+    err = io.StringIO()
+    code = main(["db1", "prepare", "begin", "-"], stdin=io.BytesIO(xml("asks-prepare-begin")), out=io.StringIO(),
+                err=err, environ=env)
+    assert (code, err.getvalue()) == (0, "")
+    lines = log.read_text().splitlines()
+    warning = [x for x in lines if x.startswith("warning: the hook file looks for reserved leases in")]
+    assert bool(warning) == warned and lines[-1].startswith("db1 prepare begin: leased ")
+    if warned:
+        assert warning == [f"warning: the hook file looks for reserved leases in /var/lib/vfalloc/old.json, "
+                           f"the config names {scratch.state}: run `vfalloc install-hook` again"]
