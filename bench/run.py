@@ -21,14 +21,12 @@ Nothing here asserts a time: it prints figures and ratios (and `--json` for scri
 from __future__ import annotations
 
 import argparse
-import atexit
 import importlib.util
 import io
 import json
 import os
 import platform
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -41,23 +39,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from fakehost import FakeSys, big_host  # noqa: E402
+from hookfiles import hook_file  # noqa: E402
 
 PY = sys.executable
-
-
-def hook_file() -> str:
-    """The hook file as `vfalloc install-hook` writes it for this Python (a shell script that
-    starts Python for the calls vfalloc may act in); each host's environment says where it looks."""
-    from vfalloc.config import DEFAULTS
-    from vfalloc.config_cache import DEFAULT_RUN_DIR
-    from vfalloc.templates import hook_script
-
-    folder = tempfile.mkdtemp(prefix="vfalloc-bench-hook-")
-    atexit.register(shutil.rmtree, folder, True)
-    path = Path(folder) / "vfalloc"
-    path.write_text(hook_script(PY, DEFAULTS["state"], DEFAULT_RUN_DIR))
-    path.chmod(0o755)
-    return str(path)
 
 
 HOOK = [hook_file()]

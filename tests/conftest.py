@@ -3,13 +3,9 @@ and a runner for `vfalloc` through `main(argv)` with the settings pointed at the
 
 from __future__ import annotations
 
-import atexit
-import functools
 import io
 import os
-import shutil
 import sys
-import tempfile
 import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,22 +26,6 @@ from fakehost import FakeSys  # noqa: E402
 from vfalloc.cli import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@functools.cache
-def hook_file() -> str:
-    """The hook file as `vfalloc install-hook` writes it, starting this interpreter; where it
-    looks (table, runtime directory, config) each test sets in the VFALLOC_* environment."""
-    from vfalloc.config import DEFAULTS
-    from vfalloc.config_cache import DEFAULT_RUN_DIR
-    from vfalloc.templates import hook_script
-
-    folder = tempfile.mkdtemp(prefix="vfalloc-hook-")
-    atexit.register(shutil.rmtree, folder, True)
-    path = Path(folder) / "vfalloc"
-    path.write_text(hook_script(sys.executable, DEFAULTS["state"], DEFAULT_RUN_DIR))
-    path.chmod(0o755)
-    return str(path)
 
 
 @dataclass

@@ -11,8 +11,8 @@ import stat
 import subprocess
 
 import pytest
-from conftest import hook_file
 from fakehost import i350
+from hookfiles import hook_file
 from test_hook import Hook, domain_xml, uuid
 from test_one_line import files_of, one_line, run_exe
 

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import hook_file
 from fakehost import i350
+from hookfiles import hook_file
 
 from vfalloc import config_cache
 from vfalloc.config import read_config

@@ -13,8 +13,9 @@ import sys
 import uuid as uuidlib
 
 import pytest
-from conftest import REPO, hook_file
+from conftest import REPO
 from fakehost import i350
+from hookfiles import hook_file
 
 FAKE_BRIDGE = REPO / "tests" / "helpers" / "fake_bridge.py"
 PF_MAC = "a0:36:9f:00:00:00"

@@ -8,9 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import hookfiles
 import pytest
-from conftest import REPO, hook_file
+from conftest import REPO
 from fakehost import i350
+from hookfiles import hook_file
 from lxml import etree
 
 NS = "urn:vfalloc:1"
@@ -345,11 +347,8 @@ def test_install_hook_refuses_foreign_file_and_removes_only_its_own(scratch, tmp
 def test_repo_hook_is_the_template_for_pythons_on_the_path():
     """hooks/qemu (the Debian package's /usr/share/vfalloc/hooks/qemu) is what `install-hook`
     writes for `python3` and the default paths."""
-    from vfalloc.config import DEFAULTS
-    from vfalloc.config_cache import DEFAULT_RUN_DIR
-    from vfalloc.templates import hook_script
 
-    assert (REPO / "hooks" / "qemu").read_text() == hook_script("python3", DEFAULTS["state"], DEFAULT_RUN_DIR)
+    assert (REPO / "hooks" / "qemu").read_text() == hookfiles.script("python3")
 
 
 def test_reconnect_never_fails_a_running_domain(hook):
@@ -442,13 +441,10 @@ finally:
 def test_hook_defines_no_dataclass_and_runs_without_the_cycle_collector(hook, op, subop, tmp_path):
     """A hook is a new process on every libvirt call: a frozen dataclass costs it about 1 ms to
     define (vfalloc.record says why), and the cycle collector's passes about 2 ms."""
-    from vfalloc.config import DEFAULTS
-    from vfalloc.config_cache import DEFAULT_RUN_DIR
-    from vfalloc.templates import hook_script
 
     watch, hook_path = tmp_path / "python", tmp_path / "hook"
     watch.write_text(_WATCH.format(python=sys.executable))
-    hook_path.write_text(hook_script(str(watch), DEFAULTS["state"], DEFAULT_RUN_DIR))
+    hookfiles.write(hook_path, str(watch))
     watch.chmod(0o755)
     hook_path.chmod(0o755)
     xml = domain_xml(1, '<vfalloc:vf pool="lan0"/>')

@@ -14,13 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hookfiles
 import pytest
-from conftest import REPO, hook_file
+from conftest import REPO
 from fakehost import i350
-
-from vfalloc.config import DEFAULTS
-from vfalloc.config_cache import DEFAULT_RUN_DIR
-from vfalloc.templates import hook_script
+from hookfiles import hook_file
 
 DATA = REPO / "tests" / "data" / "libvirt"
 
@@ -49,9 +47,7 @@ class HookFile:
         python = tmp_path / "python"
         python.write_text(RECORDER.format(rec=self.rec))
         python.chmod(0o755)
-        self.path = tmp_path / "vfalloc"
-        self.path.write_text(hook_script(str(python), DEFAULTS["state"], DEFAULT_RUN_DIR, config))
-        self.path.chmod(0o755)
+        self.path = hookfiles.write(tmp_path / "vfalloc", str(python), config)
         self.env = scratch.env()
 
     def run(self, *argv: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
@@ -254,7 +250,7 @@ def test_the_word_the_shell_looks_for_is_in_every_name_python_acts_on():
     from vfalloc.fdb import BRIDGED_MARKS
 
     assert templates.WORD in domxml.NS and templates.WORD in domxml.ALIAS_PREFIX
-    script = hook_script("python3", DEFAULTS["state"], DEFAULT_RUN_DIR)
+    script = hookfiles.script("python3")
     assert all(mark.decode() in script for mark in BRIDGED_MARKS)
 
 

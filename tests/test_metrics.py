@@ -13,8 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import hook_file
 from fakehost import i350, x710
+from hookfiles import hook_file
 from prometheus_client.parser import text_string_to_metric_families
 from test_hook import Hook, domain_xml
 

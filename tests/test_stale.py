@@ -12,8 +12,9 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import REPO, hook_file
+from conftest import REPO
 from fakehost import i350
+from hookfiles import hook_file
 
 import vfalloc.hook
 from vfalloc.model import Lease, LeaseTable
