@@ -256,8 +256,6 @@ def _fdb_none(call: Call) -> None:
     return None
 
 
-
-
 def _fdb(call: Call, step: Callable) -> None:
     # A domain without such an interface costs the FDB steps one byte search and no import.
     if (call.op, call.subop) != ("reconnect", "begin") and not any(m in call.xml for m in BRIDGED_MARKS):

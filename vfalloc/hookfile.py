@@ -82,9 +82,14 @@ class StartStamp:
 
 def is_ours(path: Path) -> bool:
     try:
-        return HOOK_MARKER in path.read_text(errors="replace")[:512]
+        return written_by_vfalloc(path.read_text(errors="replace"))
     except OSError:
         return False
+
+
+def written_by_vfalloc(text: str) -> bool:
+    """Whether a hook file's text is one vfalloc wrote: its marker near the top."""
+    return HOOK_MARKER in text[:512]
 
 
 def check_replaceable(path: Path) -> None:

@@ -15,6 +15,7 @@ def plain_name(name: str) -> bool:
     writes it, and in file names): printable ASCII without a quote, a backslash or a slash."""
     return all(" " <= c <= "~" for c in name) and not any(c in name for c in "\"\\/")
 
+
 # The one word the shell part looks for in the XML: every name vfalloc.hook acts on contains it
 # (NS, ALIAS_PREFIX; tests/test_hook_file.py checks).
 WORD = "vfalloc"

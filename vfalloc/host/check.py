@@ -12,10 +12,9 @@ from dataclasses import asdict, dataclass, field
 
 from ..errors import VfallocError
 from ..fdb import Entry
-from ..hookfile import DEFAULT_HOOKS_DIR
+from ..hookfile import DEFAULT_HOOKS_DIR, written_by_vfalloc
 from ..model import PF, Host
 from ..sysfs import Sysfs
-from ..templates import HOOK_MARKER
 from . import acs, bootsetup, cmdline, owners, persist, vfdriver
 from .bootsetup import Setup
 from .rootfs import RootFS
@@ -179,7 +178,7 @@ def hook(rootfs: RootFS, hooks_dir: str, current: str | None = None) -> Check:
         if not os.access(rootfs.path(name), os.X_OK):
             return Check(FAIL, "hook", "host", f"{rootfs.shown(name)} is not executable (libvirt skips it)",
                          f"`chmod 755 {rootfs.shown(name)}`")
-        if name == dropin and current is not None and HOOK_MARKER in text and text != current:
+        if name == dropin and current is not None and written_by_vfalloc(text) and text != current:
             # The script carries the lease table's path and the config's (templates.hook_script).
             return Check(WARN, "hook", "host", f"{rootfs.shown(name)} is not the hook this vfalloc writes for "
                          "this config (another version, or `state` or the config file moved): it may miss "
