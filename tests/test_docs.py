@@ -332,6 +332,15 @@ def test_prepare_and_release_avoid_the_imports_performance_md_names(scratch):
         assert not extra, f"`{name}` imports {extra}; docs/performance.md says it does not"
 
 
+def test_the_projects_interpreter_starts_without_an_import_hook():
+    """setup.cfg names the packages' root, so `make setup`'s editable install is a plain .pth
+    line, not setuptools' import hook for a flat layout, which loads these at every start of the
+    venv's Python (docs/testing.md: the emulated host starts it hundreds of times a run)."""
+    code = "import sys; print(sorted(m for m in ('pathlib', 'fnmatch', 'urllib.parse', 're') if m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
+    assert (r.returncode, r.stdout) == (0, "[]\n"), r.stderr
+
+
 # -- docs/performance.md: what the listings do not import --
 
 LISTING_AVOIDS = ("typing", "shutil", "tomllib", "libvirt", "lxml", "datetime", "subprocess",
