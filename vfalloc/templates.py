@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-
 from .fdb import BRIDGED_MARKS
 from .model import Phase
 
@@ -114,6 +112,8 @@ def hook_script(interpreter: str, state: str, run_dir: str, config: str | None =
     vfalloc.hook acts on: a match only costs a Python start. libvirt runs hooks with a minimal
     environment (PATH, LANG and little else), so the table's path and a config file other than
     the default are written into the script."""
+    import shlex  # here: `vfalloc start` reads this module for plain_name, and renders nothing
+
     bridged = "|".join(m.decode() for m in BRIDGED_MARKS)
     config_line = (f"[ -n \"${{VFALLOC_CONFIG-}}\" ] || VFALLOC_CONFIG={shlex.quote(config)}\nexport VFALLOC_CONFIG\n"
                    if config else "")

@@ -32,7 +32,6 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import libvirt
 
@@ -65,13 +64,13 @@ def _code(exc: libvirt.libvirtError) -> int | None:
     return exc.get_error_code()
 
 
-@dataclass
 class Domain:
     """One domain, looked up once; every method is one libvirt call or a short wait."""
 
-    raw: libvirt.virDomain
-    name: str
-    uuid: str
+    __slots__ = ("raw", "name", "uuid")
+
+    def __init__(self, raw: libvirt.virDomain, name: str, uuid: str) -> None:
+        self.raw, self.name, self.uuid = raw, name, uuid
 
     def _fail(self, what: str, exc: libvirt.libvirtError) -> VirtError:
         return VirtError(f"cannot {what} {self.name}: libvirt: {_message(exc)}")

@@ -17,7 +17,6 @@ import os
 from ..errors import DomainXMLError, UnknownPool, UsageError, VfallocError, VirtError
 from ..model import PciAddress, Phase, Request, refuse_hostdev_settings
 from ..record import replace
-from .audit import record
 
 
 def _uri(args) -> str:
@@ -179,6 +178,7 @@ def cmd_start(args, ctx) -> int:
 
 def cmd_gc(args, ctx) -> int:
     from ..stale import collect, names_of, observe
+    from .audit import record
 
     report = collect(ctx, lambda table: observe(ctx.settings.libvirt_run, args.connect, names_of(table)),
                      dry_run=args.dry_run)
