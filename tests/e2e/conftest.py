@@ -18,6 +18,16 @@ import scenario  # noqa: E402
 _RUN = pytest.StashKey[rig.RigRun]()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """The layer's temp root in the rig's work dir unless --basetemp names one. pytest's default
+    root is numbered (/tmp/pytest-of-USER/pytest-N), and the session that made it deletes its
+    older siblings at exit (all but three): after the unit layer's fake hosts, minutes of disk
+    work with nothing of this layer's in it."""
+    if config.option.basetemp is None:
+        config.option.basetemp = str(rig.DEFAULT_WORK_DIR / "pytest")
+
+
 @pytest.fixture(scope="session")
 def rig_run(request: pytest.FixtureRequest) -> rig.RigRun:
     """Run the emulated SR-IOV host once (each of its boots); every step test reads its results."""
