@@ -101,7 +101,7 @@ def test_the_host_bound_grows_with_the_pace_the_vm_reports():
 
 
 def test_the_summary_says_how_much_slower_the_vm_ran(tmp_path):
-    config = rig.RigConfig(kernel=rig.Kernel("r", tmp_path, tmp_path), work_dir=tmp_path, boots=1)
+    config = rig.RigConfig(kernel=rig.Kernel("r", tmp_path, tmp_path), work_dir=tmp_path)
     results = {name: rig.StepResult(name, True, 1.0, "", pace=p) for name, p in (("a", 2.0), ("b", 3.0), ("c", 7.5))}
     run = rig.RigRun(config, (rig.Boot(1, 0, False, 100.0, pace=7.5),), results)
     text = rig.format_results(run, [("a", 1), ("b", 1), ("c", 1)])

@@ -25,8 +25,10 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,15 +74,23 @@ class RigConfig:
     # Seven paused guests with vfio-pinned memory need about 800 MiB on top of the base system.
     memory_mib: int = 3072
     cpus: int = 2
+    # vCPUs of the VMs of the other lanes (see lanes): one, so that such a VM never takes more
+    # than the core the first VM leaves. With two each, the two VMs' busy phases slowed the first
+    # lane by half and the second by twice (2026-12-02), for no gain over one VM at a time.
+    side_cpus: int = 1
     # The interpreter that runs scenario.py inside the VM. The VM shares this machine's "/",
     # so this very interpreter (venv or not) is there at the same path.
     python: str = sys.executable
     scenario: Path = SCENARIO
-    # Boots of the VM in one run; each boot N runs the steps of boot N (e2e.boot=N). Boot 2 sees
-    # what boot 1 left on the disk, with a new kernel boot_id, as a real host after a reboot.
-    boots: int = 1
+    # Boots of the VM in one run, in lanes; each boot N runs the steps of boot N (e2e.boot=N).
+    # The boots of a lane run one after another on one disk: boot 2 sees what boot 1 left on it,
+    # with a new kernel boot_id, as a real host after a reboot. Lanes run at the same time, each
+    # a VM of its own with its own disk and libvirt cache: a VM keeps about one of its two vCPUs
+    # busy (its steps run one command at a time; 1.06 CPUs on average in a run measured
+    # 2026-12-02), so a second one uses the machine's other core.
+    lanes: tuple[tuple[int, ...], ...] = ((1,),)
     # The host's disk (virtio-blk, /dev/vda in the VM), blank at the start of each run and kept
-    # across its boots; 0: no disk.
+    # across the boots of its lane; 0: no disk.
     disk_mib: int = 0
     # vfalloc's Debian package (`make deb`), which the VM installs with dpkg (steps_deb.py); the
     # VM sees it at the same path on the shared root. None: those steps fail and say so.
@@ -97,12 +107,23 @@ class RigConfig:
     libvirt_cache: Path | None = None
 
     @property
-    def cache_dir(self) -> Path:
-        return self.libvirt_cache or self.work_dir / "libvirt-cache"
+    def boots(self) -> tuple[int, ...]:
+        return tuple(sorted(n for lane in self.lanes for n in lane))
 
-    @property
-    def disk_image(self) -> Path:
-        return self.work_dir / "disk.img"
+    def lane_of(self, boot: int) -> tuple[int, ...]:
+        return next(lane for lane in self.lanes if boot in lane)
+
+    def cpus_of(self, boot: int) -> int:
+        return self.cpus if boot in self.lanes[0] else self.side_cpus
+
+    def cache_dir(self, boot: int = 1) -> Path:
+        first = self.lane_of(boot)[0]
+        if first == self.lanes[0][0]:
+            return self.libvirt_cache or self.work_dir / "libvirt-cache"
+        return self.work_dir / f"libvirt-cache-{first}"
+
+    def disk_image(self, boot: int = 1) -> Path:
+        return self.work_dir / f"disk-{self.lane_of(boot)[0]}.img"
 
     def console_log(self, boot: int = 1) -> Path:
         return self.work_dir / f"console-{boot}.log"
@@ -151,7 +172,8 @@ class RigRun:
 
     @property
     def last_boot(self) -> Boot:
-        return self.boots[-1]
+        """The boot that failed first, or the last one."""
+        return next((b for b in self.boots if not b.ok), self.boots[-1])
 
     def console_tail(self, lines: int = 40) -> str:
         return "\n".join(self.last_boot.console.splitlines()[-lines:])
@@ -165,7 +187,7 @@ class RigRun:
             else:
                 how = f"boot {b.number}: QEMU exited {b.returncode} after {b.seconds:.1f} s"
             texts.append(f"{how} (console: {self.config.console_log(b.number)})")
-        missing = self.config.boots - len(self.boots)
+        missing = len(self.config.boots) - len(self.boots)
         if missing:
             texts.append(f"{missing} later boot(s) not run: boot {self.last_boot.number} failed")
         text = "; ".join(texts) + f"; results: {self.config.results_dir}"
@@ -390,7 +412,7 @@ def pf_devices(count: int) -> list[str]:
     return args
 
 
-def shares(config: RigConfig) -> list[str]:
+def shares(config: RigConfig, boot: int = 1) -> list[str]:
     """The machine's "/" read-only (stage1 puts a tmpfs overlay on it) and the results dir
     writable. multidevs=remap keeps inode numbers unique across the host's filesystems."""
     return [
@@ -398,17 +420,17 @@ def shares(config: RigConfig) -> list[str]:
         "-device", f"virtio-9p-pci,fsdev=fsroot,mount_tag={ROOT_TAG},bus=pcie.0,addr=0x2",
         "-fsdev", f"local,id=fsresults,path={config.results_dir},security_model=none",
         "-device", f"virtio-9p-pci,fsdev=fsresults,mount_tag={RESULTS_TAG},bus=pcie.0,addr=0x3",
-        "-fsdev", f"local,id=fscache,path={config.cache_dir},security_model=none",
+        "-fsdev", f"local,id=fscache,path={config.cache_dir(boot)},security_model=none",
         "-device", f"virtio-9p-pci,fsdev=fscache,mount_tag={CACHE_TAG},bus=pcie.0,addr=0x8",
     ]
 
 
-def disk(config: RigConfig) -> list[str]:
-    """The host's disk: a raw image, blank at the start of a run, /dev/vda in the VM."""
+def disk(config: RigConfig, boot: int = 1) -> list[str]:
+    """The host's disk: a raw image per lane, blank at the start of a run, /dev/vda in the VM."""
     if not config.disk_mib:
         return []
     return [
-        "-drive", f"file={config.disk_image},format=raw,if=none,id=disk0",
+        "-drive", f"file={config.disk_image(boot)},format=raw,if=none,id=disk0",
         "-device", "virtio-blk-pci,drive=disk0,serial=e2e-disk,bus=pcie.0,addr=0x9",
     ]
 
@@ -421,7 +443,7 @@ def qemu_argv(config: RigConfig, boot: int = 1) -> list[str]:
         "-accel", "tcg,thread=multi",
         # An Intel CPU, as the Intel IOMMU below (the reference host is Intel: I350 and VT-d).
         "-cpu", "max,vendor=GenuineIntel",
-        "-smp", str(config.cpus),
+        "-smp", str(config.cpus_of(boot)),
         "-m", str(config.memory_mib),
         # kernel-irqchip=split: intel-iommu refuses intremap=on with an in-kernel irqchip under
         # KVM; a no-op under TCG, kept so the line stays the known-good one of docs/testing.md.
@@ -431,8 +453,8 @@ def qemu_argv(config: RigConfig, boot: int = 1) -> list[str]:
         # guest also reports new mappings), the known-good configuration of docs/testing.md.
         "-device", "intel-iommu,intremap=on,caching-mode=on",
         *pf_devices(config.pfs),
-        *shares(config),
-        *disk(config),
+        *shares(config, boot),
+        *disk(config, boot),
         "-serial", f"file:{config.console_log(boot)}",
         "-kernel", str(config.kernel.image),
         "-initrd", str(config.initramfs),
@@ -526,20 +548,19 @@ class ConsoleFollower:
 
 
 def read_results(results_dir: Path) -> dict[str, StepResult]:
-    """steps.jsonl, one JSON object per line; a torn last line (VM killed mid-write) is dropped."""
-    path = results_dir / "steps.jsonl"
+    """steps-N.jsonl of each boot N, one JSON object per line; a torn last line (VM killed
+    mid-write) is dropped."""
     results: dict[str, StepResult] = {}
-    if not path.exists():
-        return results
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        results[record["step"]] = StepResult(
-            record["step"], bool(record["ok"]), float(record["seconds"]), record.get("tail", ""),
-            record.get("log", ""), float(record.get("pace", 1.0)),
-        )
+    for path in sorted(results_dir.glob("steps-*.jsonl")):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            results[record["step"]] = StepResult(
+                record["step"], bool(record["ok"]), float(record["seconds"]), record.get("tail", ""),
+                record.get("log", ""), float(record.get("pace", 1.0)),
+            )
     return results
 
 
@@ -574,18 +595,20 @@ def prepare_work_dir(config: RigConfig) -> None:
     """A fresh results dir and a blank disk for this run; the libvirt cache is kept."""
     shutil.rmtree(config.results_dir, ignore_errors=True)
     config.results_dir.mkdir()
-    config.cache_dir.mkdir(parents=True, exist_ok=True)
-    for old in [*config.work_dir.glob("console*.log"), *config.work_dir.glob("qemu*.log")]:
+    for old in [*config.work_dir.glob("console*.log"), *config.work_dir.glob("qemu*.log"),
+                *config.work_dir.glob("disk*.img")]:
         old.unlink()
-    config.disk_image.unlink(missing_ok=True)
-    if config.disk_mib:
-        with config.disk_image.open("wb") as f:
-            f.truncate(config.disk_mib * 1024 * 1024)  # sparse; the first boot formats it
+    for lane in config.lanes:
+        config.cache_dir(lane[0]).mkdir(parents=True, exist_ok=True)
+        if config.disk_mib:
+            with config.disk_image(lane[0]).open("wb") as f:
+                f.truncate(config.disk_mib * 1024 * 1024)  # sparse; the lane's first boot formats it
 
 
 def run_rig(config: RigConfig, on_line: Callable[[str], None] | None = None) -> RigRun:
-    """Boot the VM config.boots times (a later boot only when the one before ended cleanly).
-    on_line gets the VM's progress lines (see run_qemu) and a line when each boot starts."""
+    """Run each lane of boots (RigConfig.lanes), the lanes at the same time; in a lane, a later
+    boot only when the one before ended cleanly. on_line gets the VMs' progress lines (see
+    run_qemu) and a line when each boot starts, one line at a time."""
     busybox = find_busybox()
     if busybox is None:
         raise RuntimeError("no static busybox")
@@ -593,14 +616,35 @@ def run_rig(config: RigConfig, on_line: Callable[[str], None] | None = None) -> 
     with exclusive(config.work_dir, wait_s=config.timeout_s):
         prepare_work_dir(config)
         build_initramfs(config, busybox)
-        boots: list[Boot] = []
-        for n in range(1, config.boots + 1):
-            if on_line:
-                on_line(f"e2e rig: boot {n} of {config.boots}")
-            boots.append(run_qemu(config, n, on_line))
-            if not boots[-1].ok:
-                break
+        say = _one_at_a_time(on_line)
+        with ThreadPoolExecutor(max_workers=len(config.lanes)) as lanes:
+            done = list(lanes.map(lambda lane: run_lane(config, lane, say), config.lanes))
+        boots = sorted((b for lane in done for b in lane), key=lambda b: b.number)
         return RigRun(config, tuple(boots), read_results(config.results_dir))
+
+
+def run_lane(config: RigConfig, lane: tuple[int, ...], on_line: Callable[[str], None] | None) -> list[Boot]:
+    boots: list[Boot] = []
+    for n in lane:
+        if on_line:
+            on_line(f"e2e rig: boot {n} of {len(config.boots)}")
+        boots.append(run_qemu(config, n, on_line))
+        if not boots[-1].ok:
+            break
+    return boots
+
+
+def _one_at_a_time(on_line: Callable[[str], None] | None) -> Callable[[str], None] | None:
+    """on_line, called by one lane's thread at a time."""
+    if on_line is None:
+        return None
+    lock = threading.Lock()
+
+    def say(line: str) -> None:
+        with lock:
+            on_line(line)
+
+    return say
 
 
 def default_config() -> RigConfig:
@@ -611,12 +655,11 @@ def default_config() -> RigConfig:
 
 
 def scenario_config(kernel: Kernel | None = None, **overrides) -> RigConfig:
-    """The rig as scenario.py needs it: as many boots as its steps use, and a disk."""
+    """The rig as scenario.py needs it: its lanes of boots (scenario.LANES), and a disk."""
     import scenario
 
     kernel = kernel or default_config().kernel
-    boots = max((b for _, b in scenario.step_boots()), default=1)
-    return RigConfig(kernel=kernel, boots=boots, disk_mib=scenario.DISK_MIB, **overrides)
+    return RigConfig(kernel=kernel, lanes=scenario.LANES, disk_mib=scenario.DISK_MIB, **overrides)
 
 
 def format_results(run: RigRun, steps: list[tuple[str, int]]) -> str:
@@ -629,9 +672,9 @@ def format_results(run: RigRun, steps: list[tuple[str, int]]) -> str:
         speed = "" if r is None else f"{r.pace:5.1f}x"
         lines.append(f"{boot:<5} {name:<26} {result:<7} {seconds:>8} {speed:>6}")
     in_steps = sum(r.seconds for r in run.results.values())
-    wall = sum(b.seconds for b in run.boots)
-    lines.append(f"steps {in_steps:.1f} s inside the VM, {wall:.1f} s of QEMU wall time; "
-                 f"{run.describe_boot()}")
+    lanes = [sum(b.seconds for b in run.boots if b.number in lane) for lane in run.config.lanes]
+    lines.append(f"steps {in_steps:.1f} s inside the VMs, {max(lanes):.1f} s of QEMU wall time "
+                 f"(lanes at once: {', '.join(f'{s:.1f} s' for s in lanes)}); {run.describe_boot()}")
     lines.append(describe_pace(run))
     return "\n".join(lines)
 

@@ -2,21 +2,24 @@
 
 stage2.sh (PID 1 of the VM) runs this file with the machine's own Python; only the standard
 library is used. It owns the steps, what each one proves, and the record format: one JSON line
-per step in <results>/steps.jsonl ({"step", "ok", "seconds", "tail", "log", "boot"}) plus the
-step's full output in <results>/step-<name>.log. The host side (rig.py, test_e2e.py) imports this
-module for step_boots() and DISK_MIB only; importing it runs nothing.
+per step in <results>/steps-<boot>.jsonl ({"step", "ok", "seconds", "tail", "log", "boot"}) plus
+the step's full output in <results>/step-<name>.log. The host side (rig.py, test_e2e.py) imports
+this module for step_boots(), LANES and DISK_MIB only; importing it runs nothing.
 
-The VM boots twice (rig.py; stage2 passes e2e.boot=N as --boot N): boot 1 sets the host up and
-runs the guests, boot 2 is the same host after a reboot, with what boot 1 left on its disk
-(/dev/vda: vfalloc's config and lease table, libvirt's domains and hooks, the systemd unit) and a
-new kernel boot_id.
+Two VMs run at the same time (rig.py, LANES; stage2 passes e2e.boot=N as --boot N). The first
+boots twice: boot 1 sets the host up and runs the guests, boot 2 is the same host after a
+reboot, with what boot 1 left on its disk (/dev/vda: vfalloc's config and lease table, libvirt's
+domains and hooks, the systemd unit) and a new kernel boot_id. The second, boot 3, is another
+host set up in one step (second-host) for the steps that need no reboot: `vfalloc host check`
+after set-up, a VF in a plain libvirt domain, the Debian package and the bridges (steps_deb.py,
+steps_fdb.py).
 
 Adding a step: write a function taking the Context (inside.py), decorate it with
 @step("name", needs=..., boot=N), place it where it belongs in the file (steps run in the order
-they are defined, boot 1's before boot 2's), check things with expect(), run commands with
-ctx.run() / ctx.vfalloc() (their output goes into the record) and fail by raising StepFailed. A
-step whose `needs` did not pass (in this boot or an earlier one) is recorded as failed without
-running. Each step is bounded by its timeout; commands get what is left of it.
+they are defined, boot 1's before boot 2's before boot 3's), check things with expect(), run
+commands with ctx.run() / ctx.vfalloc() (their output goes into the record) and fail by raising
+StepFailed. A step needs only steps of its own lane; one whose `needs` did not pass (in this boot
+or an earlier one of its lane) is recorded as failed without running. Each step is bounded by its timeout; commands get what is left of it.
 
 Timeouts are what a step needs on an idle machine: the VM measures how much slower it runs at
 boot and before each step (pace.py), and the step's bound and every timeout of ctx.run() and
@@ -87,7 +90,9 @@ DERIVED_MAC_GUEST = "guest5"  # asks for no MAC: vfalloc derives one from its UU
 VICTIM = "guest2"  # its QEMU dies while libvirtd is down
 DOMAIN_WITH_VF = "e2e-a"  # raw libvirt: <interface type='hostdev'> on VF 3 of PF 1 in its config
 VF_MAC = "52:54:00:e2:e0:a0"
-DISK_MIB = 64  # the host's disk (rig.py); boot 1 formats it
+DISK_MIB = 64  # the host's disk (rig.py); the first boot of each lane formats it
+# rig.RigConfig.lanes: boots 1 and 2 are one VM rebooted, boot 3 a second VM beside it.
+LANES = ((1, 2), (3,))
 DISK_DEV = Path("/dev/vda")
 DISK_MOUNT = Path("/mnt/e2e-disk")
 UNIT = Path("/etc/systemd/system/vfalloc-numvfs.service")
@@ -128,6 +133,10 @@ def step(name: str, *, timeout: float = 30, needs: tuple[str, ...] = (),
         unknown = [n for n in needs if n not in {s.name for s in STEPS}]
         if unknown:
             raise ValueError(f"step {name!r} needs {unknown}, which are not defined before it")
+        lane = next(lane for lane in LANES if boot in lane)
+        elsewhere = [s.name for s in STEPS if s.name in needs and s.boot not in lane]
+        if elsewhere:
+            raise ValueError(f"step {name!r} of boot {boot} needs {elsewhere}, which run in another VM")
         if STEPS and boot < STEPS[-1].boot:
             raise ValueError(f"step {name!r} of boot {boot} comes after a step of a later boot")
         STEPS.append(Step(name, func, timeout, needs, boot))
@@ -175,30 +184,31 @@ def run_step(s: Step, results: Path, passed: set[str], speed: pace.Pace | None =
 
 
 def append_record(results: Path, record: dict) -> None:
-    with (results / "steps.jsonl").open("a") as f:
+    """One file per boot: the VMs of two lanes write to the results share at the same time."""
+    with (results / f"steps-{record['boot']}.jsonl").open("a") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
-def passed_before(results: Path) -> set[str]:
-    """Steps that passed in earlier boots of this run."""
-    path = results / "steps.jsonl"
-    if not path.exists():
-        return set()
+def passed_before(results: Path, boot: int) -> set[str]:
+    """Steps that passed in the earlier boots of this boot's lane in this run."""
+    lane = next(lane for lane in LANES if boot in lane)
     passed = set()
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("ok"):
-            passed.add(record["step"])
+    for earlier in lane[:lane.index(boot)]:
+        path = results / f"steps-{earlier}.jsonl"
+        for line in path.read_text().splitlines() if path.exists() else []:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("ok"):
+                passed.add(record["step"])
     return passed
 
 
 def run_all(results: Path, boot: int = 1) -> int:
-    passed = passed_before(results)
+    passed = passed_before(results, boot)
     mine = [s for s in STEPS if s.boot == boot]
     speed = pace.Pace.at_boot()
     # rig.py reads this line: its own bound on the boot grows by the same factor.
@@ -436,6 +446,17 @@ def config(ctx: Context) -> None:
     """vfalloc's config at a non-default path: one pool of 7 VFs over both PFs, 4 VFs per PF.
     Before any VF exists, `vfalloc pools` lists the pool and its PFs with nothing in them."""
     pf0, pf1 = sriov_pfs()
+    text = write_config(ctx)
+    ctx.log(f"# cat {CONFIG}\n{text}")
+    view = listing(ctx, leased=set(), free=0, total=0, human=True)
+    pfs = {p["pf_netdev"] for p in view.pool()["pfs"]}
+    expect(pfs == {pf0.netdev, pf1.netdev}, f"pool {POOL} lists PFs {pfs}")
+    expect("no SR-IOV VFs found" in view.text, "`vfalloc list` on a host without VFs does not say so")
+
+
+def write_config(ctx: Context) -> str:
+    """CONFIG as the config step writes it; its text."""
+    pf0, pf1 = sriov_pfs()
     text = (
         "# The e2e host's vfalloc config. Not at the default path on purpose: `vfalloc\n"
         "# install-hook --config` has to write the path into the hook (libvirt gives hooks\n"
@@ -451,11 +472,7 @@ def config(ctx: Context) -> None:
         f"numvfs = {NUM_VFS}\n"
     )
     CONFIG.write_text(text)
-    ctx.log(f"# cat {CONFIG}\n{text}")
-    view = listing(ctx, leased=set(), free=0, total=0, human=True)
-    pfs = {p["pf_netdev"] for p in view.pool()["pfs"]}
-    expect(pfs == {pf0.netdev, pf1.netdev}, f"pool {POOL} lists PFs {pfs}")
-    expect("no SR-IOV VFs found" in view.text, "`vfalloc list` on a host without VFs does not say so")
+    return text
 
 
 @step("host-check-before", needs=("config",))
@@ -648,69 +665,6 @@ def libvirtd(ctx: Context) -> None:
     """virtlogd and libvirtd started by hand (no systemd here) answer on the unix socket."""
     start_libvirt(ctx)
     ctx.run("virsh", "version")
-
-
-@step("host-check-after", needs=("libvirtd", "numvfs", "persist-systemd", "install-hook"))
-def host_check_after(ctx: Context) -> None:
-    """After set-up, `vfalloc host check` passes: VFs as configured, each alone in its IOMMU
-    group, the count made at boot, the hook installed (warnings allowed, e.g. no iommu=pt)."""
-    checks = host_checks(ctx, want_rc=0)
-    expect("fail" not in checks.values(), f"failed checks: {checks}")
-    expect(checks.get(("hook", "host")) == "ok", "the hook check is not ok")
-    for pf in sriov_pfs():
-        for name in ("sr-iov", "isolation", "persist", "link"):
-            expect(pf_check(checks, name, pf) == "ok", f"{pf.netdev}: {name} is not ok")
-
-
-@step("define-domains", timeout=60, needs=("libvirtd", "vfs-igbvf"))
-def define_domains(ctx: Context) -> None:
-    """e2e-a, a tiny q35 domain with <interface type='hostdev' managed='yes'> on the VF in no
-    pool, and no vfalloc request: plain libvirt, which the hook leaves alone."""
-    path = Path("/tmp") / f"{DOMAIN_WITH_VF}.xml"
-    path.write_text(domain_xml(DOMAIN_WITH_VF, spare_vf(), VF_MAC))
-    ctx.run("virsh", "define", str(path))
-    out = ctx.run("virsh", "list", "--all", "--name").stdout
-    expect(DOMAIN_WITH_VF in out.split(), "domain not defined")
-
-
-@step("start-paused", timeout=60, needs=("define-domains",))
-def start_paused(ctx: Context) -> None:
-    """`virsh start --paused` with the VF: libvirt moves the VF to vfio-pci and sets its MAC."""
-    vf = spare_vf()
-    try:
-        ctx.run("virsh", "start", "--paused", DOMAIN_WITH_VF)
-    except StepFailed:
-        ctx.attach_file(Path(f"/var/log/libvirt/qemu/{DOMAIN_WITH_VF}.log"))
-        ctx.attach_file(ctx.results / f"libvirtd-boot{ctx.boot}.log")
-        raise
-    ctx.run("virsh", "domstate", DOMAIN_WITH_VF)
-    expect(driver_of(vf) == "vfio-pci", f"{vf} is on {driver_of(vf)} while {DOMAIN_WITH_VF} runs")
-
-
-@step("qemu-cmdline", needs=("start-paused",))
-def qemu_cmdline(ctx: Context) -> None:
-    """The guest's QEMU holds the VF as a vfio-pci device; the PF reports the VF's new MAC.
-    vfalloc leased nothing: the domain asks for no VF."""
-    pf = sriov_pfs()[1]
-    vf = spare_vf()
-    pid = qemu_pid(DOMAIN_WITH_VF)
-    expect(pid, f"no /run/libvirt/qemu/{DOMAIN_WITH_VF}.pid")
-    vfio = [d for d in qemu_devices(pid) if d.get("driver") == "vfio-pci"]
-    ctx.log(f"QEMU pid {pid}, vfio-pci devices: {vfio}")
-    expect([d.get("host") for d in vfio] == [vf], f"expected one vfio-pci device with host={vf}")
-    macs = vf_macs(ctx, pf)
-    index = vfs_of(pf).index(vf)
-    expect(macs.get(index) == VF_MAC, f"VF {index} MAC is {macs.get(index)}, expected {VF_MAC}")
-    listing(ctx, leased=set(), free=POOL_SIZE)
-
-
-@step("destroy", needs=("start-paused",))
-def destroy(ctx: Context) -> None:
-    """After destroy, QEMU is gone and libvirt gives the VF back to igbvf."""
-    vf = spare_vf()
-    ctx.run("virsh", "destroy", DOMAIN_WITH_VF)
-    expect(qemu_pid(DOMAIN_WITH_VF) is None, "the pid file is still there")
-    ctx.wait_for(f"{vf} back on igbvf", lambda: driver_of(vf) == "igbvf", timeout=10)
 
 
 # --- steps: vfalloc hands out VFs ----------------------------------------------------------------
@@ -1054,11 +1008,103 @@ def start_after_reboot(ctx: Context) -> None:
     host_checks(ctx, want_rc=0)
 
 
+# --- steps: a second host beside the first (boot 3) ---------------------------------------------
+
+SECOND_GUEST = "guest10"  # runs with its VF while the Debian package's steps restart libvirtd
+
+
+@step("second-host", timeout=300, boot=3)
+def second_host(ctx: Context) -> None:
+    """A host set up as boot 1 sets its own up, in one step, for the steps that need no reboot:
+    a fresh disk, the config, 4 VFs on each PF, the boot unit, the hook, libvirtd, and one guest
+    running with a VF of the pool, hot-plugged at a plain `virsh start`. Boot 1 proves these one
+    by one; here they are checked to have taken, and host-check-after checks the whole."""
+    mount_disk(ctx, fresh=True)
+    write_config(ctx)
+    for pf in sriov_pfs():
+        ctx.vfalloc("host", "numvfs", pf.netdev, str(NUM_VFS))
+        expect(len(vfs_of(pf)) == NUM_VFS, f"{pf.netdev}: {len(vfs_of(pf))} VFs")
+    ctx.vfalloc("host", "persist", "--exec", str(VFALLOC), "--enable")
+    ctx.vfalloc("install-hook", "--config", str(CONFIG))
+    expect(UNIT.exists() and HOOK.exists(), "the boot unit or the hook is missing")
+    start_libvirt(ctx)
+    path = Path("/tmp") / f"{SECOND_GUEST}.xml"
+    path.write_text(domain_xml(SECOND_GUEST, metadata=metadata_request(POOL, guest_mac(SECOND_GUEST))))
+    ctx.run("virsh", "define", str(path))
+    ctx.run("virsh", "start", "--paused", SECOND_GUEST)
+    ctx.wait_for(f"the lease of {SECOND_GUEST} attached", lambda: any(
+        r["domain"] == SECOND_GUEST and r["phase"] == "attached" for r in quiet_rows()),
+        timeout=90, interval=2)
+
+
+@step("host-check-after", needs=("second-host",), boot=3)
+def host_check_after(ctx: Context) -> None:
+    """After set-up, `vfalloc host check` passes: VFs as configured, each alone in its IOMMU
+    group, the count made at boot, the hook installed (warnings allowed, e.g. no iommu=pt)."""
+    checks = host_checks(ctx, want_rc=0)
+    expect("fail" not in checks.values(), f"failed checks: {checks}")
+    expect(checks.get(("hook", "host")) == "ok", "the hook check is not ok")
+    for pf in sriov_pfs():
+        for name in ("sr-iov", "isolation", "persist", "link"):
+            expect(pf_check(checks, name, pf) == "ok", f"{pf.netdev}: {name} is not ok")
+
+
+@step("define-domains", timeout=60, needs=("second-host",), boot=3)
+def define_domains(ctx: Context) -> None:
+    """e2e-a, a tiny q35 domain with <interface type='hostdev' managed='yes'> on the VF in no
+    pool, and no vfalloc request: plain libvirt, which the hook leaves alone."""
+    path = Path("/tmp") / f"{DOMAIN_WITH_VF}.xml"
+    path.write_text(domain_xml(DOMAIN_WITH_VF, spare_vf(), VF_MAC))
+    ctx.run("virsh", "define", str(path))
+    out = ctx.run("virsh", "list", "--all", "--name").stdout
+    expect(DOMAIN_WITH_VF in out.split(), "domain not defined")
+
+
+@step("start-paused", timeout=60, needs=("define-domains",), boot=3)
+def start_paused(ctx: Context) -> None:
+    """`virsh start --paused` with the VF: libvirt moves the VF to vfio-pci and sets its MAC."""
+    vf = spare_vf()
+    try:
+        ctx.run("virsh", "start", "--paused", DOMAIN_WITH_VF)
+    except StepFailed:
+        ctx.attach_file(Path(f"/var/log/libvirt/qemu/{DOMAIN_WITH_VF}.log"))
+        ctx.attach_file(ctx.results / f"libvirtd-boot{ctx.boot}.log")
+        raise
+    ctx.run("virsh", "domstate", DOMAIN_WITH_VF)
+    expect(driver_of(vf) == "vfio-pci", f"{vf} is on {driver_of(vf)} while {DOMAIN_WITH_VF} runs")
+
+
+@step("qemu-cmdline", needs=("start-paused",), boot=3)
+def qemu_cmdline(ctx: Context) -> None:
+    """The guest's QEMU holds the VF as a vfio-pci device; the PF reports the VF's new MAC.
+    vfalloc leased nothing: the domain asks for no VF."""
+    pf = sriov_pfs()[1]
+    vf = spare_vf()
+    pid = qemu_pid(DOMAIN_WITH_VF)
+    expect(pid, f"no /run/libvirt/qemu/{DOMAIN_WITH_VF}.pid")
+    vfio = [d for d in qemu_devices(pid) if d.get("driver") == "vfio-pci"]
+    ctx.log(f"QEMU pid {pid}, vfio-pci devices: {vfio}")
+    expect([d.get("host") for d in vfio] == [vf], f"expected one vfio-pci device with host={vf}")
+    macs = vf_macs(ctx, pf)
+    index = vfs_of(pf).index(vf)
+    expect(macs.get(index) == VF_MAC, f"VF {index} MAC is {macs.get(index)}, expected {VF_MAC}")
+    listing(ctx, leased={SECOND_GUEST}, free=POOL_SIZE - 1)  # second-host's guest holds one
+
+
+@step("destroy", needs=("start-paused",), boot=3)
+def destroy(ctx: Context) -> None:
+    """After destroy, QEMU is gone and libvirt gives the VF back to igbvf."""
+    vf = spare_vf()
+    ctx.run("virsh", "destroy", DOMAIN_WITH_VF)
+    expect(qemu_pid(DOMAIN_WITH_VF) is None, "the pid file is still there")
+    ctx.wait_for(f"{vf} back on igbvf", lambda: driver_of(vf) == "igbvf", timeout=10)
+
+
 # Steps kept in modules of their own register here, in this order. Run as a script this module
 # is __main__: it is put in sys.modules as "scenario" too, so theirs is this module, not a copy.
 sys.modules.setdefault("scenario", sys.modules[__name__])
-import steps_deb  # noqa: E402,F401  (the Debian package, at the end of boot 2)
-import steps_fdb  # noqa: E402,F401  (boot 2: bridged guests and VFs on one port, docs/bridges.md)
+import steps_deb  # noqa: E402,F401  (boot 3: the Debian package)
+import steps_fdb  # noqa: E402,F401  (boot 3: bridged guests and VFs on one port, docs/bridges.md)
 
 
 def inside_the_rig() -> bool:

@@ -1,11 +1,11 @@
-"""e2e steps of the Debian package: at the end of boot 2 the emulated host installs the .deb that
+"""e2e steps of the Debian package: the second host (boot 3, scenario.py) installs the .deb that
 `make deb` built (dpkg, into the VM's throw-away overlay; its dependencies python3-lxml,
 python3-filelock and python3-libvirt are Debian's, found on the shared root), the packaged
 `vfalloc install-hook` replaces the hook with one that runs /usr/bin/python3, libvirtd restarts
 to see it, and a plain `virsh start` gets its VF through that hook; the packaged `vfalloc
 metrics` agrees with the packaged `vfalloc list --json`.
 
-Imported by scenario.py after its last step (steps run in the order they are registered).
+Imported by scenario.py after its second-host step (steps run in the order they are registered).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def packaged_json(ctx: Context, *args: str):
     return json.loads(proc.stdout)
 
 
-@step("deb-install", timeout=600, boot=2)
+@step("deb-install", timeout=600, needs=("second-host",), boot=3)
 def deb_install(ctx: Context) -> None:
     """dpkg installs the package over Debian's own python3-lxml, python3-filelock and
     python3-libvirt; its files are where they belong and /usr/bin/vfalloc runs on Debian's
@@ -86,14 +86,14 @@ def deb_install(ctx: Context) -> None:
     expect("_vfalloc vfalloc" in bash.stdout, "the installed bash completion does not register")
 
 
-@step("deb-hook", timeout=900, needs=("deb-install",), boot=2)
+@step("deb-hook", timeout=900, needs=("deb-install",), boot=3)
 def deb_hook(ctx: Context) -> None:
     """The packaged `vfalloc install-hook` writes a hook that runs /usr/bin/python3 (which can
     import vfalloc only from the package); libvirtd (re)starts to see it, and answers `reconnect
-    begin` for a guest that runs; a guest of its own, defined here with a request in its XML, gets
-    its VF through that hook at a plain `virsh start`, hot-plugged; `virsh destroy` gives it back.
-    It uses boot 1's config on the disk and boot 2's VFs of the boot unit, so the package is proven even when the scenario's own guests are not; should boot 1
-    have left no config or boot 2 no VFs, it makes them (with the packaged vfalloc)."""
+    begin` for the guest second-host started; a guest of its own, defined here with a request in
+    its XML, gets its VF through that hook at a plain `virsh start`, hot-plugged; `virsh destroy`
+    gives it back. It uses second-host's config and VFs; should that step have left no config or
+    no VFs, it makes them (with the packaged vfalloc)."""
     if not CONFIG.exists():
         pf0, pf1 = sriov_pfs()
         CONFIG.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,7 @@ def deb_hook(ctx: Context) -> None:
     ctx.log(f"# cat {HOOK}\n{text}")
     expect(text.startswith("#!/bin/sh\n") and "\npython=/usr/bin/python3\n" in text,
            "the packaged install-hook did not write a hook that runs /usr/bin/python3")
-    packaged(ctx, "gc")  # leases of boot 1 that nothing freed yet
+    packaged(ctx, "gc")  # leases of guests that stopped, should any be left
     before = {r["domain"]: r["vf"] for r in packaged_json(ctx, "list") if r["state"] == "leased"}
     pid = libvirtd_pid()
     if pid:

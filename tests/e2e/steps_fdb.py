@@ -1,6 +1,6 @@
 """e2e steps: bridged guests and VF guests on one port reach each other because vfalloc keeps the
-PF's FDB (docs/bridges.md). Registered from scenario.py at the end of boot 2, once both PFs have
-their VFs again; libvirtd runs with the hook boot 1 installed.
+PF's FDB (docs/bridges.md). Registered from scenario.py for the second host (boot 3), after the
+Debian package's steps: both PFs have their VFs, libvirtd runs with the hook installed.
 
 What they prove on the real kernel, igb/igbvf and QEMU's 82576 model:
 - fdb-bridge: PF 0 made a port of br0 (own MAC differing from the PF's): `vfalloc host check`
@@ -71,10 +71,10 @@ def fdb_check(ctx: Context, pf: str) -> dict:
     return found[0]
 
 
-@step("fdb-bridge", timeout=240, needs=("persist-at-boot", "install-hook"), boot=2)
+@step("fdb-bridge", timeout=240, needs=("second-host",), boot=3)
 def fdb_bridge(ctx: Context) -> None:
-    # These steps need the VFs (made at this boot) and libvirtd with the hook boot 1 installed;
-    # not the lease steps before them, so libvirtd is started here when they did not start it.
+    # These steps need the VFs, the boot unit and libvirtd with the hook (second-host); not the
+    # package's steps before them, so libvirtd is started here when it does not answer.
     if not libvirtd_answers():
         start_libvirt(ctx)
     ctx.run("modprobe", "-a", "bridge", "veth", "tun")
@@ -98,7 +98,7 @@ def fdb_bridge(ctx: Context) -> None:
     expect(fdb_check(ctx, pf)["status"] == "ok", "host check still warns after fdb sync")
 
 
-@step("fdb-guest", timeout=240, needs=("fdb-bridge",), boot=2)
+@step("fdb-guest", timeout=240, needs=("fdb-bridge",), boot=3)
 def fdb_guest(ctx: Context) -> None:
     pf = sriov_pfs()[0].netdev
     path = Path("/tmp") / f"{WEB}.xml"
@@ -141,7 +141,7 @@ def sync_in(ctx: Context, config: Path) -> str:
                    env={"VFALLOC_CONFIG": str(config)}, shown=f"ip netns exec {SW} vfalloc fdb sync").stdout
 
 
-@step("fdb-reach", timeout=420, needs=("fdb-bridge",), boot=2)
+@step("fdb-reach", timeout=420, needs=("fdb-bridge",), boot=3)
 def fdb_reach(ctx: Context) -> None:
     pf_rec = sriov_pfs()[1]
     pf = pf_rec.netdev

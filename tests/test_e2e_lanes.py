@@ -1,0 +1,130 @@
+"""The e2e rig's lanes (tests/e2e/rig.py, RigConfig.lanes; scenario.LANES): boots of one lane are
+one VM rebooted on one disk, lanes are VMs of their own that run at the same time. Run here,
+without booting the VM: the QEMU command lines, the work dir, the step records, and the lanes
+run by real processes standing in for QEMU."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "e2e"))
+
+import rig  # noqa: E402
+import scenario  # noqa: E402
+
+LANES = ((1, 2), (3,))
+
+
+def config(tmp_path: Path, **overrides) -> rig.RigConfig:
+    kernel = rig.Kernel("r", tmp_path / "vmlinuz", tmp_path / "modules")
+    return rig.RigConfig(kernel=kernel, work_dir=tmp_path, lanes=LANES, disk_mib=1, **overrides)
+
+
+def value_of(argv: list[str], flag: str, key: str) -> str:
+    """The `key=` part of the argument after `flag` that has it (e.g. -drive file=...)."""
+    for i, arg in enumerate(argv[:-1]):
+        if arg == flag and f"{key}=" in argv[i + 1]:
+            return argv[i + 1].split(f"{key}=", 1)[1].split(",", 1)[0]
+    raise AssertionError(f"no {flag} with {key}= in {argv}")
+
+
+@pytest.mark.parametrize("a, b, same", [(1, 2, True), (1, 3, False), (2, 3, False)],
+                         ids=["reboot-same-vm", "other-vm", "other-vm-after-reboot"])
+def test_boots_of_a_lane_share_the_disk_and_cache_other_lanes_have_their_own(tmp_path, a, b, same):
+    c = config(tmp_path)
+    argv_a, argv_b = rig.qemu_argv(c, a), rig.qemu_argv(c, b)
+    assert (value_of(argv_a, "-drive", "file") == value_of(argv_b, "-drive", "file")) is same
+    caches = [value_of(x, "-fsdev", "id=fscache,path") for x in (argv_a, argv_b)]
+    assert (caches[0] == caches[1]) is same
+    assert f"e2e.boot={a}" in argv_a[-1] and f"e2e.boot={b}" in argv_b[-1]
+    assert argv_a[argv_a.index("-serial") + 1] != argv_b[argv_b.index("-serial") + 1]  # file:<console log>
+
+
+@pytest.mark.parametrize("boot, cpus", [(1, 2), (2, 2), (3, 1)], ids=["first-vm", "first-vm-rebooted", "second-vm"])
+def test_the_second_vm_gets_one_vcpu(tmp_path, boot, cpus):
+    argv = rig.qemu_argv(config(tmp_path), boot)
+    assert argv[argv.index("-smp") + 1] == str(cpus)
+
+
+def test_the_first_lane_keeps_the_cache_it_is_given(tmp_path):
+    c = config(tmp_path, libvirt_cache=tmp_path / "given")
+    assert (c.cache_dir(1), c.cache_dir(2)) == (tmp_path / "given", tmp_path / "given")
+    assert c.cache_dir(3) == tmp_path / "libvirt-cache-3"
+
+
+def test_the_work_dir_gets_one_blank_disk_per_lane(tmp_path):
+    c = config(tmp_path)
+    (tmp_path / "disk.img").write_bytes(b"an older run's")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "steps-1.jsonl").write_text("{}\n")
+    rig.prepare_work_dir(c)
+    assert sorted(p.name for p in tmp_path.glob("disk*.img")) == ["disk-1.img", "disk-3.img"]
+    assert all(p.read_bytes() == bytes(1024 * 1024) for p in tmp_path.glob("disk*.img"))
+    assert list((tmp_path / "results").iterdir()) == []
+    assert c.cache_dir(1).is_dir() and c.cache_dir(3).is_dir()
+
+
+def test_results_are_read_from_every_boots_records_and_a_torn_line_is_dropped(tmp_path):
+    line = lambda step, ok: json.dumps({"step": step, "ok": ok, "seconds": 1.5, "boot": 0}) + "\n"  # noqa: E731
+    (tmp_path / "steps-1.jsonl").write_text(line("a", True) + line("b", False))
+    (tmp_path / "steps-3.jsonl").write_text(line("c", True) + '{"step": "d", "ok"')
+    results = rig.read_results(tmp_path)
+    assert {k: v.ok for k, v in results.items()} == {"a": True, "b": False, "c": True}
+
+
+@pytest.mark.parametrize("boot, passed", [(1, set()), (2, {"a"}), (3, set())],
+                         ids=["first-boot", "after-reboot", "other-vm"])
+def test_a_boot_counts_only_what_passed_before_it_in_its_own_vm(tmp_path, boot, passed):
+    (tmp_path / "steps-1.jsonl").write_text(json.dumps({"step": "a", "ok": True}) + "\n"
+                                            + json.dumps({"step": "b", "ok": False}) + "\n")
+    (tmp_path / "steps-3.jsonl").write_text(json.dumps({"step": "c", "ok": True}) + "\n")
+    assert scenario.passed_before(tmp_path, boot) == passed
+
+
+def test_the_scenarios_steps_need_only_steps_of_their_own_vm():
+    boot_of = dict(scenario.step_boots())
+    assert {b for _, b in scenario.step_boots()} == {b for lane in scenario.LANES for b in lane}
+    for s in scenario.STEPS:
+        lane = next(lane for lane in scenario.LANES if s.boot in lane)
+        assert all(boot_of[n] in lane for n in s.needs), s.name
+
+
+def test_a_step_that_needs_a_step_of_another_vm_is_refused(monkeypatch):
+    monkeypatch.setattr(scenario, "STEPS", list(scenario.STEPS))
+    with pytest.raises(ValueError, match="needs \\['config'\\], which run in another VM"):
+        scenario.step("late", needs=("config",), boot=3)(lambda ctx: None)
+
+
+FAKE_QEMU = """#!/bin/sh
+# Stands in for QEMU: notes its boot, then waits (bounded) for a boot of the other lane to have
+# started too, which it can only see when the lanes run at the same time.
+case "$*" in *e2e.boot=1*) me=1 other=3 ;; *e2e.boot=2*) me=2 other=3 ;; *e2e.boot=3*) me=3 other=1 ;; esac
+echo "$me" >> "$NOTES/started"
+n=0
+while ! grep -qx "$other" "$NOTES/started"; do
+    n=$((n + 1)); [ "$n" -lt 600 ] || exit 1
+    sleep 0.1
+done
+echo "$me" >> "$NOTES/ended"
+"""
+
+
+def test_the_lanes_run_at_the_same_time_and_a_lanes_boots_one_after_another(tmp_path, monkeypatch):
+    fake = tmp_path / "qemu"
+    fake.write_text(FAKE_QEMU)
+    fake.chmod(0o755)
+    monkeypatch.setenv("NOTES", str(tmp_path))
+    monkeypatch.setattr(rig, "QEMU", str(fake))
+    monkeypatch.setattr(rig, "find_busybox", lambda: Path("/bin/true"))
+    monkeypatch.setattr(rig, "build_initramfs", lambda config, busybox: None)
+    lines: list[str] = []
+    run = rig.run_rig(config(tmp_path / "work", timeout_s=600), on_line=lines.append)
+    assert [(b.number, b.ok) for b in run.boots] == [(1, True), (2, True), (3, True)], run.describe_boot()
+    ended = (tmp_path / "ended").read_text().split()
+    assert ended.index("1") < ended.index("2")  # boot 2 only after boot 1, on its disk
+    assert sorted(line for line in lines if line.startswith("e2e rig: boot")) == [
+        "e2e rig: boot 1 of 3", "e2e rig: boot 2 of 3", "e2e rig: boot 3 of 3"]
