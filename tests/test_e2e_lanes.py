@@ -6,6 +6,7 @@ run by real processes standing in for QEMU."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -104,6 +105,7 @@ FAKE_QEMU = """#!/bin/sh
 # started too, which it can only see when the lanes run at the same time.
 case "$*" in *e2e.boot=1*) me=1 other=3 ;; *e2e.boot=2*) me=2 other=3 ;; *e2e.boot=3*) me=3 other=1 ;; esac
 echo "$me" >> "$NOTES/started"
+echo "$me $(nice)" >> "$NOTES/nice"
 n=0
 while ! grep -qx "$other" "$NOTES/started"; do
     n=$((n + 1)); [ "$n" -lt 600 ] || exit 1
@@ -114,6 +116,8 @@ echo "$me" >> "$NOTES/ended"
 
 
 def test_the_lanes_run_at_the_same_time_and_a_lanes_boots_one_after_another(tmp_path, monkeypatch):
+    """Lanes overlap, a lane's boots follow each other, and the second VM runs at a lower
+    priority than the first."""
     fake = tmp_path / "qemu"
     fake.write_text(FAKE_QEMU)
     fake.chmod(0o755)
@@ -126,5 +130,8 @@ def test_the_lanes_run_at_the_same_time_and_a_lanes_boots_one_after_another(tmp_
     assert [(b.number, b.ok) for b in run.boots] == [(1, True), (2, True), (3, True)], run.describe_boot()
     ended = (tmp_path / "ended").read_text().split()
     assert ended.index("1") < ended.index("2")  # boot 2 only after boot 1, on its disk
+    base = int(subprocess.run(["nice"], capture_output=True, text=True, check=True).stdout)
+    niceness = dict(line.split() for line in (tmp_path / "nice").read_text().splitlines())
+    assert niceness == {"1": str(base), "2": str(base), "3": str(min(base + rig.SIDE_NICE, 19))}
     assert sorted(line for line in lines if line.startswith("e2e rig: boot")) == [
         "e2e rig: boot 1 of 3", "e2e rig: boot 2 of 3", "e2e rig: boot 3 of 3"]

@@ -45,6 +45,7 @@ DEFAULT_WORK_DIR = Path(os.environ.get("VFALLOC_E2E_WORKDIR", "/var/tmp/vfalloc-
 # N.Nx" after each step; tests/e2e/pace.py) and the bound grows by that factor.
 DEFAULT_TIMEOUT_S = float(os.environ.get("VFALLOC_E2E_TIMEOUT", "600"))
 QEMU = os.environ.get("VFALLOC_E2E_QEMU", "qemu-system-x86_64")
+SIDE_NICE = 10  # the niceness of the VMs of lanes other than the first (run_qemu)
 BUSYBOX_CANDIDATES = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
 
 # What stage1.sh needs before it can mount the shared root: 9p over virtio and overlayfs.
@@ -390,6 +391,13 @@ def kernel_cmdline(config: RigConfig, boot: int = 1) -> str:
             # on a TCG vCPU starved by a busy machine it sees too few and panics ("timer doesn't
             # work through Interrupt-remapped IO-APIC"). The timer is QEMU's and works.
             "no_timer_check",
+            # A periodic tick: each vCPU's LAPIC timer in periodic mode, which QEMU re-arms by
+            # itself, so a timer interrupt or wake-up lost under TCG costs one tick (4 ms at
+            # Debian's HZ=250), not the CPU. With the default one-shot timers an idle vCPU 0 was
+            # seen to sleep for good ("rcu_preempt kthread timer wakeup didn't happen",
+            # docs/reliability.md), three times on 2026-12-02.
+            "nohz=off",
+            "highres=off",
             "panic=-1",  # a panic reboots at once, and -no-reboot turns that into QEMU exiting
             "loglevel=4",
             f"e2e.boot={boot}",
@@ -473,8 +481,12 @@ def run_qemu(config: RigConfig, boot: int = 1,
     speed = PaceWatcher(on_line)
     console = ConsoleFollower(config.console_log(boot), speed.line)
     with config.qemu_log(boot).open("wb") as log:
+        # The VMs of the other lanes at a lower priority: the first lane's VM, whose boots are
+        # the longer, gets the CPU whenever it wants it, the others what it leaves.
+        nice = 0 if boot in config.lanes[0] else SIDE_NICE
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
         )
         rc: int | None = None
         timed_out = False

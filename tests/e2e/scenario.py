@@ -291,7 +291,9 @@ def listing(ctx: Context, *, leased: set[str] | None = None, stale: set[str] = f
     """`vfalloc list --json` and `vfalloc pools --json` checked against what the step expects:
     which domains hold the pool's VFs (leased, stale), how many of its VFs are free, how many
     it has. human: also `vfalloc list` and `vfalloc pools` as people read them, checked against
-    the JSON (each vfalloc command costs about 2 s of TCG time, so not at every step)."""
+    the JSON (each vfalloc command costs about 2 s of TCG time, so only where a table shows a
+    case of its own: no VFs, every VF leased, stale leases without their VFs and with them;
+    tests/test_listing_output.py pins both, byte for byte, on a host with every kind of row)."""
     rows = ctx.vfalloc_json("list")
     pools = ctx.vfalloc_json("pools")
     view = Listing(rows, pools)
@@ -528,7 +530,7 @@ def numvfs(ctx: Context) -> None:
         vfs = vfs_of(pf)
         ctx.log(f"{pf.netdev}: virtfn -> {vfs}")
         expect(len(vfs) == NUM_VFS, f"{pf.netdev}: {len(vfs)} virtfn links, expected {NUM_VFS}")
-    view = listing(ctx, leased=set(), free=POOL_SIZE, human=True)
+    view = listing(ctx, leased=set(), free=POOL_SIZE)
     unusable = [r["vf"] for r in view.rows if r["state"] == "unusable"]
     expect(unusable == [spare_vf()], f"VFs in no pool: {unusable}, expected {spare_vf()}")
 
@@ -839,7 +841,7 @@ def destroy_frees(ctx: Context) -> None:
     name = RACERS[0]
     vf = recall(ctx, "vf_of")[name]
     ctx.run("virsh", "destroy", name)
-    view = listing(ctx, leased=set(RACERS) - {name}, free=1, human=True)
+    view = listing(ctx, leased=set(RACERS) - {name}, free=1)
     expect(view.row(vf)["state"] == "free", f"{vf} is {view.row(vf)['state']}")
     ctx.wait_for(f"{vf} back on igbvf", lambda: driver_of(vf) == "igbvf", timeout=15)
     log = syslog(ctx)
@@ -899,7 +901,7 @@ def daemon_restart(ctx: Context) -> None:
     ctx.log("--- syslog (hook):")
     ctx.log("\n".join(line for line in syslog(ctx).splitlines() if "reconnect" in line or
                       VICTIM in line))
-    view = listing(ctx, leased=alive, free=free_before + 1, human=True)
+    view = listing(ctx, leased=alive, free=free_before + 1)
     expect({n: view.held()[n] for n in alive} == {n: before[n] for n in alive},
            "a running guest's VF changed over the restart")
     vf = before[VICTIM]
@@ -986,7 +988,7 @@ def gc(ctx: Context) -> None:
     out = ctx.vfalloc("gc").stdout
     for name, vf in held.items():
         expect(f"freed {vf} from {name}" in out, f"gc does not report freeing {vf} of {name}")
-    listing(ctx, leased=set(), free=POOL_SIZE, human=True)
+    listing(ctx, leased=set(), free=POOL_SIZE)
     again = ctx.vfalloc("gc").stdout
     expect("no stale leases" in again, "a second gc still found stale leases")
 
