@@ -90,8 +90,7 @@ def test_the_scenarios_steps_need_only_steps_of_their_own_vm():
     boot_of = dict(scenario.step_boots())
     assert {b for _, b in scenario.step_boots()} == {b for lane in scenario.LANES for b in lane}
     for s in scenario.STEPS:
-        lane = next(lane for lane in scenario.LANES if s.boot in lane)
-        assert all(boot_of[n] in lane for n in s.needs), s.name
+        assert all(boot_of[n] in scenario.lane_of(s.boot) for n in s.needs), s.name
 
 
 def test_a_step_that_needs_a_step_of_another_vm_is_refused(monkeypatch):
@@ -132,6 +131,6 @@ def test_the_lanes_run_at_the_same_time_and_a_lanes_boots_one_after_another(tmp_
     assert ended.index("1") < ended.index("2")  # boot 2 only after boot 1, on its disk
     base = int(subprocess.run(["nice"], capture_output=True, text=True, check=True).stdout)
     niceness = dict(line.split() for line in (tmp_path / "nice").read_text().splitlines())
-    assert niceness == {"1": str(base), "2": str(base), "3": str(min(base + rig.SIDE_NICE, 19))}
+    assert niceness == {"1": str(base), "2": str(base), "3": str(min(base + rig.RigConfig.side_nice, 19))}
     assert sorted(line for line in lines if line.startswith("e2e rig: boot")) == [
         "e2e rig: boot 1 of 3", "e2e rig: boot 2 of 3", "e2e rig: boot 3 of 3"]

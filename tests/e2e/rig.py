@@ -45,7 +45,6 @@ DEFAULT_WORK_DIR = Path(os.environ.get("VFALLOC_E2E_WORKDIR", "/var/tmp/vfalloc-
 # N.Nx" after each step; tests/e2e/pace.py) and the bound grows by that factor.
 DEFAULT_TIMEOUT_S = float(os.environ.get("VFALLOC_E2E_TIMEOUT", "600"))
 QEMU = os.environ.get("VFALLOC_E2E_QEMU", "qemu-system-x86_64")
-SIDE_NICE = 10  # the niceness of the VMs of lanes other than the first (run_qemu)
 BUSYBOX_CANDIDATES = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
 
 # What stage1.sh needs before it can mount the shared root: 9p over virtio and overlayfs.
@@ -79,6 +78,9 @@ class RigConfig:
     # than the core the first VM leaves. With two each, the two VMs' busy phases slowed the first
     # lane by half and the second by twice (2026-12-02), for no gain over one VM at a time.
     side_cpus: int = 1
+    # Their niceness: the first VM, whose boots are the longer, gets the CPU whenever it wants
+    # it, the others what it leaves.
+    side_nice: int = 10
     # The interpreter that runs scenario.py inside the VM. The VM shares this machine's "/",
     # so this very interpreter (venv or not) is there at the same path.
     python: str = sys.executable
@@ -114,14 +116,19 @@ class RigConfig:
     def lane_of(self, boot: int) -> tuple[int, ...]:
         return next(lane for lane in self.lanes if boot in lane)
 
+    def in_first_lane(self, boot: int) -> bool:
+        return boot in self.lanes[0]
+
     def cpus_of(self, boot: int) -> int:
-        return self.cpus if boot in self.lanes[0] else self.side_cpus
+        return self.cpus if self.in_first_lane(boot) else self.side_cpus
+
+    def nice_of(self, boot: int) -> int:
+        return 0 if self.in_first_lane(boot) else self.side_nice
 
     def cache_dir(self, boot: int = 1) -> Path:
-        first = self.lane_of(boot)[0]
-        if first == self.lanes[0][0]:
+        if self.in_first_lane(boot):
             return self.libvirt_cache or self.work_dir / "libvirt-cache"
-        return self.work_dir / f"libvirt-cache-{first}"
+        return self.work_dir / f"libvirt-cache-{self.lane_of(boot)[0]}"
 
     def disk_image(self, boot: int = 1) -> Path:
         return self.work_dir / f"disk-{self.lane_of(boot)[0]}.img"
@@ -481,9 +488,7 @@ def run_qemu(config: RigConfig, boot: int = 1,
     speed = PaceWatcher(on_line)
     console = ConsoleFollower(config.console_log(boot), speed.line)
     with config.qemu_log(boot).open("wb") as log:
-        # The VMs of the other lanes at a lower priority: the first lane's VM, whose boots are
-        # the longer, gets the CPU whenever it wants it, the others what it leaves.
-        nice = 0 if boot in config.lanes[0] else SIDE_NICE
+        nice = config.nice_of(boot)
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             preexec_fn=(lambda: os.nice(nice)) if nice else None,

@@ -19,7 +19,8 @@ Adding a step: write a function taking the Context (inside.py), decorate it with
 they are defined, boot 1's before boot 2's before boot 3's), check things with expect(), run
 commands with ctx.run() / ctx.vfalloc() (their output goes into the record) and fail by raising
 StepFailed. A step needs only steps of its own lane; one whose `needs` did not pass (in this boot
-or an earlier one of its lane) is recorded as failed without running. Each step is bounded by its timeout; commands get what is left of it.
+or an earlier one of its lane) is recorded as failed without running. Each step is bounded by its
+timeout; commands get what is left of it.
 
 Timeouts are what a step needs on an idle machine: the VM measures how much slower it runs at
 boot and before each step (pace.py), and the step's bound and every timeout of ctx.run() and
@@ -133,8 +134,7 @@ def step(name: str, *, timeout: float = 30, needs: tuple[str, ...] = (),
         unknown = [n for n in needs if n not in {s.name for s in STEPS}]
         if unknown:
             raise ValueError(f"step {name!r} needs {unknown}, which are not defined before it")
-        lane = next(lane for lane in LANES if boot in lane)
-        elsewhere = [s.name for s in STEPS if s.name in needs and s.boot not in lane]
+        elsewhere = [s.name for s in STEPS if s.name in needs and s.boot not in lane_of(boot)]
         if elsewhere:
             raise ValueError(f"step {name!r} of boot {boot} needs {elsewhere}, which run in another VM")
         if STEPS and boot < STEPS[-1].boot:
@@ -143,6 +143,11 @@ def step(name: str, *, timeout: float = 30, needs: tuple[str, ...] = (),
         return func
 
     return register
+
+
+def lane_of(boot: int) -> tuple[int, ...]:
+    """The boots of the VM that runs boot `boot` (LANES)."""
+    return next(lane for lane in LANES if boot in lane)
 
 
 def step_names() -> list[str]:
@@ -193,7 +198,7 @@ def append_record(results: Path, record: dict) -> None:
 
 def passed_before(results: Path, boot: int) -> set[str]:
     """Steps that passed in the earlier boots of this boot's lane in this run."""
-    lane = next(lane for lane in LANES if boot in lane)
+    lane = lane_of(boot)
     passed = set()
     for earlier in lane[:lane.index(boot)]:
         path = results / f"steps-{earlier}.jsonl"
