@@ -347,7 +347,6 @@ def test_install_hook_refuses_foreign_file_and_removes_only_its_own(scratch, tmp
 def test_repo_hook_is_the_template_for_pythons_on_the_path():
     """hooks/qemu (the Debian package's /usr/share/vfalloc/hooks/qemu) is what `install-hook`
     writes for `python3` and the default paths."""
-
     assert (REPO / "hooks" / "qemu").read_text() == hookfiles.script("python3")
 
 
@@ -441,12 +440,10 @@ finally:
 def test_hook_defines_no_dataclass_and_runs_without_the_cycle_collector(hook, op, subop, tmp_path):
     """A hook is a new process on every libvirt call: a frozen dataclass costs it about 1 ms to
     define (vfalloc.record says why), and the cycle collector's passes about 2 ms."""
-
     watch, hook_path = tmp_path / "python", tmp_path / "hook"
     watch.write_text(_WATCH.format(python=sys.executable))
     hookfiles.write(hook_path, str(watch))
     watch.chmod(0o755)
-    hook_path.chmod(0o755)
     xml = domain_xml(1, '<vfalloc:vf pool="lan0"/>')
     r = hook.run("vm1", op, subop, xml=xml, argv0=[str(hook_path)])
     assert r.returncode == 0 and r.stderr.decode().endswith("flags:-I gc:False loaded:"), r.stderr

@@ -19,6 +19,7 @@ import sys
 
 import pytest
 from libvirtd import lab, libvirt_daemon  # noqa: F401  (fixtures)
+from test_docs import REPORT
 
 from vfalloc import domxml
 
@@ -113,9 +114,7 @@ def test_vfalloc_start_does_the_work_of_prepare_so_that_call_starts_no_python(la
 # each module is a file read and unmarshalled, some 10 ms apiece under TCG.
 START_AVOIDS = ("secrets", "random", "hashlib", "dataclasses", "shlex", "tomllib", "subprocess", "datetime",
                 "vfalloc.commands.audit")
-LOADED = ("import sys, atexit\n"
-          "atexit.register(lambda: sys.stderr.write('\\nLOADED ' + ' '.join(sorted(sys.modules)) + '\\n'))\n"
-          "from vfalloc.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+LOADED = REPORT + "from vfalloc.cli import main\nsys.exit(main(sys.argv[1:]))\n"
 
 
 def test_vfalloc_start_as_a_process_loads_what_performance_md_says(lab, monkeypatch):
