@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from vfalloc.config import DEFAULTS
-from vfalloc.config_cache import DEFAULT_RUN_DIR
+from vfalloc.rundir import DEFAULT_RUN_DIR
 from vfalloc.templates import hook_script
 
 

@@ -446,4 +446,4 @@ def test_hook_defines_no_dataclass_and_runs_without_the_cycle_collector(hook, op
     watch.chmod(0o755)
     xml = domain_xml(1, '<vfalloc:vf pool="lan0"/>')
     r = hook.run("vm1", op, subop, xml=xml, argv0=[str(hook_path)])
-    assert r.returncode == 0 and r.stderr.decode().endswith("flags:-I gc:False loaded:"), r.stderr
+    assert r.returncode == 0 and r.stderr.decode().rstrip("\n").endswith("flags:-I gc:False loaded:"), r.stderr

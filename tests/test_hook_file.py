@@ -20,6 +20,8 @@ from conftest import REPO
 from fakehost import i350
 from hookfiles import hook_file
 
+from vfalloc import config_cache
+
 DATA = REPO / "tests" / "data" / "libvirt"
 
 # Records what the hook file started: argv, the environment's VFALLOC_* and stdin.
@@ -128,6 +130,7 @@ def test_which_calls_start_python(host, op, subop, name, table, python):
     TABLES[table](host.scratch)
     domain = {"plain": "web1", "bridged": "web2", "asks": "db1"}[name.split("-")[0]]
     before = host.scratch.state.read_bytes() if host.scratch.state.exists() else None
+    files = listing(host.scratch.run_dir)
     r = host.run(domain, op, subop, "-", stdin=xml(name))
     assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"")
     assert host.python_ran() == python
@@ -136,16 +139,14 @@ def test_which_calls_start_python(host, op, subop, name, table, python):
         assert argv[:3] == ["-I", "-c", argv[2]] and "from vfalloc.hook import main" in argv[2]
         assert argv[3:] == [domain, op, subop, "-"]
         assert stdin == xml(name)
-        assert env["VFALLOC_HOOK_TABLE"] == str(host.scratch.state)
-        if op in ("migrate", "restore", "reconnect"):  # passed on before the XML is read
-            assert "VFALLOC_HOOK_XML" not in env
-        else:
-            kept = Path(env["VFALLOC_HOOK_XML"])  # vfalloc.hook removes it (test_python_removes_the_kept_xml)
-            assert kept.parent == host.scratch.run_dir and kept.read_bytes() == stdin
-            kept.unlink()
+        assert env["VFALLOC_HOOK_TABLE"] == str(host.scratch.state) and "VFALLOC_HOOK_XML" not in env
     after = host.scratch.state.read_bytes() if host.scratch.state.exists() else None
     assert after == before
-    assert [f.read_bytes() for f in host.scratch.run_dir.glob("hook-xml.*")] in ([], [b""])  # emptied or gone
+    assert listing(host.scratch.run_dir) == files  # the shell part writes no file
+
+
+def listing(folder: Path) -> list[str] | None:
+    return sorted(f.name for f in folder.iterdir()) if folder.exists() else None
 
 
 # XML that is not in libvirt's own form goes to Python whatever it says, exactly as sent.
@@ -210,14 +211,41 @@ STAMPS = [
                          ids=["stamped", "not-this-start", "empty-stamp", "started", "release"])
 def test_a_start_stamped_by_vfalloc_start_needs_no_python_at_prepare(host, text, data, op, python, taken):
     run_dir = host.scratch.run_dir
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, mode=0o700)
     stamp = run_dir / "start.db1"
     stamp.write_text(text)
     r = host.run("db1", op, "end" if op == "release" else "begin", "-", stdin=data)
     assert (r.returncode, r.stderr) == (0, b"")
     assert host.python_ran() == python and stamp.exists() != taken
-    if not python:
-        assert [f.read_bytes() for f in run_dir.glob("hook-xml.*")] == [b""]
+    assert sorted(f.name for f in run_dir.iterdir()) == ([] if taken else ["start.db1"])
+
+
+def _planted_elsewhere(run_dir: Path) -> Path:
+    """The runtime directory is a link to a directory that is private itself."""
+    real = run_dir.parent / "elsewhere"
+    real.mkdir(parents=True, mode=0o700)
+    run_dir.symlink_to(real)
+    return real
+
+
+# Runtime directories in which nobody but root could have put the stamp: the stamp is not taken
+# (whoever could write there could have written it), and Python does prepare's checks again.
+UNTRUSTED = {
+    "mode-0777": lambda run: (run.mkdir(parents=True), run.chmod(0o777), run),
+    "mode-0750": lambda run: (run.mkdir(parents=True), run.chmod(0o750), run),
+    "other-owner": lambda run: (run.mkdir(parents=True, mode=0o700), os.chown(run, 65534, 65534), run),
+    "symlink": lambda run: (None, None, _planted_elsewhere(run)),
+}
+
+
+@pytest.mark.parametrize("state", UNTRUSTED, ids=list(UNTRUSTED))
+def test_a_stamp_in_a_directory_others_could_write_is_not_taken(host, state):
+    where = UNTRUSTED[state](host.scratch.run_dir)[2]
+    stamp = where / "start.db1"
+    stamp.write_text("0123abcd\n")
+    r = host.run("db1", "prepare", "begin", "-", stdin=stamped("0123abcd"))
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert host.python_ran() and stamp.read_text() == "0123abcd\n"
 
 
 def test_the_stamp_vfalloc_start_writes_is_what_the_hook_file_takes(host):
@@ -276,32 +304,6 @@ def test_config_written_into_the_file_unless_the_environment_names_one(scratch, 
     assert hook.seen()[2]["VFALLOC_CONFIG"] == str(scratch.config)
 
 
-def test_the_runtime_directory_is_made_0700(host):
-    run_dir = host.scratch.run_dir
-    assert not run_dir.exists()
-    host.run("web1", "prepare", "begin", "-", stdin=xml("plain-prepare-begin"))
-    assert run_dir.is_dir() and run_dir.stat().st_mode & 0o777 == 0o700 and not host.python_ran()
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a full tmpfs in a private mount namespace needs root")
-def test_no_room_for_the_xml_refuses_prepare_in_one_line_and_lets_the_rest_pass(host, tmp_path):
-    """A runtime directory on a full file system: the start is refused with one line (the hook
-    cannot tell whether the domain asks for a VF); a stop is not held up."""
-    full = tmp_path / "full"
-    full.mkdir()
-    results = {}
-    for op, subop in (("prepare", "begin"), ("release", "end")):
-        script = (f"mount -t tmpfs -o size=4k none {full} && (dd if=/dev/zero of={full}/fill bs=1k 2>/dev/null; :) "
-                  f"&& VFALLOC_RUN_DIR={full} exec {host.path} db1 {op} {subop} -")
-        done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                              input=xml("asks-prepare-begin"), env=host.env, capture_output=True, timeout=60)
-        results[op] = (done.returncode, done.stderr.decode())
-    for op, code in (("prepare", 1), ("release", 0)):
-        assert results[op][0] == code, results[op]
-        assert results[op][1].count("\n") == 1 and results[op][1].startswith("vfalloc: cannot write the domain XML")
-    assert not host.python_ran()
-
-
 def test_the_real_hook_behind_the_shell_part_serves_a_start(scratch, tmp_path):
     """The hook file as install-hook writes it, with the real Python behind it: the lease is made
     and the kept XML is gone."""
@@ -312,12 +314,14 @@ def test_the_real_hook_behind_the_shell_part_serves_a_start(scratch, tmp_path):
     assert done.returncode == 0, done.stderr
     assert [x["domain"] for x in json.loads(scratch.state.read_text())["leases"]] == ["db1"]
     assert sys.executable in Path(hook_file()).read_text()
-    assert list(scratch.run_dir.iterdir()) != [] and list(scratch.run_dir.glob("hook-xml.*")) == []
+    assert [f.name for f in scratch.run_dir.iterdir()] == [config_cache.memo_path(str(scratch.run_dir),
+                                                                                 str(scratch.config)).rsplit("/", 1)[1]]
 
 
 @pytest.mark.parametrize("there", [True, False], ids=["kept-file", "already-gone"])
-def test_python_removes_the_kept_xml(scratch, tmp_path, there):
-    """vfalloc.hook reads the XML from stdin and removes the file the hook file kept it in."""
+def test_python_removes_the_xml_an_earlier_hook_file_kept(scratch, tmp_path, there):
+    """vfalloc.hook reads the XML from stdin and removes the file a hook file of an earlier
+    vfalloc kept it in (VFALLOC_HOOK_XML), until `install-hook` writes the current one."""
     from vfalloc.hook import main
 
     i350(scratch.fs)

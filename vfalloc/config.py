@@ -41,10 +41,10 @@ if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc
     from typing import Any
 
 from . import config_cache
-from .config_cache import run_dir
 from .errors import ConfigError, UsageError, shown
 from .model import MAX_VFS, POLICIES, Host, PciAddress, Pool, PoolMember, parse_vlan, whole_number
 from .record import Record, field
+from .rundir import run_dir
 
 DEFAULT_CONFIG = "/etc/vfalloc/vfalloc.toml"
 DEFAULTS = {

@@ -4,13 +4,14 @@ The hook is a new process on every libvirt call. Importing tomllib costs it abou
 (CPython 3.11: Lib/tomllib/_re.py compiles its regexes and imports datetime when loaded), as
 much as everything else the hook adds to starting Python with lxml. So a run that parsed the
 file keeps the result in the runtime directory (VFALLOC_RUN_DIR, default /run/vfalloc, a tmpfs
-that empties at boot), one file per config path. The memo holds the file's exact text and is
+that empties at boot, vfalloc.rundir), one file per config path. The memo holds the file's exact text and is
 used only when the file still holds that very text: it cannot go stale. Only a config that
 vfalloc accepted is kept, so a wrong one is parsed, and refused, every time.
 
 Owns that one file. Never an error and never a default: a memo that is missing, unreadable,
-not this user's, writable by others, damaged or of another text is not used, and the file is
-parsed; one that cannot be written is not written. It never follows a symlink.
+not this user's, writable by others, damaged, of another text or in a runtime directory that is
+not private (rundir.problem) is not used, and the file is parsed; one that cannot be written is
+not written. It never follows a symlink.
 """
 
 from __future__ import annotations
@@ -19,22 +20,15 @@ import binascii
 import json
 import os
 import stat
-from collections.abc import Mapping
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc/record.py)
     from typing import Any
 
+from . import rundir
 from .atomicfile import write_atomic
 
-RUN_DIR_ENV = "VFALLOC_RUN_DIR"
-DEFAULT_RUN_DIR = "/run/vfalloc"
 VERSION = 1
-
-
-def run_dir(environ: Mapping[str, str]) -> str:
-    """vfalloc's runtime directory: VFALLOC_RUN_DIR, else /run/vfalloc (a tmpfs)."""
-    return environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR
 
 
 def memo_path(run_dir: str, config_path: str) -> str:
@@ -44,6 +38,8 @@ def memo_path(run_dir: str, config_path: str) -> str:
 
 def recall(run_dir: str, config_path: str, text: str) -> dict[str, Any] | None:
     """The parsed config kept for this path and text, or None."""
+    if rundir.problem(run_dir) is not None:
+        return None
     try:
         # O_NONBLOCK: a FIFO planted there would block the open; _ours() then refuses it.
         fd = os.open(memo_path(run_dir, config_path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -78,15 +74,13 @@ def keep(run_dir: str, config_path: str, text: str, data: dict[str, Any]) -> Non
     except (TypeError, ValueError):
         return  # a TOML date or time: JSON has none, so such a config is parsed every time
     path = memo_path(run_dir, config_path)
+    if rundir.ensure(run_dir) is not None:
+        return
     try:
-        os.makedirs(run_dir, mode=0o700, exist_ok=True)
-        if not _ours(os.stat(run_dir, follow_symlinks=False), directory=True):
-            return
         write_atomic(path, body, 0o600, sync=False)  # a cache: a torn one fails the text check anyway
     except OSError:
         pass
 
 
-def _ours(st: os.stat_result, directory: bool = False) -> bool:
-    kind = stat.S_ISDIR if directory else stat.S_ISREG
-    return kind(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+def _ours(st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022

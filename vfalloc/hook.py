@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 # so on a real host the defaults apply.
 ENV_HOTPLUG = "VFALLOC_HOTPLUG_CMD"   # the worker started after `started begin`
 ENV_TABLE = "VFALLOC_HOOK_TABLE"      # set by the hook file: the table it looked for names in
-ENV_KEPT_XML = "VFALLOC_HOOK_XML"     # set by the hook file: where it kept the XML that is our stdin
+ENV_KEPT_XML = "VFALLOC_HOOK_XML"     # set by hook files earlier vfalloc versions wrote (they kept the XML in a file)
 
 
 class Call:
@@ -66,6 +66,7 @@ class Call:
         if self.settings is None:
             self.settings = load_settings({}, self.environ, keep_memo=True)
             _check_table(self.environ, self.settings)
+            _check_run_dir(self.environ, self.settings)
         return Context(self.settings, out=self.out, err=self.err)
 
     def holds_leases(self) -> bool:
@@ -112,7 +113,7 @@ def main(argv: Sequence[str], stdin: BinaryIO | None = None, out: TextIO | None 
         if not domxml.mentions_vfalloc(xml) and (op, subop) != ("reconnect", "begin"):
             if not xml.strip() and op in ("prepare", "migrate", "restore"):
                 call.info()  # raises: these operations need the XML
-            if (op, subop) in BY_NAME and call.holds_leases():
+            if (op, subop) in BY_NAME and _reserved_by_hand(call, where):
                 message = handler(call)  # a lease reserved by hand for this domain
             else:
                 FDB_ONLY.get((op, subop), _fdb_none)(call)  # a domain without VFs on a bridge with one
@@ -279,6 +280,18 @@ FDB_ONLY: dict[tuple[str, str], Callable[[Call], None]] = {
 
 # -- helpers --
 
+def _reserved_by_hand(call: Call, where: str) -> bool:
+    """Whether the lease table holds a lease for this domain, whose XML asks for no VF. Such a
+    domain starts and stops whatever state vfalloc's files are in: when the config or the table
+    cannot be read, the lease cannot be looked for, and the log says so."""
+    try:
+        return call.holds_leases()
+    except VfallocError as exc:
+        log(call.environ, f"{where}: warning: cannot look for a lease reserved by hand, the domain goes on "
+                          f"without one: {exc}", call.settings)
+        return False
+
+
 def _count_failure(environ: Mapping[str, str], op: str, call: Call | None, exc: BaseException,
                    refused: bool) -> None:
     """vfalloc_hook_refusals_total / vfalloc_hook_errors_total (vfalloc.hook_counts): only a
@@ -298,8 +311,10 @@ def _refresh_metrics(environ: Mapping[str, str], call: Call) -> None:
 
 
 def _remove_kept_xml(environ: Mapping[str, str]) -> None:
-    """The hook file kept libvirt's XML in a file of the runtime directory, open as our stdin;
-    its name goes now (the data stays readable through stdin). A file already gone is fine."""
+    """A hook file written by an earlier vfalloc kept libvirt's XML in a file of the runtime
+    directory, open as our stdin; its name goes now (the data stays readable through stdin), so
+    such a hook file leaves nothing behind until `vfalloc install-hook` replaces it. A file
+    already gone is fine."""
     kept = environ.get(ENV_KEPT_XML)
     if not kept:
         return
@@ -318,6 +333,17 @@ def _check_table(environ: Mapping[str, str], settings: Settings) -> None:
     if looked and looked != settings.state:
         log(environ, f"warning: the hook file looks for reserved leases in {looked}, the config names "
                      f"{settings.state}: run `vfalloc install-hook` again", settings)
+
+
+def _check_run_dir(environ: Mapping[str, str], settings: Settings) -> None:
+    """The runtime directory holds only caches, counters and start stamps (vfalloc.rundir): one
+    that is not private is not used, and the log says how to fix it."""
+    from . import rundir
+
+    path = rundir.run_dir(environ)
+    trouble = rundir.problem(path) if os.path.lexists(path) else None
+    if trouble:
+        log(environ, f"warning: the runtime directory is not used: {trouble}", settings)
 
 
 def _address(text: str):

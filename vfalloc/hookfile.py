@@ -14,9 +14,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import rundir
 from .atomicfile import write_atomic
-from .config_cache import DEFAULT_RUN_DIR
 from .errors import UsageError, VfallocError
+from .rundir import DEFAULT_RUN_DIR
 from .templates import HOOK_MARKER, hook_script, plain_name
 
 if TYPE_CHECKING:
@@ -58,14 +59,21 @@ class StartStamp:
         # 3.11's Lib/secrets.py), without the import of secrets, random and hashlib it costs.
         self.value = os.urandom(16).hex() if self.path else None
 
-    def write(self) -> None:
+    def write(self) -> str | None:
+        """Leave the stamp; returns why not, when the runtime directory is not private
+        (vfalloc.rundir). Without a stamp the start still works: the hook then does the checks
+        of `prepare begin` again, and claims the devices of this start as the domain's own."""
         if self.path is None or self.value is None:
-            return
+            return None
+        trouble = rundir.ensure(os.path.dirname(self.path))
+        if trouble:
+            self.path = None
+            return trouble
         try:
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
             write_atomic(self.path, (self.value + "\n").encode(), 0o600, sync=False)  # a tmpfs
         except OSError as exc:
             raise VfallocError(f"cannot write {self.path} ({exc.strerror}); run as root") from exc
+        return None
 
     def taken(self) -> bool:
         """Whether the hook file took the stamp (the file is gone); if not, it is removed now."""
@@ -107,7 +115,7 @@ def is_current(path: Path, text: str) -> bool:
 def write(path: Path, text: str) -> None:
     check_replaceable(path)
     try:
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        rundir.make_dirs(str(path.parent), 0o755)  # 0755 whatever the umask: root's hooks directory
         write_atomic(str(path), text.encode(), 0o755)
     except OSError as exc:
         raise VfallocError(f"cannot write {path} ({exc.strerror}); run as root or choose --hooks-dir") from exc

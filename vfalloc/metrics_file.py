@@ -22,8 +22,8 @@ import os
 import sys
 from collections.abc import Mapping
 
-from .config_cache import run_dir
 from .errors import VfallocError
+from .rundir import run_dir
 
 PENDING = "metrics.pending"
 LOCK = "metrics.lock"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from .fdb import BRIDGED_MARKS
 from .model import Phase
 
@@ -18,84 +20,161 @@ def plain_name(name: str) -> bool:
 # (NS, ALIAS_PREFIX; tests/test_hook_file.py checks).
 WORD = "vfalloc"
 
-# What the hook file has Python run: vfalloc.hook with libvirt's arguments.
-HOOK_PYTHON = "import gc, sys\ngc.disable()\nfrom vfalloc.hook import main\nsys.exit(main(sys.argv[1:]))"
+# Exit codes between the hook file and the Python it starts. vfalloc.hook's own 1 (refused) and 2
+# (usage) are passed as 64 + code, so that the shell tells them from a Python that could not run
+# at all: that one exits 1 for an uncaught exception, 120 when it cannot flush, 134 when it
+# aborts (CPython 3.11, Py_FatalError), and the shell 126 or 127 when it cannot start it.
+EXIT_OFFSET = 64
+EXIT_CANNOT_LOAD = 70  # the interpreter runs, but vfalloc.hook (or what it needs) cannot be imported
+
+# What the hook file has Python run: vfalloc.hook with libvirt's arguments. A hook process lives
+# for some 50 ms and makes no garbage cycles: no collector passes. It sits in single quotes in
+# the shell: no single quote in it.
+HOOK_PYTHON = f"""import sys
+try:
+    import gc
+    gc.disable()
+    from vfalloc.hook import main
+except BaseException as exc:
+    sys.stderr.write(f"cannot import vfalloc.hook: {{type(exc).__name__}}: {{exc}}\\n")
+    sys.exit({EXIT_CANNOT_LOAD})
+code = main(sys.argv[1:])
+sys.exit(code and {EXIT_OFFSET} + code)"""
 
 _HOOK = r"""#!/bin/sh
 @MARKER@: hands SR-IOV VFs to domains that ask for them.
 # libvirt runs it as `qemu DOMAIN OPERATION SUB-OPERATION EXTRA` with the domain XML on stdin,
 # and waits for it at every start and stop of every domain. Written by `vfalloc install-hook`.
+# POSIX sh, grep -F, and GNU sed and stat (coreutils, busybox).
+#
 # A call vfalloc has nothing to do in ends here, without starting Python; the others go to
-# vfalloc.hook with the XML as libvirt sent it.
+# vfalloc.hook (run_hook). Whatever state vfalloc is in (its Python or package gone, its files
+# odd), this script exits non-zero only to refuse the start of a domain that asks for a VF:
+# libvirt 11.3 kills a running domain whose hook fails at `reconnect begin` (qemuProcessReconnect),
+# and refuses a start or an incoming domain whose hook fails at prepare, migrate or restore.
+# It writes no file; it reads the lease table and, while `vfalloc start` runs, a start stamp.
 python=@PYTHON@
 state=${VFALLOC_STATE:-@STATE@}
 run=${VFALLOC_RUN_DIR:-@RUN@}
-@CONFIG@
-xml=
-vfalloc() {
+@CONFIG@domain=${1-}
+op=${2-}
+unset xml
+
+# vfalloc.hook with libvirt's arguments and the XML on stdin, as libvirt sent it; its stdout (the
+# XML libvirt goes on with, at migrate and restore) passes through. Ends the script.
+run_hook() {
+	command -v "$python" >/dev/null 2>&1 || cannot_run "$python is not there"
 	export VFALLOC_HOOK_TABLE="$state"  # where this script looked for the domain's name
-	[ -z "$xml" ] || export VFALLOC_HOOK_XML="$xml"  # vfalloc.hook removes it first thing
-	# A hook process lives for some 50 ms and makes no garbage cycles: no collector passes.
-	exec "$python" -I -c '@PROGRAM@' "$@"
+	exec 3>&1
+	if [ "${xml+set}" ]; then
+		errors=$(printf '%b' "$xml" | "$python" -I -c '@PROGRAM@' "$@" 2>&1 >&3)
+	else
+		errors=$("$python" -I -c '@PROGRAM@' "$@" 2>&1 >&3)
+	fi
+	code=$?
+	case $code in
+	0) [ -z "$errors" ] || printf '%s\n' "$errors" >&2; exit 0 ;;
+	@REFUSED@ | @USAGE@) [ -z "$errors" ] || printf '%s\n' "$errors" >&2; exit $((code - @OFFSET@)) ;;
+	esac
+	cannot_run "$python exited with $code: ${errors%%"$newline"*}"
+}
+newline='
+'
+
+# vfalloc cannot run: only a domain that asks for a VF is refused, and only at prepare.
+cannot_run() {
+	fix="reinstall vfalloc or run \`vfalloc install-hook\` again; \`vfalloc install-hook --remove\` removes this hook"
+	if [ "$op" = prepare ] && asks_for_vf; then
+		echo "vfalloc: cannot run vfalloc ($1), and $domain asks for a VF: $fix" >&2
+		exit 1
+	fi
+	echo "vfalloc: warning: cannot run vfalloc ($1); $domain $op goes on without it: $fix" >&2
+	exit 0
 }
 
-[ $# -ge 3 ] || vfalloc "$@"
+asks_for_vf() {
+	case ${xml-} in *@WORD@*) return 0 ;; esac
+	plain_name && table_has "\"$domain\""
+}
+
+# A name the lease table holds as it is: JSON escapes no printable ASCII but `"` and `\`; and
+# no `/`, which would leave the runtime directory in a stamp's file name.
+plain_name() {
+	case $domain in
+	*[!\ -~]* | *[\"\\/]*) return 1 ;;
+	esac
+}
+
+# Whether the lease table's text holds $1: 0 yes, 1 no (or no table), 2 cannot tell. A table
+# that is a link, a FIFO or no file is left to vfalloc.hook, which says what is wrong with it;
+# grep would follow the link, or wait for a writer on the FIFO.
+table_has() {
+	[ -e "$state" ] || [ -L "$state" ] || return 1
+	[ -f "$state" ] && [ ! -L "$state" ] || return 2
+	grep -qsF -e "$1" -- "$state"
+}
+
+# `vfalloc start` did the work of `prepare begin` for the XML it stamped (hookfile.StartStamp):
+# RUN/start.NAME holds a value that only that XML carries. The stamp is read only from a
+# directory nobody but root can put a file in (vfalloc.rundir), and removed once taken.
+stamp_taken() {
+	stamp=$run/start.$domain
+	[ -e "$stamp" ] && plain_name && [ -d "$run" ] && [ ! -L "$run" ] && [ -O "$run" ] || return 1
+	[ "$(stat -c %a "$run" 2>/dev/null)" = 700 ] && [ -f "$stamp" ] && [ ! -L "$stamp" ] || return 1
+	IFS= read -r word <"$stamp" && [ -n "$word" ] || return 1
+	case $xml in *"$word"*) rm -f "$stamp"; return 0 ;; esac
+	return 1
+}
+
+[ $# -ge 3 ] || run_hook "$@"
 case $2.$3 in
 prepare.begin | started.begin | release.end) ;;
-migrate.begin | restore.begin | reconnect.begin) vfalloc "$@" ;;
+migrate.begin | restore.begin | reconnect.begin) run_hook "$@" ;;
 *) exit 0 ;;
 esac
 
-# The lease table is searched for the domain's name as JSON writes it, which is the name itself
-# for a plain_name: printable ASCII without a quote or a backslash, and no slash (the name is
-# also part of a file name below).
-case $1 in
-*[!\ -~]* | *[\"\\/]*) vfalloc "$@" ;;
-esac
-
-# The XML is kept in the domain's own file (libvirt runs one hook call of a domain at a time),
-# read here and read again from its start by vfalloc.hook when it is needed, which removes it;
-# otherwise it is emptied (a shell builtin: no process for rm, each one costs under TCG).
-[ -d "$run" ] || mkdir -p -m 0700 "$run" 2>/dev/null || vfalloc "$@"
-file=$run/hook-xml.$1
-if ! cat 2>/dev/null >"$file"; then
-	true 2>/dev/null >"$file"
-	echo "vfalloc: cannot write the domain XML to $run: free space there (or make it a writable directory), then start the domain again" >&2
-	[ "$2" != prepare ] || exit 1
-	exit 0
-fi
-xml=$file
-IFS= read -r head <"$xml" || :
-exec <"$xml"
+# The XML, kept byte for byte in a variable: sed doubles each backslash and writes each NUL as
+# \0000 (a shell variable holds no NUL), printf %b makes the same bytes of it again (run_hook),
+# and the dot keeps trailing newlines from $(...).
+xml=$(LC_ALL=C sed -e 's/\\/\\\\/g' -e 's/\x00/\\0000/g'; echo .)
+xml=${xml%.}
 
 # libvirt writes a domain's XML in UTF-8 from `<domain ` on (virDomainDefFormat, libvirt 11.3).
 # Anything else goes to vfalloc.hook, which parses it: an XML declaration or another encoding,
-# a NUL (UTF-16/32), a character reference that may spell a name.
-case $head in
+# a NUL (UTF-16/32), a character reference that may spell a name; and a name the table would
+# hold escaped.
+case $xml in
 '<domain '*) ;;
-*) vfalloc "$@" ;;
+*) run_hook "$@" ;;
 esac
-# `vfalloc start` did the work of `prepare begin` for the XML it stamped (hookfile.StartStamp).
-stamp=$run/start.$1
-if [ "$2" = prepare ] && [ -f "$stamp" ] && IFS= read -r word <"$stamp" && [ -n "$word" ] &&
-	grep -qF -e "$word" "$xml"; then
-	true 2>/dev/null >"$xml"
-	rm -f "$stamp"
+case $xml in
+*'&#'* | *'\0000'*) run_hook "$@" ;;
+esac
+plain_name || run_hook "$@"
+if [ "$op" = prepare ] && stamp_taken; then
 	exit 0
 fi
-case $2 in
-prepare) look="@WORD@|\"\\Q$1\\E\"" ;;
-started) look="@BRIDGED@|\"@PENDING@\"" ;;
-release) look="@WORD@|@BRIDGED@|\"\\Q$1\\E\"" ;;
+case $op in
+prepare) case $xml in *@WORD@*) run_hook "$@" ;; esac; look=\"$domain\" ;;
+started) case $xml in @BRIDGED@) run_hook "$@" ;; esac; look='"@PENDING@"' ;;
+release) case $xml in *@WORD@* | @BRIDGED@) run_hook "$@" ;; esac; look=\"$domain\" ;;
 esac
-[ -e "$state" ] && table=$state || table=/dev/null
-grep -qsaP -e "&#|\\x00|$look" "$xml" "$table"
-if [ $? -eq 1 ]; then
-	true 2>/dev/null >"$xml"
-	exit 0
-fi
-vfalloc "$@"
+table_has "$look"
+[ $? -eq 1 ] && exit 0
+run_hook "$@"
 """
+
+def fill(template: str, values: Mapping[str, str]) -> str:
+    """Every @NAME@ of `template` replaced by values[NAME] in one pass (a value is never searched
+    for placeholders again); a placeholder without a value, or a value without a placeholder,
+    is a bug and raises ValueError."""
+    import re  # here: `vfalloc start` reads this module for plain_name, and renders nothing
+
+    placeholder = re.compile(r"@([A-Z]+)@")
+    names = set(placeholder.findall(template))
+    if names != set(values):
+        raise ValueError(f"placeholders {sorted(names)} but values for {sorted(values)}")
+    return placeholder.sub(lambda m: values[m.group(1)], template)
 
 
 def hook_script(interpreter: str, state: str, run_dir: str, config: str | None = None) -> str:
@@ -114,10 +193,14 @@ def hook_script(interpreter: str, state: str, run_dir: str, config: str | None =
     the default are written into the script."""
     import shlex  # here: `vfalloc start` reads this module for plain_name, and renders nothing
 
-    bridged = "|".join(m.decode() for m in BRIDGED_MARKS)
+    marks = [m.decode() for m in BRIDGED_MARKS]
+    if "'" in HOOK_PYTHON or any(c in m for m in marks for c in '"\\$`'):
+        raise ValueError("the hook's Python or a bridge mark cannot be quoted as the script quotes it")
     config_line = (f"[ -n \"${{VFALLOC_CONFIG-}}\" ] || VFALLOC_CONFIG={shlex.quote(config)}\nexport VFALLOC_CONFIG\n"
                    if config else "")
-    return (_HOOK.replace("@MARKER@", HOOK_MARKER).replace("@PYTHON@", shlex.quote(interpreter))
-            .replace("@STATE@", shlex.quote(state)).replace("@RUN@", shlex.quote(run_dir))
-            .replace("@CONFIG@\n", config_line).replace("@PROGRAM@", HOOK_PYTHON).replace("@WORD@", WORD)
-            .replace("@BRIDGED@", bridged).replace("@PENDING@", Phase.PENDING))
+    return fill(_HOOK, {
+        "MARKER": HOOK_MARKER, "PYTHON": shlex.quote(interpreter), "STATE": shlex.quote(state),
+        "RUN": shlex.quote(run_dir), "CONFIG": config_line, "PROGRAM": HOOK_PYTHON, "WORD": WORD,
+        "BRIDGED": " | ".join(f'*"{m}"*' for m in marks), "PENDING": Phase.PENDING,
+        "REFUSED": str(EXIT_OFFSET + 1), "USAGE": str(EXIT_OFFSET + 2), "OFFSET": str(EXIT_OFFSET),
+    })

@@ -118,9 +118,9 @@ def _show(ctx, args, name: str, requests, active: bool, changed: bool = False) -
 def cmd_start(args, ctx) -> int:
     from .. import domxml, vfsettings  # lxml: only for the commands that need it
     from ..allocator import set_phase
-    from ..config_cache import run_dir
     from ..hookfile import StartStamp
     from ..lease_ops import lease_for_start, now, release_domain
+    from ..rundir import run_dir
     from ..virt import Connection
 
     with Connection(_uri(args)) as conn:
@@ -144,7 +144,10 @@ def cmd_start(args, ctx) -> int:
             vfsettings.apply(os.environ, dom.name, view, leases)
             added = [x for x in leases if x.index not in present]
             live = domxml.add_devices(xml, [(x.request(), PciAddress.parse(x.vf), x.mac) for x in added], stamp.value)
-            stamp.write()
+            unstamped = stamp.write()
+            if unstamped:
+                ctx.err.write(f"vfalloc: warning: no start stamp: {unstamped}; the hook checks this start's VFs "
+                              "again at `prepare begin`\n")
             try:
                 conn.start_with(dom.name, live.decode(), args.paused)
             finally:
