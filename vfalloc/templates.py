@@ -65,13 +65,17 @@ unset xml
 run_hook() {
 	command -v "$python" >/dev/null 2>&1 || cannot_run "$python is not there"
 	export VFALLOC_HOOK_TABLE="$state"  # where this script looked for the domain's name
+	# Its stderr is collected, and passed on whole when vfalloc.hook ran, else as the first line
+	# of the reason; what the shell says of a Python killed by a signal ("Aborted") is dropped.
 	exec 3>&1
-	if [ "${xml+set}" ]; then
-		errors=$(printf '%b' "$xml" | "$python" -I -c '@PROGRAM@' "$@" 2>&1 >&3)
-	else
-		errors=$("$python" -I -c '@PROGRAM@' "$@" 2>&1 >&3)
-	fi
-	code=$?
+	{
+		if [ "${xml+set}" ]; then
+			errors=$(exec 2>&1; printf '%b' "$xml" | "$python" -I -c '@PROGRAM@' "$@" >&3)
+		else
+			errors=$(exec 2>&1; "$python" -I -c '@PROGRAM@' "$@" >&3)
+		fi
+		code=$?
+	} 2>/dev/null
 	case $code in
 	0) [ -z "$errors" ] || printf '%s\n' "$errors" >&2; exit 0 ;;
 	@REFUSED@ | @USAGE@) [ -z "$errors" ] || printf '%s\n' "$errors" >&2; exit $((code - @OFFSET@)) ;;
