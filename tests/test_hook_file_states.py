@@ -2,7 +2,7 @@
 state vfalloc's own things may be in: its interpreter or package gone, the runtime directory and
 the lease table odd or planted by someone else.
 
-What must hold (docs/reliability.md, "What the hook needs"): a domain that asks for no VF starts
+What must hold (docs/reliability.md, "What the hook needs, and what it does without it"): a domain that asks for no VF starts
 and stops whatever the state, with no hang; every call but `prepare begin` of a domain that asks
 for a VF exits 0 (libvirt kills a running domain whose `reconnect begin` hook fails); a domain
 that asks for a VF is served or refused with one line that names the path or the fix."""
