@@ -129,3 +129,18 @@ def test_the_refusal_names_the_index_of_a_second_vf_and_both_are_kept(host, run)
     assert r.out.startswith("0000:01:10.1 (VF 0 of 0000:01:00.1, pool enp1s0f1) leased to vm1 as request 1")
     assert leases(host) == [("0000:01:10.0", 0, "enp1s0f0", "attached"), ("0000:01:10.1", 1, "enp1s0f1", "reserved")]
 
+
+
+def test_a_lease_of_an_earlier_boot_taken_over_is_said_and_logged(host):
+    """With every VF of the pool leased, alloc takes over the one leased in an earlier boot: that
+    lease goes, so it is said on stderr and logged too."""
+    host.set_boot_id("99999999-2222-3333-4444-555555555555")
+    assert host.run("alloc", "--domain", "old", "--uuid", uuid(9), "--pool", "enp1s0f0").code == 0
+    host.set_boot_id("11111111-2222-3333-4444-555555555555")
+    for n in range(2, 8):
+        assert host.run("alloc", "--domain", f"vm{n}", "--uuid", uuid(n), "--pool", "enp1s0f0").code == 0
+    r = host.run(*FIRST)
+    assert r.code == 0 and r.out.startswith("0000:01:10.0 (VF 0 of 0000:01:00.0, pool enp1s0f0) leased to vm1"), r.err
+    said = f"took over 0000:01:10.0 (enp1s0f0) from old ({uuid(9)}): its lease was taken in an earlier boot"
+    assert r.err == f"vfalloc: warning: {said}\n"
+    assert log_lines(host)[-2].startswith(f"alloc: {said} [by ")
