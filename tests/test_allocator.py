@@ -4,7 +4,7 @@ pinned claims, stale leases."""
 import pytest
 from fakehost import FakeSys, connectx, i350, x710
 
-from vfalloc.allocator import Claim, allocate, claim, release, set_phase
+from vfalloc.allocator import Claim, allocate, claim, held, release, reserve, set_phase
 from vfalloc.config import read_config, resolve_pools
 from vfalloc.errors import AllocationError, PoolExhausted, UnknownPool, VfConflict
 from vfalloc.model import LeaseTable, PciAddress, Pool, PoolMember, Request, derive_mac
@@ -237,3 +237,36 @@ def test_exhaustion_names_the_holders(holders, shown):
     err = PoolExhausted("lan0", "vmX", holders, tuple(f"vm{n}" for n in range(holders)))
     assert str(err) == f"no free VF in pool lan0 for vmX ({holders} of {holders} leased: {shown}); " \
                        "free one or add VFs to the pool"
+
+
+def _reserved(host, pools, table, pool, index=0, judged=None, runs=None, **settings):
+    return reserve(host, pools, table, domain="vm1", uuid=uuid(1), request=Request(pool=pool, index=index, **settings),
+                   boot_id=BOOT, now=NOW, judged=judged, runs=runs)
+
+
+@pytest.mark.parametrize("phase, judged, runs, refusal", [
+    ("attached", "as-read", None, r"vm1 holds VF 0000:01:10\.0 for request 0 \(attached\); .* --index 2 for a second VF"),
+    ("pending-attach", "as-read", None, r"\(pending-attach\)"),
+    ("reserved", "as-read", "libvirt at test", r"\(reserved, and vm1 runs: libvirt at test\)"),
+    ("reserved", None, None, r"the lease of vm1 for request 0 changed while vfalloc alloc ran; run it again"),
+], ids=["attached", "pending-attach", "domain-runs", "changed-since-judged"])
+def test_reserve_refuses_a_lease_that_may_be_in_use(tmp_path, host, phase, judged, runs, refusal):
+    pools = pools_of(tmp_path, host, '[pools.a]\npfs = ["enp1s0f0"]\n[pools.b]\npfs = ["enp1s0f1"]\n')
+    table = _reserved(host, pools, LeaseTable(), "a").grant.table
+    table = _reserved(host, pools, table, "a", index=1).grant.table  # so the free position is 2
+    first = next(x for x in table.leases if x.index == 0)
+    table = set_phase(table, [first], phase)
+    with pytest.raises(AllocationError, match=refusal):
+        _reserved(host, pools, table, "b", judged=held(table, uuid(1), 0) if judged else None, runs=runs)
+
+
+@pytest.mark.parametrize("pool, settings, replaced", [
+    ("a", {}, False), ("b", {}, True), ("a", {"vlan": 7}, True), ("a", {"mac": "52:54:00:00:00:01"}, True),
+], ids=["same-request", "other-pool", "other-vlan", "other-mac"])
+def test_reserve_replaces_a_reservation_only_when_it_changes(tmp_path, host, pool, settings, replaced):
+    pools = pools_of(tmp_path, host, '[pools.a]\npfs = ["enp1s0f0"]\n[pools.b]\npfs = ["enp1s0f1"]\n')
+    table = _reserved(host, pools, LeaseTable(), "a").grant.table
+    old = held(table, uuid(1), 0)
+    done = _reserved(host, pools, table, pool, judged=old, **settings)
+    assert done.replaced == (old if replaced else None)
+    assert [x.pool for x in done.grant.table.leases] == [pool]

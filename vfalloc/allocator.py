@@ -11,13 +11,17 @@ boot (a different boot_id) cannot be in use: it is taken over when no truly free
 A snapshot may leave some PFs' VFs unread. The choice then looks at the PFs in the order their
 VFs could win, and raises VfsNotRead for the first PF it cannot do without; the caller reads it
 and asks again. The answer is the one the whole host would give.
+
+A VF reserved by hand (`vfalloc alloc`, `reserve`) replaces the domain's lease for the same request
+position only when that lease is a reservation of a domain that does not run (the caller says who
+runs); a lease that may be in use is refused, never dropped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from .errors import AllocationError, PoolExhausted, UnknownPool, VfConflict, VfsNotRead
+from .errors import AllocationError, LeaseInUse, PoolExhausted, UnknownPool, VfConflict, VfsNotRead, shown
 from .model import PF, VF, Host, Lease, LeaseTable, PciAddress, Phase, Pool, Request, derive_mac
 from .record import Record, replace
 
@@ -86,6 +90,54 @@ def claim(host: Host, pools: Sequence[Pool], table: LeaseTable, *, domain: str, 
     earlier boot, or already this domain's); refuse when another domain holds one."""
     demand = Demand(domain, uuid, claims=tuple(claims), running=running)
     return grant(host, pools, table, demand, boot_id=boot_id, now=now)
+
+
+class Reservation(Record):
+    """What `vfalloc alloc` did: the grant, and the reservation it replaced (the domain's lease
+    for the same request position on another VF or with other settings), if any."""
+
+    grant: Grant
+    replaced: Lease | None = None
+
+
+def held(table: LeaseTable, uuid: str, index: int) -> Lease | None:
+    """The lease domain `uuid` holds for request position `index`."""
+    return next((x for x in table.leases if x.uuid == uuid and x.index == index), None)
+
+
+def free_index(table: LeaseTable, uuid: str) -> int:
+    """The domain's first request position without a lease."""
+    used = {x.index for x in table.leases if x.uuid == uuid}
+    index = 0
+    while index in used:
+        index += 1
+    return index
+
+
+def reserve(host: Host, pools: Sequence[Pool], table: LeaseTable, *, domain: str, uuid: str, request: Request,
+            boot_id: str, now: str, judged: Lease | None, runs: str | None) -> Reservation:
+    """`vfalloc alloc`: a VF for `request`, reserved by hand (phase reserved). The lease the domain
+    holds for the same position is replaced only when it is a reservation of a domain that does
+    not run: `judged` is that lease as the caller read it before the lock, `runs` who saw its
+    domain run (None: nobody). An attached or pending lease, a reservation of a running domain
+    and a lease that changed since it was judged are refused, and nothing is granted."""
+    old = held(table, uuid, request.index)
+    if old is not None:
+        state = None
+        if old.phase != Phase.RESERVED:
+            state = old.phase
+        elif old != judged:
+            raise AllocationError(f"the lease of {shown(old.domain)} for request {old.index} changed while vfalloc "
+                                  "alloc ran; run it again")
+        elif runs is not None:
+            state = f"reserved, and {shown(old.domain)} runs: {runs}"
+        if state is not None:
+            raise LeaseInUse(old.domain, old.uuid, old.vf, old.index, state, free_index(table, uuid))
+    done = allocate(host, pools, table, domain=domain, uuid=uuid, requests=[request], boot_id=boot_id, now=now,
+                    phase=Phase.RESERVED)
+    new = done.leases[0]
+    same = old is not None and (old.vf, old.domain, old.request()) == (new.vf, new.domain, new.request())
+    return Reservation(done, None if old is None or same else old)
 
 
 class _Book:

@@ -213,10 +213,17 @@ def _listing_commands(sub, parents) -> None:
     p.set_defaults(func=_handler("leases:cmd_pools"), vf_details=False)  # it counts VFs, shows none
 
 
-def _lease_commands(sub, parents) -> None:
+def _alloc_command(sub, parents) -> None:
     p = sub.add_parser("alloc", parents=parents, help="lease a VF to a domain by hand",
-                       description="Lease a VF from POOL to a domain (for admins and scripts). "
-                                   "Asking again for the same domain returns its lease.")
+                       description="Reserve a VF from POOL for a domain (for admins and scripts); the "
+                                   "domain gets it at its next start. Asking again with the same request "
+                                   "returns its reservation. Another pool or other settings for the same "
+                                   "--index replace the reservation, with a warning on stderr, if the domain "
+                                   "does not run (asked of --connect, else libvirt's status directory; the "
+                                   "warning says when neither can tell). A "
+                                   "lease that is attached, pending attach or of a running domain is refused "
+                                   "and the table left as it was: release it first, or give another --index "
+                                   "for a second VF.")
     p.add_argument("--domain", required=True, help="domain name")
     p.add_argument("--uuid", required=True, help="domain UUID")
     p.add_argument("--pool", required=True, help="pool to take the VF from")
@@ -229,6 +236,8 @@ def _lease_commands(sub, parents) -> None:
     p.add_argument("--json", action="store_true", help="print the lease as JSON")
     p.set_defaults(func=_handler("leases:cmd_alloc"), refreshes_metrics=True)
 
+
+def _release_command(sub, parents) -> None:
     p = sub.add_parser("release", parents=parents, help="give back every lease of a domain",
                        description="Give back every lease held by the domain with this UUID.")
     p.add_argument("--uuid", required=True, help="domain UUID")
@@ -399,7 +408,8 @@ def _tool_commands(sub, parents) -> None:
 # --help`, and whether they take --connect (tests/test_cli_core.py checks them against the parser).
 _GROUPS = (
     (("list", "pools"), _listing_commands, True),
-    (("alloc", "release"), _lease_commands, False),
+    (("alloc",), _alloc_command, True),
+    (("release",), _release_command, False),
     (("request", "start", "gc"), _domain_commands, True),
     (("install-hook",), _hook_commands, False),
     (("host",), _host_commands, False),

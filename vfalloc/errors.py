@@ -131,6 +131,25 @@ class VfConflict(AllocationError):
         )
 
 
+class LeaseInUse(AllocationError):
+    """`vfalloc alloc` for a request whose lease may be in use: attached, pending attach, or
+    reserved for a domain that runs. `state` says which; `free_index` is the domain's first
+    request position without a lease."""
+
+    def __init__(self, domain: str, uuid: str, vf: str, index: int, state: str, free_index: int) -> None:
+        self.domain = domain
+        self.uuid = uuid
+        self.vf = vf
+        self.index = index
+        self.state = state
+        self.free_index = free_index
+        super().__init__(
+            f"{shown(domain)} holds VF {vf} for request {index} ({state}); to lease it another VF, "
+            f"`vfalloc release --uuid {uuid}` first (once {shown(domain)} is stopped), "
+            f"or give --index {free_index} for a second VF"
+        )
+
+
 class VfsNotRead(VfallocError):
     """A decision on a host snapshot needs the VFs of PFs that were read without them.
 

@@ -1,6 +1,7 @@
 """Stale leases: which leases cannot be live any more, and freeing them. Used by `vfalloc gc`
 (frees), `vfalloc list` / `vfalloc pools` (only shows) and the hook at `reconnect begin` (frees,
-without libvirt).
+without libvirt); `vfalloc alloc` asks here whether the domain whose reservation it would replace
+runs.
 
 A lease is stale when it was taken in an earlier boot (its boot_id is not this boot's), when its
 VF no longer exists, or when its domain is not running. A lease in phase "reserved" (taken by
@@ -49,9 +50,14 @@ class Running(Record):
 
     def covers(self, lease: Lease, now: datetime) -> bool:
         """True when the lease's domain runs, or this source cannot tell that it does not."""
-        if lease.uuid in self.uuids or lease.domain in self.unsure:
+        if self.runs(lease.uuid, lease.domain):
             return True
         return self.grace > 0 and _age(lease.since, now) < self.grace
+
+    def runs(self, uuid: str, name: str) -> bool:
+        """True when the domain runs, or its status file says it does but cannot be read; the
+        grace for young leases is not applied (it is for leases taken at `prepare begin`)."""
+        return uuid in self.uuids or name in self.unsure
 
 
 class Report(Record):
@@ -167,6 +173,15 @@ def observe(libvirt_run: Path, uri: str | None, names: Iterable[str] | None = No
     if running is None:
         return Observed(None, f"{why}; and {libvirt_run} does not exist")
     return Observed(running, why)
+
+
+def domain_runs(libvirt_run: Path, uri: str | None, uuid: str, name: str) -> tuple[bool | None, str]:
+    """Whether one domain runs, as `observe` sees it (None: nobody can say), and what the verdict
+    rests on: the source that was asked, or why none could be."""
+    seen = observe(libvirt_run, uri, {name})
+    if seen.running is None:
+        return None, seen.note or "running domains unknown"
+    return seen.running.runs(uuid, name), seen.running.source
 
 
 def names_of(table: LeaseTable) -> set[str]:

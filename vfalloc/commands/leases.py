@@ -93,7 +93,10 @@ def cmd_pools(args, ctx) -> int:
 
 
 def cmd_alloc(args, ctx) -> int:
-    from ..allocator import allocate
+    """Reserve a VF by hand. The domain's lease for the same request position is replaced only
+    when it is a reservation of a domain that does not run (said on stderr and logged); who runs
+    is asked (stale.domain_runs) before the lock is taken, never under it."""
+    from ..allocator import held, reserve
     from ..lease_ops import now as lease_now
     from ..model import Request, check_name, check_uuid, refuse_hostdev_settings
     from .audit import record
@@ -103,11 +106,35 @@ def cmd_alloc(args, ctx) -> int:
     refuse_hostdev_settings(args.type, args.mac, args.vlan)
     request = Request(pool=args.pool, index=args.index, mac=args.mac, vlan=args.vlan, trust=args.trust,
                       spoofchk=args.spoofchk, type=args.type)
+    def reserved(table, judged, runs):
+        return reserve(ctx.host, ctx.pools, table, domain=args.domain, uuid=uuid, request=request,
+                       boot_id=ctx.boot_id, now=lease_now(), judged=judged, runs=runs)
+
+    before = ctx.store.read()
+    judged = held(before, uuid, args.index)
+    runs: bool | None = False
+    basis = ""
+    # Only a reservation that would be replaced needs its domain judged (the same request again
+    # is not asked about): tried on the table as read, refused there when the lease is in use.
+    if judged is not None and reserved(before, judged, None).replaced is not None:
+        from ..stale import domain_runs
+
+        runs, basis = domain_runs(ctx.settings.libvirt_run, args.connect, judged.uuid, judged.domain)
     with ctx.store.transaction() as txn:
-        grant = allocate(ctx.host, ctx.pools, txn.table, domain=args.domain, uuid=uuid, requests=[request],
-                         boot_id=ctx.boot_id, now=lease_now(), phase=Phase.RESERVED)
-        txn.table = grant.table
-    lease = grant.leases[0]
+        done = reserved(txn.table, judged, basis if runs else None)
+        txn.table = done.grant.table
+    lease = done.grant.leases[0]
+    notes = []
+    if done.replaced is not None:
+        gone = done.replaced
+        unknown = f"; whether {shown(gone.domain, limit=200)} runs is unknown ({basis})" if runs is None else ""
+        notes.append(f"replaced the reservation of {shown(gone.domain, limit=200)} ({gone.uuid}) for request "
+                     f"{gone.index}: {_vf_of(gone)} given back, {_vf_of(lease)} instead{unknown}")
+    notes += [f"took over {x.vf} ({x.pool}) from {shown(x.domain, limit=200)} ({x.uuid}): its lease was taken in an "
+              "earlier boot" for x in done.grant.reclaimed]
+    for note in notes:
+        ctx.err.write(f"vfalloc: warning: {note}\n")
+        record(ctx, f"alloc: {note}")
     vf = ctx.host.find_vf(lease.vf)
     vf_index = vf.index if vf is not None else "?"
     said = (f"{lease.vf} (VF {vf_index} of {lease.pf}, pool {lease.pool}) leased to {lease.domain}"
@@ -119,6 +146,14 @@ def cmd_alloc(args, ctx) -> int:
     else:
         ctx.out.write(said + "\n")
     return 0
+
+
+def _vf_of(lease) -> str:
+    """A lease's VF for a notice, with its pool and the settings it was taken with."""
+    settings = "".join(f", {key} {getattr(lease, key)}" for key in ("mac", "vlan", "trust", "spoofchk")
+                       if getattr(lease, key) is not None)
+    kind = ", hostdev" if lease.type == "hostdev" else ""
+    return f"{lease.vf} (pool {lease.pool}{settings}{kind})"
 
 
 def cmd_release(args, ctx) -> int:
