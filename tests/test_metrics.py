@@ -303,3 +303,35 @@ def test_commands_that_change_leases_refresh_the_textfile(host, scratch, tmp_pat
                           timeout=120)
     assert done.returncode == 0, done.stderr
     wait_for_file(target, leased(0), "the release in the textfile")
+
+
+PLANTED = {
+    "fifo": lambda path: os.mkfifo(path),
+    "symlink": lambda path: path.symlink_to(path.parent.parent / "elsewhere"),
+    "directory": lambda path: path.mkdir(),
+}
+
+
+@pytest.mark.parametrize("what", PLANTED, ids=list(PLANTED))
+def test_a_planted_refresh_mark_neither_holds_the_hook_nor_is_followed(host, scratch, tmp_path, what):
+    """metrics.pending is opened without blocking and never through a link: a FIFO there used to
+    hold the hook (and every start of the host) until someone read it."""
+    target = tmp_path / "vfalloc.prom"
+    scratch.write_config(scratch.config.read_text().replace("[pools.lan0]", f'[settings]\nmetrics_textfile = "{target}"\n\n[pools.lan0]', 1))
+    scratch.run_dir.mkdir(parents=True, mode=0o700)
+    PLANTED[what](scratch.run_dir / "metrics.pending")
+    r = host.run("vm1", "prepare", "begin", xml=domain_xml(1, '<vfalloc:vf pool="lan0"/>'))
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert "metrics: cannot start the metrics refresh" in host.log.read_text()
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_no_refresh_mark_in_a_runtime_directory_others_may_write(host, scratch, tmp_path):
+    target = tmp_path / "vfalloc.prom"
+    scratch.write_config(scratch.config.read_text().replace("[pools.lan0]", f'[settings]\nmetrics_textfile = "{target}"\n\n[pools.lan0]', 1))
+    scratch.run_dir.mkdir(parents=True)
+    scratch.run_dir.chmod(0o777)
+    r = host.run("vm1", "prepare", "begin", xml=domain_xml(1, '<vfalloc:vf pool="lan0"/>'))
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert list(scratch.run_dir.iterdir()) == []
+    assert f"the runtime directory is not used: {scratch.run_dir} has mode 0777" in host.log.read_text()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import sys
 from collections.abc import Mapping
 
@@ -74,10 +75,20 @@ def write_textfile(path: str, text: str) -> None:
 
 def request_refresh(environ: Mapping[str, str]) -> str | None:
     """Have the textfile rendered anew soon. Never raises; returns what went wrong, if anything."""
+    from . import rundir
+
     directory = run_dir(environ)
+    trouble = rundir.ensure(directory)
+    if trouble:
+        return f"cannot start the metrics refresh: the runtime directory is not used: {trouble}"
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        os.close(os.open(f"{directory}/{PENDING}", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        # O_NONBLOCK: a FIFO planted there fails the open (ENXIO) instead of holding the hook.
+        fd = os.open(f"{directory}/{PENDING}", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     0o600)
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        os.close(fd)
+        if not regular:
+            return f"cannot start the metrics refresh: {directory}/{PENDING} is not a regular file; remove it"
         if _held(f"{directory}/{LOCK}"):
             return None  # the refresher that holds it looks for the mark once more before it ends
         _spawn([sys.executable, "-I", "-m", "vfalloc.metrics_file"], environ)
@@ -87,7 +98,7 @@ def request_refresh(environ: Mapping[str, str]) -> str | None:
 
 
 def _held(path: str) -> bool:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
