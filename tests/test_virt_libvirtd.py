@@ -305,3 +305,43 @@ def test_gc_after_a_daemon_restart(lab, monkeypatch):
                      f"running domains from libvirt at {lab.uri}\n")
     assert [x["domain"] for x in lab.leases()] == [running.name()]
     assert lab.conn.lookupByName(running.name()).isActive()
+
+
+@contextlib.contextmanager
+def hook_interpreter(lab, interpreter: str):
+    """The lab's hook file as install-hook wrote it, but running `interpreter`: what is left
+    when vfalloc's venv is deleted or its package removed. Put back afterwards."""
+    path = lab.tmp / "hooks" / "qemu.d" / "vfalloc"
+    text = path.read_text()
+    (line,) = [x for x in text.splitlines() if x.startswith("python=")]
+    path.write_text(text.replace(f"\n{line}\n", f"\npython={shlex.quote(interpreter)}\n", 1))
+    try:
+        yield
+    finally:
+        path.write_text(text)
+
+
+def test_a_hook_file_whose_vfalloc_is_gone_kills_no_running_domain(lab):
+    """libvirt kills a running domain whose hook fails at `reconnect begin`. With the hook's
+    interpreter gone, a daemon restart keeps every domain running; a domain that asks for
+    nothing starts and stops; one that asks for a VF is refused with the fix."""
+    name = lab.define("survivor").name()
+    start(lab.conn.lookupByName(name))
+    with hook_interpreter(lab, "/opt/vfalloc-removed/bin/python"):
+        lab.restart_libvirtd()
+        lab.wait_until(lambda: f"{name} reconnect begin -" in lab.calls(), message="the reconnect hook")
+        plain = lab.define("plain")
+        start(plain)
+        assert plain.isActive()
+        plain.destroy()
+        # libvirt stops a domain whose reconnect hook failed right after the hook: by now it would be
+        alive = lab.conn.lookupByName(name)
+        assert alive.isActive() and f"{name} release end failed" not in lab.calls()
+        asks = lab.define("asks", REQ)
+        with pytest.raises(libvirt.libvirtError) as info:
+            start(asks)
+        message = info.value.get_error_message()
+        assert (f"vfalloc: cannot run vfalloc (/opt/vfalloc-removed/bin/python is not there), and {asks.name()} "
+                "asks for a VF: reinstall vfalloc or run `vfalloc install-hook` again") in message
+        assert alive.isActive() and not asks.isActive()
+    lab.restart_libvirtd()  # the daemon reads the hook file as it was again
