@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from lxml import etree
 
-from .errors import DomainXMLError, UsageError
+from .errors import DomainXMLError, UsageError, shown
 from .fdb import Guest, Nic
 from .model import PciAddress, Request, normalize_mac, parse_vlan
 from .record import Record
@@ -224,7 +224,7 @@ def requests_xml(requests: Sequence[Request]) -> str:
         try:
             etree.SubElement(vfs, _Q + "vf", _request_attrs(req))
         except ValueError:
-            problem = f"pool {req.pool!r} cannot be written in XML"
+            problem = f"pool {shown(repr(req.pool))} cannot be written in XML"
             raise DomainXMLError("?", problem, "use printable characters") from None
     return etree.tostring(vfs, encoding="unicode")
 
@@ -293,7 +293,7 @@ def _domain_element(tree: etree._ElementTree) -> etree._Element:
         if root is None:
             raise DomainXMLError("?", "<domstatus> holds no <domain>", "pass a whole status file")
     if root.tag != "domain":
-        raise DomainXMLError("?", f"root is <{root.tag!s}>, not <domain>", "pass a domain XML")
+        raise DomainXMLError("?", f"root is <{shown(str(root.tag))}>, not <domain>", "pass a domain XML")
     return root
 
 
@@ -314,7 +314,7 @@ def _uuid(dom: etree._Element, name: str) -> str:
     # virUUIDParse takes the 32 hex digits with or without dashes; libvirt prints 8-4-4-4-12
     digits = text.replace("-", "").lower()
     if not re.fullmatch(r"[0-9a-f]{32}", digits):
-        problem = f"<uuid> {text!r} is missing or not a UUID"
+        problem = f"<uuid> {shown(repr(text))} is missing or not a UUID"
         raise DomainXMLError(name, problem, "write 8-4-4-4-12 hex digits")
     return "-".join((digits[:8], digits[8:12], digits[12:16], digits[16:20], digits[20:]))
 
@@ -338,7 +338,7 @@ def _requests_from(vfs: etree._Element, domain: str) -> tuple[Request, ...]:
     out: list[Request] = []
     for child in vfs.iterchildren(tag=etree.Element):
         if child.tag != _Q + "vf":
-            problem = f"<vfalloc:vfs> holds <{child.tag!s}>"
+            problem = f"<vfalloc:vfs> holds <{shown(str(child.tag))}>"
             raise DomainXMLError(domain, problem, "use only <vfalloc:vf/>")
         out.append(_request(child, len(out), domain))
     return tuple(out)
@@ -348,13 +348,13 @@ def _request(vf: etree._Element, index: int, domain: str) -> Request:
     where, attrs = f"vfalloc request {index}", dict(vf.attrib)
     unknown = sorted(set(attrs) - set(_VF_ATTRS))
     if unknown or len(vf):
-        what = f"unknown attribute {unknown[0]}" if unknown else "child elements"
+        what = f"unknown attribute {shown(unknown[0])}" if unknown else "child elements"
         raise DomainXMLError(domain, f"{where} has {what}", f"use only {', '.join(_VF_ATTRS)}")
     required, vlan = attrs.get("required", "no"), attrs.get("vlan")
     if required not in _YES_NO:
-        raise DomainXMLError(domain, f"{where}: required={required!r} is not valid", "use yes/no")
+        raise DomainXMLError(domain, f"{where}: required={shown(repr(required))} is not valid", "use yes/no")
     if vlan is not None and not (vlan.isascii() and vlan.isdigit()):
-        raise DomainXMLError(domain, f"{where}: vlan={vlan!r} is not a number", "use 1 to 4094")
+        raise DomainXMLError(domain, f"{where}: vlan={shown(repr(vlan))} is not a number", "use 1 to 4094")
     try:
         req = Request(
             pool=attrs.get("pool", ""), index=index, mac=attrs.get("mac"),
@@ -393,7 +393,7 @@ def _device_map(dom: etree._Element, domain: str) -> dict[int, etree._Element]:
         name = alias.get("name", "") if alias is not None else ""
         match = re.fullmatch(_ALIAS_RE, name)
         if name.startswith(ALIAS_PREFIX) and not match:
-            raise DomainXMLError(domain, f"alias {name!r} lacks an index", "use ua-vfalloc-N")
+            raise DomainXMLError(domain, f"alias {shown(repr(name))} lacks an index", "use ua-vfalloc-N")
         if match and int(match[1]) in found:  # libvirt refuses duplicate aliases too
             raise DomainXMLError(domain, f"two devices carry alias {name}", "remove one of them")
         if match:
@@ -411,7 +411,7 @@ def _vf_device(el: etree._Element, index: int, domain: str) -> VfDevice:
     mode = el.get("mode", "subsystem")
     if el.tag == "hostdev" and mode == "subsystem" and el.get("type") == "pci":
         return VfDevice(index, _source(el, what, domain), "hostdev", None)
-    problem = f"{what} is <{el.tag!s} type={el.get('type')!r}>, not a PCI VF"
+    problem = f"{what} is <{shown(str(el.tag))} type={shown(repr(el.get('type')))}>, not a PCI VF"
     raise DomainXMLError(domain, problem, "use <interface type='hostdev'> or <hostdev type='pci'>")
 
 
@@ -426,7 +426,7 @@ def _source(el: etree._Element, what: str, domain: str) -> PciAddress:
         match = re.fullmatch(_C_UINT, addr.get(key, "0"))
         values[key] = int(match[1], _c_base(match[1])) if match else limit + 1
         if values[key] > limit:
-            problem = f"{what}: {key}={addr.get(key)!r} is not valid"
+            problem = f"{what}: {key}={shown(repr(addr.get(key)))} is not valid"
             raise DomainXMLError(domain, problem, _ADDRESS_FIX)
     if not (values["domain"] or values["bus"] or values["slot"]):
         raise DomainXMLError(domain, f"{what} has an empty PCI source address", _ADDRESS_FIX)
@@ -456,7 +456,7 @@ def _bitmap(text: str, what: str, domain: str) -> int:
         m = re.fullmatch(_BITMAP_ITEM, item)
         first, last = (int(m[2]), int(m[3] or m[2])) if m else (0, -1)
         if not m or (m[1] and m[3]) or not first <= last < _MAX_BITS:
-            raise DomainXMLError(domain, f"{what}={text!r} is not valid", "write it like 0-3,^2,8")
+            raise DomainXMLError(domain, f"{what}={shown(repr(text))} is not valid", "write it like 0-3,^2,8")
         if m[1]:
             bits &= ~(1 << first)
         else:

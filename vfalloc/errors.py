@@ -7,13 +7,18 @@ print that line and exit non-zero. Nothing here does I/O.
 
 from __future__ import annotations
 
+# The longest error line or log line, in characters, whatever its inputs hold (a domain XML may
+# hold a value of megabytes): a longer one loses its middle (`cut`).
+MAX_LINE = 4096
+
 
 class VfallocError(Exception):
-    """Base class: `str(err)` is the one line a user sees."""
+    """Base class: `str(err)` is the one line a user sees, at most MAX_LINE characters."""
 
     exit_code = 1
 
     def __init__(self, message: str) -> None:
+        message = cut(message)
         super().__init__(message)
         self.message = message
 
@@ -39,13 +44,15 @@ class _AboutOne(VfallocError):
     """An error about one thing (a file, a domain), rendered `LABEL: problem; fix`."""
 
     label = "{}"
+    subject_limit: int | None = None  # a subject from outside is shown (`shown`) up to this
 
     def __init__(self, subject: object, problem: str, fix: str = "") -> None:
         self.subject = subject
         self.problem = problem
         self.fix = fix
         tail = f"; {fix}" if fix else ""
-        super().__init__(f"{self.label.format(subject)}: {problem}{tail}")
+        named = shown(str(subject), self.subject_limit) if self.subject_limit else subject
+        super().__init__(f"{self.label.format(named)}: {problem}{tail}")
 
     @property
     def path(self) -> object:
@@ -89,6 +96,20 @@ def shown(name: str, limit: int = 80) -> str:
     if len(text) > limit:
         return f"{text[:limit // 2]}... ({len(name)} characters)"
     return text
+
+
+def cut(line: str, limit: int = MAX_LINE, total: int | None = None) -> str:
+    """A whole line of at most `limit` characters. A longer one loses its middle, marked as
+    `shown` marks a name it cuts, with the line's length (`total` when the caller cut it
+    already): its start says what it is about, its end the fix, and both stay."""
+    if len(line) <= limit:
+        return line
+    mark = f"... ({len(line) if total is None else total} characters) ..."
+    if len(mark) > limit:
+        return line[:limit]
+    room = limit - len(mark)
+    head = room // 2
+    return f"{line[:head]}{mark}{line[len(line) - (room - head):]}"
 
 
 class UnknownPool(AllocationError):
@@ -168,6 +189,7 @@ class DomainXMLError(_AboutOne):
     """A domain XML that cannot be parsed or holds a bad vfalloc request."""
 
     label = "domain XML of {}"
+    subject_limit = 200  # a domain's name comes from its XML or libvirt's argv
 
     @property
     def domain(self) -> str:

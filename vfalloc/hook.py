@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, BinaryIO, TextIO
 from . import domxml, vfsettings
 from .errors import DomainXMLError, VfallocError
 from .fdb import BRIDGED_MARKS
-from .log import log
+from .log import log, one_line
 from .model import Phase
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ def main(argv: Sequence[str], stdin: BinaryIO | None = None, out: TextIO | None 
         _count_failure(environ, op, call, exc, may_refuse)
         return 1 if may_refuse else 0
     except Exception as exc:  # never a traceback into libvirt's error message
-        err.write(f"vfalloc: internal error in the hook: {type(exc).__name__}: {exc}\n")
+        err.write(f"vfalloc: {one_line(f'internal error in the hook: {type(exc).__name__}: {exc}')}\n")
         log(environ, f"{where}: internal error: {type(exc).__name__}: {exc}", call.settings if call else None)
         _count_failure(environ, op, call, exc, may_refuse)
         return 1 if may_refuse else 0

@@ -10,9 +10,16 @@ and a refusal must not wait behind a queue of starts to be counted. Increments o
 fail at the same moment are serialised by flock(2) on a sidecar lock file, and the file is
 replaced whole (vfalloc.atomicfile), so a reader never sees half of it.
 
-Must not: fail the hook. A count that cannot be kept is lost and said in syslog; a damaged or
-foreign file is replaced by counts that start again (a counter reset, logged). `read` for
-`vfalloc metrics`, in turn, raises: a number it cannot read is never shown as 0.
+What a domain XML names is hostile (its user need not be root): a pool the config does not
+define is counted under the one label UNKNOWN_POOL, an operation that is none of libvirt's
+under OTHER_OPERATION, so the file holds at most (pools + 1) x (operations + 1) x kinds
+entries, each of a few hundred bytes, whatever the XML says, and a refusal adds at most one
+entry per pool of the config (plus one). A file larger than any such count can be (MAX_BYTES,
+left by a vfalloc that kept every name) is never read whole.
+
+Must not: fail the hook. A count that cannot be kept is lost and said in syslog; a damaged,
+foreign or oversized file is replaced by counts that start again (a counter reset, logged).
+`read` for `vfalloc metrics`, in turn, raises: a number it cannot read is never shown as 0.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from .atomicfile import write_atomic
 from .errors import VfallocError
@@ -32,6 +39,16 @@ NAME = "hook-counts.json"
 LOCK_WAIT_S = 2.0  # others hold the lock for one small read and write: far below this
 VERSION = 1
 KINDS = ("refused", "failed")
+# A pool name of the config is letters, digits and _ . : - (config._checked_name): this label
+# can name none of them. It also stands for "no pool" (an XML that cannot be read).
+UNKNOWN_POOL = "(unknown)"
+# libvirt's qemu hook operations (libvirt 11.3, docs/hooks.rst); argv[1] is counted as one of
+# these or as OTHER_OPERATION.
+OPERATIONS = ("prepare", "start", "started", "stopped", "release", "migrate", "restore", "reconnect", "attach")
+OTHER_OPERATION = "(other)"
+# Far above what the labels above allow for a config of a few hundred pools (an entry is under
+# 200 bytes): a larger file is not this version's, and is not read.
+MAX_BYTES = 1 << 20
 
 Counts = dict[tuple[str, str, str], int]  # (kind, pool, operation) -> count
 
@@ -40,27 +57,57 @@ def path_in(run_dir: str) -> str:
     return f"{run_dir}/{NAME}"
 
 
-def read(run_dir: str) -> Counts:
-    """The counts kept in `run_dir`; none when no hook refused or failed since boot."""
+def pool_label(pool: str, known: Collection[str]) -> str:
+    return pool if pool in known else UNKNOWN_POOL
+
+
+def operation_label(operation: str) -> str:
+    return operation if operation in OPERATIONS else OTHER_OPERATION
+
+
+def fold(counts: Mapping[tuple[str, str, str], int], known: Collection[str]) -> Counts:
+    """The counts with every pool not in `known` (the config's) and every operation not
+    libvirt's added up under UNKNOWN_POOL and OTHER_OPERATION."""
+    folded: Counts = {}
+    for (kind, pool, operation), n in counts.items():
+        key = (kind, pool_label(pool, known), operation_label(operation))
+        folded[key] = folded.get(key, 0) + n
+    return folded
+
+
+def read(run_dir: str, known: Collection[str]) -> Counts:
+    """The counts kept in `run_dir`, folded onto the pools in `known` (fold); none when no hook
+    refused or failed since boot."""
     path = path_in(run_dir)
     try:
         with open(path, "rb") as fh:
-            raw = fh.read()
+            size = os.fstat(fh.fileno()).st_size
+            raw = fh.read(MAX_BYTES + 1) if size <= MAX_BYTES else b""
     except FileNotFoundError:
         return {}
     except OSError as exc:
         raise VfallocError(f"cannot read the hook's counts {path} ({exc.strerror}); run as root") from exc
+    if size > MAX_BYTES or len(raw) > MAX_BYTES:
+        raise VfallocError(f"the hook's counts {path} hold {max(size, len(raw))} bytes, more than counts "
+                           f"ever take ({MAX_BYTES}); remove the file (the counters start again from 0, "
+                           "which Prometheus takes as a reset)")
     counts = _decode(raw)
     if counts is None:
         raise VfallocError(f"the hook's counts {path} are damaged; remove the file (the counters start "
                            "again from 0, which Prometheus takes as a reset)")
-    return counts
+    return fold(counts, known)
 
 
-def record(run_dir: str, kind: str, pools: Iterable[str], operation: str) -> str | None:
-    """Add one to (kind, pool, operation) for each pool (once, pool "" when none is known).
-    Returns None, or what went wrong for the caller's log line; never raises."""
-    keys = [(kind, pool, operation) for pool in sorted(set(pools)) or [""]]
+def record(run_dir: str, kind: str, pools: Iterable[str], operation: str,
+           known: Collection[str] | None) -> str | None:
+    """Add one to (kind, pool, operation) for each pool (once; a pool not in `known`, the
+    config's, and no pool at all count as UNKNOWN_POOL, an operation not libvirt's as
+    OTHER_OPERATION). `known` None: the config could not be read; then the counts already kept
+    stay under their pools. Returns None, or what went wrong for the caller's log line; never
+    raises."""
+    op = operation_label(operation)
+    labels = {pool_label(p, known or ()) for p in pools} or {UNKNOWN_POOL}
+    keys = [(kind, pool, op) for pool in sorted(labels)]
     path = path_in(run_dir)
     try:
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
@@ -71,10 +118,11 @@ def record(run_dir: str, kind: str, pools: Iterable[str], operation: str) -> str
         return f"cannot count the hook's {kind} call: {path}.lock stayed locked for {LOCK_WAIT_S:g} s"
     note = None
     try:
-        counts = _read_own(path)
-        if counts is None:
-            note = f"{path} was damaged or not vfalloc's; its counters start again from 0"
-            counts = {}
+        counts, trouble = _read_own(path)
+        if trouble:
+            note = f"{path} {trouble}; its counters start again from 0"
+        if known is not None:
+            counts = fold(counts, known)  # what an older file counted under names no pool has
         for key in keys:
             counts[key] = counts.get(key, 0) + 1
         # A count is a fact for this boot only (tmpfs): no fsync.
@@ -103,32 +151,39 @@ def _lock(path: str) -> int | None:
             raise
 
 
-def _read_own(path: str) -> Counts | None:
-    """The counts, {} when there are none yet, None when the file is not ours or damaged."""
+def _read_own(path: str) -> tuple[Counts, str | None]:
+    """The counts ({} when there are none yet) and, when the file cannot be taken as ours, why
+    (its counts are then {})."""
+    damaged = "was damaged or not vfalloc's"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        return {}
+        return {}, None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             os.unlink(path)  # a planted link: write_atomic's rename replaces it, never follows it
-            return None
+            return {}, damaged
         raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-            return None
+            return {}, damaged
+        if st.st_size > MAX_BYTES:  # not read at all: its parse would cost seconds and gigabytes
+            return {}, f"held {st.st_size} bytes, more than counts ever take ({MAX_BYTES})"
         with os.fdopen(fd, "rb", closefd=False) as fh:
-            raw = fh.read()
+            raw = fh.read(MAX_BYTES + 1)
     finally:
         os.close(fd)
-    return _decode(raw)
+    if len(raw) > MAX_BYTES:  # it grew since fstat: not ours either
+        return {}, damaged
+    counts = _decode(raw)
+    return ({}, damaged) if counts is None else (counts, None)
 
 
 def _decode(raw: bytes) -> Counts | None:
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         return None
     if not isinstance(data, dict) or data.get("version") != VERSION or not isinstance(data.get("counts"), list):
         return None

@@ -4,9 +4,11 @@ The hook and the hot-plug worker log here (the commands print to the admin inste
 
 Each event is one line whatever it holds: a newline or a control character in it (a domain name
 libvirt passed, a value from a domain XML) is written escaped (\\n, \\x1b), so no input can forge
-a line of its own. The log file is appended to only when it is a regular file: never through a
-symlink (O_NOFOLLOW), never blocking on a FIFO (O_NONBLOCK), and created 0640 (a umask only
-narrows that, so even umask 000 leaves it writable by root alone).
+a line of its own; a line longer than errors.MAX_LINE characters loses its middle (errors.cut),
+so no input makes a line, or what one call adds to the log, large. The log file is appended to
+only when it is a regular file: never through a symlink (O_NOFOLLOW), never blocking on a FIFO
+(O_NONBLOCK), and created 0640 (a umask only narrows that, so even umask 000 leaves it writable
+by root alone).
 
 Must not: fail its caller. A log line is a copy of what the caller already decided; a log file
 that cannot be written is reported to syslog and otherwise ignored.
@@ -17,6 +19,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from .errors import MAX_LINE, cut
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc/record.py)
     from .config import Settings
@@ -25,11 +29,20 @@ ENV_LOG = "VFALLOC_HOOK_LOG"  # also append each log line to this file
 LOG_MODE = 0o640
 
 
-def one_line(text: str) -> str:
+def one_line(text: str, limit: int = MAX_LINE) -> str:
     """`text` with every character that is not printable escaped as Python writes it in a string
-    literal (a newline as \\n): one line, whatever it holds."""
+    literal (a newline as \\n), cut to `limit` characters (errors.cut): one line of bounded
+    length, whatever it holds."""
     if text.isprintable():
-        return text
+        return cut(text, limit)
+    if len(text) <= limit:
+        return cut(_escaped(text), limit)
+    # Only the ends of a long line stay, and escaping never shortens a character: escape those
+    # ends alone, so a line of megabytes costs no more than one of `limit` characters.
+    return cut(_escaped(text[:limit]) + _escaped(text[-limit:]), limit, total=len(text))
+
+
+def _escaped(text: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 

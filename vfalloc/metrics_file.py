@@ -42,7 +42,7 @@ def exposition(ctx, uri: str | None, offline: bool, environ: Mapping[str, str] |
     table = ctx.store.read()
     now = now_utc()
     rows = vf_rows(ctx.host, ctx.pools, table, ctx.boot_id, _running(ctx, table, uri, offline, now))
-    counts = hook_counts.read(run_dir(environ))
+    counts = hook_counts.read(run_dir(environ), {p.name for p in ctx.pools})
     return metrics.render(ctx.host, ctx.pools, table, rows, counts, now)
 
 
@@ -118,21 +118,26 @@ def _spawn(argv: list[str], environ: Mapping[str, str]) -> None:
 def note_hook_failure(environ: Mapping[str, str], operation: str, xml: bytes, exc: BaseException,
                       refused: bool, settings) -> None:
     """Count a refusal or an error of the hook (vfalloc.hook_counts) under the pools it concerns,
-    and refresh the textfile so the counter shows. Never raises: the hook is failing already."""
+    and refresh the textfile so the counter shows. Never raises: the hook is failing already.
+
+    A pool the config does not define (a name from the domain XML) is counted as
+    hook_counts.UNKNOWN_POOL; without settings (the call failed before it loaded them, or could
+    not) every pool is, and the counts kept already are left as they are."""
     from . import hook_counts
     from .log import log
 
+    known = {p.name for p in settings.config.pools} if settings is not None else None
     pool = getattr(exc, "pool", None)
     pools = {pool} if isinstance(pool, str) else set()
-    if not pools and xml:
+    if not pools and xml and known:
         try:
             from . import domxml
 
             info = domxml.read_domain(xml)
             pools = {r.pool for r in info.requests}
-        except Exception:  # an XML that cannot be read is counted under pool ""
+        except Exception:  # an XML that cannot be read is counted under UNKNOWN_POOL
             pools = set()
-    trouble = hook_counts.record(run_dir(environ), "refused" if refused else "failed", pools, operation)
+    trouble = hook_counts.record(run_dir(environ), "refused" if refused else "failed", pools, operation, known)
     if trouble is None and settings is not None and settings.metrics_textfile:
         trouble = request_refresh(environ)
     if trouble:

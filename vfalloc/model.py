@@ -236,9 +236,9 @@ class Request(Record):
         for key in ("trust", "spoofchk"):
             value = getattr(self, key)
             if value is not None and value not in ON_OFF:
-                raise UsageError(f"{key}={value!r} is not valid; use on or off")
+                raise UsageError(f"{key}={shown(repr(value))} is not valid; use on or off")
         if self.type not in REQUEST_TYPES:
-            raise UsageError(f"type={self.type!r} is not valid; use interface or hostdev")
+            raise UsageError(f"type={shown(repr(self.type))} is not valid; use interface or hostdev")
         if self.index < 0:
             raise UsageError(f"request index {self.index} is negative")
 
