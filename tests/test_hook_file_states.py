@@ -309,3 +309,43 @@ def test_install_hook_makes_missing_parents_0755_under_umask_000(scratch, tmp_pa
              for p in (tmp_path / "etc", tmp_path / "etc/libvirt", hooks_dir, hooks_dir / "qemu.d")}
     assert modes == {"etc": 0o755, "etc/libvirt": 0o755, "etc/libvirt/hooks": 0o755, "etc/libvirt/hooks/qemu.d": 0o755}
     assert (hooks_dir / "qemu.d" / "vfalloc").stat().st_mode & 0o777 == 0o755
+
+
+PLANTED_FIFOS = ["hook-counts.json", "hook-counts.json.lock", "metrics.pending", "metrics.lock", f"start.{ASKS}"]
+
+
+def test_fifos_in_the_runtime_directory_hold_no_call(host, tmp_path):
+    """FIFOs where vfalloc keeps its files, in a private runtime directory: every call, a refused
+    one (which counts itself) among them, ends without waiting for a writer."""
+    target = tmp_path / "vfalloc.prom"
+    host.write_config(f'[settings]\nmetrics_textfile = "{target}"\n\n' + host.config.read_text())
+    host.run_dir.mkdir(parents=True, mode=0o700)
+    for name in PLANTED_FIFOS:
+        os.mkfifo(host.run_dir / name)
+    memo = Path(config_cache_memo(host))
+    os.mkfifo(memo)
+    refused = XML[ASKS].replace(b'pool="lan0"', b'pool="nosuch"')
+    assert b'pool="nosuch"' in refused
+    r = run(Path(hookfiles.hook_file()), host.env(), ASKS, "prepare", "begin", xml=refused)
+    assert r.returncode == 1 and r.stderr.decode().startswith("vfalloc: ") and r.stderr.count(b"\n") == 1
+    for domain in (PLAIN, ASKS):
+        for op, subop, extra in CALLS:
+            assert run(Path(hookfiles.hook_file()), host.env(), domain, op, subop, extra).returncode == 0
+    assert sorted(p.name for p in host.run_dir.iterdir()) == sorted([*PLANTED_FIFOS, memo.name])
+
+
+def test_a_refusal_counts_nothing_in_a_runtime_directory_others_may_write(host, tmp_path):
+    _run_dir_mode(host.run_dir, 0o777)
+    log = tmp_path / "hook.log"
+    refused = XML[ASKS].replace(b'pool="lan0"', b'pool="nosuch"')
+    r = run(Path(hookfiles.hook_file()), {**host.env(), "VFALLOC_HOOK_LOG": str(log)}, ASKS, "prepare", "begin",
+            xml=refused)
+    assert r.returncode == 1 and list(host.run_dir.iterdir()) == []
+    assert f"cannot count the hook's refused call: the runtime directory is not used: {host.run_dir} has mode 0777" \
+        in log.read_text()
+
+
+def config_cache_memo(scratch) -> str:
+    from vfalloc import config_cache
+
+    return config_cache.memo_path(str(scratch.run_dir), str(scratch.config))

@@ -32,6 +32,7 @@ import stat
 import time
 from collections.abc import Collection, Iterable, Mapping
 
+from . import rundir
 from .atomicfile import write_atomic
 from .errors import VfallocError
 
@@ -109,8 +110,10 @@ def record(run_dir: str, kind: str, pools: Iterable[str], operation: str,
     labels = {pool_label(p, known or ()) for p in pools} or {UNKNOWN_POOL}
     keys = [(kind, pool, op) for pool in sorted(labels)]
     path = path_in(run_dir)
+    unusable = rundir.ensure(run_dir)
+    if unusable:
+        return f"cannot count the hook's {kind} call: the runtime directory is not used: {unusable}"
     try:
-        os.makedirs(run_dir, mode=0o700, exist_ok=True)
         lock = _lock(f"{run_dir}/{NAME}.lock")
     except OSError as exc:
         return f"cannot count the hook's {kind} call in {path}: {exc.strerror}"
@@ -135,7 +138,11 @@ def record(run_dir: str, kind: str, pools: Iterable[str], operation: str,
 
 
 def _lock(path: str) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    # O_NONBLOCK: never wait in open(2) for whatever was planted there; flock wants a regular file.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", path)
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
         try:
