@@ -160,12 +160,13 @@ def deb_remove(ctx: Context) -> None:
     """`dpkg -r vfalloc` while a guest runs with its VF: the package's prerm takes the hook file
     away (vfalloc wrote it). With libvirtd still running, a plain domain starts and stops (libvirt
     lists qemu.d at each call: the file gone is not run). libvirtd restarts: `reconnect begin`
-    finds no hook, so the guest keeps running, in the same QEMU; a plain domain starts and stops.
+    finds no hook, so the guest keeps running (paused, as it was), in the same QEMU; a plain domain
+    starts and stops.
     Left installed, the hook would run a vfalloc that is gone and fail there, and libvirt kills
     a domain whose hook fails at `reconnect begin`."""
     running = ctx.run("virsh", "list", "--name").stdout.split()
     expect(running, "no domain runs: nothing would show the restart keeping it")
-    pids = {name: qemu_pid(name) for name in running}
+    before = {name: (domstate(ctx, name), qemu_pid(name)) for name in running}  # the guests run paused
     expect(HOOK.is_file(), f"{HOOK} is not there to be removed")
     # man-db's trigger would reindex every page of the shared root (minutes under TCG); man-db's
     # own switch for that (debconf man-db/auto-update) turns it off in this throw-away root
@@ -185,12 +186,16 @@ def deb_remove(ctx: Context) -> None:
     os.kill(pid, signal.SIGTERM)
     ctx.wait_for("libvirtd to exit", lambda: not Path(f"/proc/{pid}").exists(), timeout=120)
     start_libvirtd(ctx)
-    for name, qemu in pids.items():
-        state = ctx.run("virsh", "domstate", name).stdout.strip()
-        expect(state == "running", f"{name} is {state!r} after libvirtd restarted without the hook")
+    for name, (state, qemu) in before.items():
+        now = domstate(ctx, name)
+        expect(now == state, f"{name} is {now!r} after libvirtd restarted without the hook, was {state!r}")
         expect(qemu_pid(name) == qemu, f"{name}'s QEMU was {qemu}, is {qemu_pid(name)}")
     ctx.run("virsh", "start", "--paused", PLAIN)
     ctx.run("virsh", "destroy", PLAIN)
+
+
+def domstate(ctx: Context, name: str) -> str:
+    return ctx.run("virsh", "domstate", name).stdout.strip()
 
 
 def register_remove() -> None:
