@@ -1113,6 +1113,8 @@ sys.modules.setdefault("scenario", sys.modules[__name__])
 import steps_deb  # noqa: E402,F401  (boot 3: the Debian package)
 import steps_fdb  # noqa: E402,F401  (boot 3: bridged guests and VFs on one port, docs/bridges.md)
 
+steps_deb.register_remove()  # boot 3's last: dpkg -r takes away the hook the bridges' steps use
+
 
 def inside_the_rig() -> bool:
     """This scenario writes sriov_numvfs and rebinds drivers: never on a real host."""

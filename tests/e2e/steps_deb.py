@@ -3,9 +3,11 @@
 python3-filelock and python3-libvirt are Debian's, found on the shared root), the packaged
 `vfalloc install-hook` replaces the hook with one that runs /usr/bin/python3, libvirtd restarts
 to see it, and a plain `virsh start` gets its VF through that hook; the packaged `vfalloc
-metrics` agrees with the packaged `vfalloc list --json`.
+metrics` agrees with the packaged `vfalloc list --json`. Last of all, `dpkg -r` takes the
+hook away while a guest runs, and libvirtd restarts without it.
 
-Imported by scenario.py after its second-host step (steps run in the order they are registered).
+Imported by scenario.py after its second-host step (steps run in the order they are registered);
+deb-remove is registered by scenario.py after the bridges' steps, which use the packaged hook.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from inside import (
     expect,
     libvirtd_pid,
     metadata_request,
+    qemu_pid,
     read_sysfs,
     sriov_pfs,
     start_libvirt,
@@ -33,6 +36,7 @@ from scenario import CONFIG, HOOK, NUM_VFS, POOL, Listing, check_vf_in_guest, gu
 DEB_VFALLOC = Path("/usr/bin/vfalloc")
 DIST_PACKAGES = "/usr/lib/python3/dist-packages/"
 GUEST = "guest9"  # a guest of this step's own (the scenario's are guest1 to guest8)
+PLAIN = "e2e-plain"  # deb-remove's: no VF, no request
 INSTALLED = {  # what the package must put where an admin's tools look for it
     "/usr/bin/vfalloc": "the command",
     "/usr/share/man/man8/vfalloc.8.gz": "the man page",
@@ -150,3 +154,50 @@ def check_metrics(ctx: Context, rows: list[dict]) -> None:
     want = {state: float(sum(1 for r in rows if r["pool"] == POOL and r["state"] == state))
             for state in ("free", "leased", "stale")}
     expect(found == want, f"vfalloc metrics says {found} for pool {POOL}, vfalloc list --json {want}")
+
+
+def deb_remove(ctx: Context) -> None:
+    """`dpkg -r vfalloc` while a guest runs with its VF: the package's prerm takes the hook file
+    away (vfalloc wrote it). With libvirtd still running, a plain domain starts and stops (libvirt
+    lists qemu.d at each call: the file gone is not run). libvirtd restarts: `reconnect begin`
+    finds no hook, so the guest keeps running (paused, as it was), in the same QEMU; a plain domain
+    starts and stops.
+    Left installed, the hook would run a vfalloc that is gone and fail there, and libvirt kills
+    a domain whose hook fails at `reconnect begin`."""
+    running = ctx.run("virsh", "list", "--name").stdout.split()
+    expect(running, "no domain runs: nothing would show the restart keeping it")
+    before = {name: (domstate(ctx, name), qemu_pid(name)) for name in running}  # the guests run paused
+    expect(HOOK.is_file(), f"{HOOK} is not there to be removed")
+    # man-db's trigger would reindex every page of the shared root (minutes under TCG); man-db's
+    # own switch for that (debconf man-db/auto-update) turns it off in this throw-away root
+    Path("/var/lib/man-db/auto-update").unlink(missing_ok=True)
+    removal = ctx.run("dpkg", "-r", "vfalloc").stdout
+    expect(f"vfalloc: removed {HOOK}" in removal, "dpkg -r did not say it removed the hook")
+    expect(not HOOK.exists() and not DEB_VFALLOC.exists(), f"after dpkg -r: hook {HOOK.exists()}, "
+           f"{DEB_VFALLOC} {DEB_VFALLOC.exists()}")
+    path = Path("/tmp") / f"{PLAIN}.xml"
+    path.write_text(domain_xml(PLAIN))
+    ctx.run("virsh", "define", str(path))
+    ctx.run("virsh", "start", "--paused", PLAIN)
+    ctx.run("virsh", "destroy", PLAIN)
+    pid = libvirtd_pid()
+    expect(pid, "libvirtd does not run")
+    ctx.log(f"# kill {pid}  (libvirtd: it runs the hooks at `reconnect begin` when it starts)")
+    os.kill(pid, signal.SIGTERM)
+    ctx.wait_for("libvirtd to exit", lambda: not Path(f"/proc/{pid}").exists(), timeout=120)
+    start_libvirtd(ctx)
+    for name, (state, qemu) in before.items():
+        now = domstate(ctx, name)
+        expect(now == state, f"{name} is {now!r} after libvirtd restarted without the hook, was {state!r}")
+        expect(qemu_pid(name) == qemu, f"{name}'s QEMU was {qemu}, is {qemu_pid(name)}")
+    ctx.run("virsh", "start", "--paused", PLAIN)
+    ctx.run("virsh", "destroy", PLAIN)
+
+
+def domstate(ctx: Context, name: str) -> str:
+    return ctx.run("virsh", "domstate", name).stdout.strip()
+
+
+def register_remove() -> None:
+    """scenario.py calls this after the bridges' steps: it is boot 3's last step."""
+    step("deb-remove", timeout=300, needs=("deb-hook",), boot=3)(deb_remove)
