@@ -317,17 +317,11 @@ def remove_any(path: Path) -> None:
 def test_the_package_and_vfalloc_agree_on_which_hook_file_is_vfalloc_s(verdicts, name):
     """The maintainer scripts' shell rule (`head -c 512 | grep -F MARKER`) is
     vfalloc.hookfile.written_by_vfalloc's, the rule `vfalloc install-hook` overwrites and removes
-    by. One case differs: hookfile looks at the first 512 characters of the text, the package at
-    the first 512 bytes, and characters of more than one byte before the marker can put it past
-    byte 512 but within character 512; the package then keeps the file (the safe side)."""
+    by: the marker in the first 512 bytes."""
     says, removed = verdicts[name]
-    if name == "marker-after-utf8-past-512-bytes-within-512-characters":
-        assert (says, removed) == (True, False)
-    else:
-        assert removed == says
+    assert removed == says
     assert says == {"as-install-hook-writes": True, "marker-ends-at-byte-512": True, "marker-after-nul-bytes": True,
                     "marker-after-bytes-not-utf8": True, "marker-after-utf8-within-512-bytes": True,
-                    "marker-after-utf8-past-512-bytes-within-512-characters": True,
                     "symlink-to-vfalloc-s": True}.get(name, False)
 
 

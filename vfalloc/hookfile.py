@@ -90,14 +90,17 @@ class StartStamp:
 
 def is_ours(path: Path) -> bool:
     try:
-        return written_by_vfalloc(path.read_text(errors="replace"))
+        with path.open("rb") as fh:
+            return written_by_vfalloc(fh.read(512))
     except OSError:
         return False
 
 
-def written_by_vfalloc(text: str) -> bool:
-    """Whether a hook file's text is one vfalloc wrote: its marker near the top."""
-    return HOOK_MARKER in text[:512]
+def written_by_vfalloc(text: str | bytes) -> bool:
+    """Whether a hook file is one vfalloc wrote: its marker in the first 512 bytes, the rule the
+    Debian package's prerm and postrm apply (`head -c 512 | grep -F`) before they remove it."""
+    head = (text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text)[:512]
+    return HOOK_MARKER.encode() in head
 
 
 def check_replaceable(path: Path) -> None:
