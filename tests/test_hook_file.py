@@ -274,10 +274,10 @@ def test_no_stamp_for_a_name_the_hook_file_cannot_look_up(tmp_path, name):
 
 
 def test_the_word_the_shell_looks_for_is_in_every_name_python_acts_on():
-    from vfalloc import domxml, templates
+    from vfalloc import domxml, hookcalls
     from vfalloc.fdb import BRIDGED_MARKS
 
-    assert templates.WORD in domxml.NS and templates.WORD in domxml.ALIAS_PREFIX
+    assert hookcalls.WORD in domxml.NS and hookcalls.WORD in domxml.ALIAS_PREFIX
     script = hookfiles.script("python3")
     assert all(mark.decode() in script for mark in BRIDGED_MARKS)
 

@@ -119,7 +119,7 @@ def test_a_leftover_file_is_folded_onto_the_configs_pools(host, scratch):
     items += [{"kind": "failed", "pool": "san", "operation": "o" * 500, "count": 2},
               {"kind": "refused", "pool": "san", "operation": "prepare", "count": 5},
               {"kind": "failed", "pool": "", "operation": "release", "count": 1}]
-    scratch.run_dir.mkdir(parents=True, exist_ok=True)
+    scratch.run_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
     counts = scratch.run_dir / "hook-counts.json"
     counts.write_text(json.dumps({"version": 1, "counts": items}))
     assert MB // 2 < counts.stat().st_size <= hook_counts.MAX_BYTES
@@ -149,7 +149,7 @@ def small_memory() -> None:
 
 
 def huge_leftover(scratch):
-    scratch.run_dir.mkdir(parents=True)
+    scratch.run_dir.mkdir(parents=True, mode=0o700)
     path = scratch.run_dir / "hook-counts.json"
     with open(path, "wb") as fh:
         fh.truncate(HUGE)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, BinaryIO, TextIO
 from . import domxml, vfsettings
 from .errors import DomainXMLError, VfallocError
 from .fdb import BRIDGED_MARKS
+from .hookcalls import BY_CALL, DROP, KEEP
 from .log import log, one_line
 from .model import Phase
 
@@ -97,26 +98,27 @@ def main(argv: Sequence[str], stdin: BinaryIO | None = None, out: TextIO | None 
         return 2
     domain, op, subop = argv[0], argv[1], argv[2]
     extra = argv[3] if len(argv) > 3 else "-"
-    handler = HANDLERS.get((op, subop))
-    if handler is None:
+    rule = BY_CALL.get((op, subop))
+    if rule is None:
         return 0
+    handler = HANDLERS[op, subop]
     stdin = stdin if stdin is not None else sys.stdin.buffer
-    # Only these may fail: a non-zero exit refuses a start or an incoming domain. Anywhere else
-    # it does harm: at `reconnect begin` libvirt 11.3 kills the running domain
+    # Only the calls that refuse may fail (hookcalls.Rule.refuses). Anywhere else a non-zero exit
+    # does harm: at `reconnect begin` libvirt 11.3 kills the running domain
     # (qemuProcessReconnect -> qemuProcessStop), so there an error is logged and the exit is 0.
-    may_refuse = (op, subop) in REFUSING
+    may_refuse = rule.refuses
     call = None
     where = f"{domain} {op} {subop}"
     try:
         xml = stdin.read()
         call = Call(domain, op, subop, extra, xml, environ, out, err)
-        if not domxml.mentions_vfalloc(xml) and (op, subop) != ("reconnect", "begin"):
-            if not xml.strip() and op in ("prepare", "migrate", "restore"):
+        if not domxml.mentions_vfalloc(xml) and not rule.every_domain:
+            if not xml.strip() and rule.refuses:
                 call.info()  # raises: these operations need the XML
-            if (op, subop) in BY_NAME and _reserved_by_hand(call, where):
+            if rule.by_name and _reserved_by_hand(call, where):
                 message = handler(call)  # a lease reserved by hand for this domain
             else:
-                FDB_ONLY.get((op, subop), _fdb_none)(call)  # a domain without VFs on a bridge with one
+                FDB_STEPS.get(rule.fdb, _fdb_none)(call)  # a domain without VFs on a bridge with one
                 if not call.notes:
                     return 0
                 message = ""
@@ -216,10 +218,7 @@ def on_reconnect(call: Call) -> str:
     return "; ".join(parts)
 
 
-REFUSING = {("prepare", "begin"), ("migrate", "begin"), ("restore", "begin")}
-# Run for a domain whose XML does not mention vfalloc when the lease table names it.
-BY_NAME = {("prepare", "begin"), ("started", "begin"), ("release", "end")}
-
+# One handler for each call of hookcalls.RULES (tests/test_hook_rules.py checks).
 HANDLERS: dict[tuple[str, str], Callable[[Call], str]] = {
     ("prepare", "begin"): on_prepare,
     ("started", "begin"): on_started,
@@ -272,10 +271,7 @@ def _fdb(call: Call, step: Callable) -> None:
         call.notes.append(note)
 
 
-FDB_ONLY: dict[tuple[str, str], Callable[[Call], None]] = {
-    ("started", "begin"): _fdb_keep,
-    ("release", "end"): _fdb_drop,
-}
+FDB_STEPS: dict[str, Callable[[Call], None]] = {KEEP: _fdb_keep, DROP: _fdb_drop}
 
 
 # -- helpers --

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 from . import rundir
 from .atomicfile import write_atomic
 from .errors import UsageError, VfallocError
+from .hookcalls import plain_name
 from .rundir import DEFAULT_RUN_DIR
-from .templates import HOOK_MARKER, hook_script, plain_name
+from .templates import HOOK_MARKER, hook_script
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -51,7 +52,7 @@ class StartStamp:
     (domxml.add_devices stamps it). The hook file finds RUN_DIR/start.NAME, sees the value in the
     XML libvirt hands it, removes the file and ends that call without Python; any other start of
     the domain meanwhile (a `virsh start` of the saved config) has no value and goes to Python.
-    A name the hook file cannot look up (templates.plain_name) gets no stamp."""
+    A name the hook file cannot look up (hookcalls.plain_name) gets no stamp."""
 
     def __init__(self, run_dir: str, domain: str) -> None:
         self.path = os.path.join(run_dir, f"start.{domain}") if plain_name(domain) else None

@@ -4,21 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .fdb import BRIDGED_MARKS
-from .model import Phase
+from . import hookcalls
 
 HOOK_MARKER = "# vfalloc libvirt qemu hook"
 
-
-def plain_name(name: str) -> bool:
-    """Whether the hook file looks a domain up by its name itself (in the lease table as JSON
-    writes it, and in file names): printable ASCII without a quote, a backslash or a slash."""
-    return all(" " <= c <= "~" for c in name) and not any(c in name for c in "\"\\/")
-
-
-# The one word the shell part looks for in the XML: every name vfalloc.hook acts on contains it
-# (NS, ALIAS_PREFIX; tests/test_hook_file.py checks).
-WORD = "vfalloc"
 
 # Exit codes between the hook file and the Python it starts. vfalloc.hook's own 1 (refused) and 2
 # (usage) are passed as 64 + code, so that the shell tells them from a Python that could not run
@@ -88,7 +77,7 @@ newline='
 # vfalloc cannot run: only a domain that asks for a VF is refused, and only at prepare.
 cannot_run() {
 	fix="reinstall vfalloc or run \`vfalloc install-hook\` again; \`vfalloc install-hook --remove\` removes this hook"
-	if [ "$op" = prepare ] && asks_for_vf; then
+	if [ "$op" = @START@ ] && asks_for_vf; then
 		echo "vfalloc: cannot run vfalloc ($1), and $domain asks for a VF: $fix" >&2
 		exit 1
 	fi
@@ -105,7 +94,7 @@ asks_for_vf() {
 # no `/`, which would leave the runtime directory in a stamp's file name.
 plain_name() {
 	case $domain in
-	*[!\ -~]* | *[\"\\/]*) return 1 ;;
+	@NOTPLAIN@) return 1 ;;
 	esac
 }
 
@@ -130,10 +119,11 @@ stamp_taken() {
 	return 1
 }
 
+# The calls vfalloc acts in (vfalloc.hookcalls): always handed over, or looked at first.
 [ $# -ge 3 ] || run_hook "$@"
 case $2.$3 in
-prepare.begin | started.begin | release.end) ;;
-migrate.begin | restore.begin | reconnect.begin) run_hook "$@" ;;
+@LOOKED@) ;;
+@ALWAYS@) run_hook "$@" ;;
 *) exit 0 ;;
 esac
 
@@ -155,13 +145,11 @@ case $xml in
 *'&#'* | *'\0000'*) run_hook "$@" ;;
 esac
 plain_name || run_hook "$@"
-if [ "$op" = prepare ] && stamp_taken; then
+if [ "$op" = @START@ ] && stamp_taken; then
 	exit 0
 fi
 case $op in
-prepare) case $xml in *@WORD@*) run_hook "$@" ;; esac; look=\"$domain\" ;;
-started) case $xml in @BRIDGED@) run_hook "$@" ;; esac; look='"@PENDING@"' ;;
-release) case $xml in *@WORD@* | @BRIDGED@) run_hook "$@" ;; esac; look=\"$domain\" ;;
+@LOOKS@
 esac
 table_has "$look"
 [ $? -eq 1 ] && exit 0
@@ -195,16 +183,44 @@ def hook_script(interpreter: str, state: str, run_dir: str, config: str | None =
     vfalloc.hook acts on: a match only costs a Python start. libvirt runs hooks with a minimal
     environment (PATH, LANG and little else), so the table's path and a config file other than
     the default are written into the script."""
-    import shlex  # here: `vfalloc start` reads this module for plain_name, and renders nothing
+    import shlex
 
-    marks = [m.decode() for m in BRIDGED_MARKS]
-    if "'" in HOOK_PYTHON or any(c in m for m in marks for c in '"\\$`'):
-        raise ValueError("the hook's Python or a bridge mark cannot be quoted as the script quotes it")
+    if "'" in HOOK_PYTHON:
+        raise ValueError("the hook's Python cannot be quoted as the script quotes it")
     config_line = (f"[ -n \"${{VFALLOC_CONFIG-}}\" ] || VFALLOC_CONFIG={shlex.quote(config)}\nexport VFALLOC_CONFIG\n"
                    if config else "")
+    rules = hookcalls.RULES
     return fill(_HOOK, {
         "MARKER": HOOK_MARKER, "PYTHON": shlex.quote(interpreter), "STATE": shlex.quote(state),
-        "RUN": shlex.quote(run_dir), "CONFIG": config_line, "PROGRAM": HOOK_PYTHON, "WORD": WORD,
-        "BRIDGED": " | ".join(f'*"{m}"*' for m in marks), "PENDING": Phase.PENDING,
+        "RUN": shlex.quote(run_dir), "CONFIG": config_line, "PROGRAM": HOOK_PYTHON, "WORD": hookcalls.WORD,
         "REFUSED": str(EXIT_OFFSET + 1), "USAGE": str(EXIT_OFFSET + 2), "OFFSET": str(EXIT_OFFSET),
+        "START": hookcalls.START, "NOTPLAIN": _not_plain_pattern(),
+        "LOOKED": " | ".join(f"{r.op}.{r.subop}" for r in rules if not r.always),
+        "ALWAYS": " | ".join(f"{r.op}.{r.subop}" for r in rules if r.always),
+        "LOOKS": "\n".join(_looks(r) for r in rules if not r.always),
     })
+
+
+def _quoted(word: str) -> str:
+    """`word` as a literal part of a `case` pattern: in double quotes, where only these are special."""
+    if any(c in word for c in '"\\$`'):
+        raise ValueError(f"{word!r} cannot be a literal of the hook file's patterns")
+    return f'"{word}"'
+
+
+def _looks(rule: hookcalls.Rule) -> str:
+    """The `case $op` line of a call the shell part looks at: the XML's words, then the word it
+    searches the table for."""
+    words = " | ".join(f"*{_quoted(w)}*" for w in rule.xml_words)
+    table = '\\"$domain\\"' if rule.table_word == hookcalls.NAME else "'" + _quoted(rule.table_word) + "'"
+    return f'{rule.op}) case $xml in {words}) run_hook "$@" ;; esac; look={table} ;;'
+
+
+def _not_plain_pattern() -> str:
+    """The `case` pattern of a name hookcalls.plain_name refuses: a character outside the
+    printable range, or one of the escaped ones (a quote or a backslash behind a backslash)."""
+    low, high = hookcalls.PRINTABLE
+    if any(c in "]!^-" for c in hookcalls.ESCAPED) or low != " " or high in "]!^-\\\"":
+        raise ValueError("the name rule cannot be written as these brackets write it")
+    escaped = "".join(f"\\{c}" if c in "\"\\'`$" else c for c in hookcalls.ESCAPED)
+    return f"*[!\\{low}-{high}]* | *[{escaped}]*"
