@@ -58,17 +58,22 @@ class Call:
         self.environ = environ
         self.out, self.err = out, err
         self.settings: Settings | None = None  # loaded by the first operation that needs them, then kept
+        self._context: Context | None = None
         self.notes: list[str] = []  # what the FDB steps did, for the log line
 
     def context(self) -> Context:
+        """The settings and what they lead to, made at the first call and kept: a Context reads
+        the host and the pools lazily, once, and every step of this call shares what it read."""
         from .config import load_settings
         from .context import Context
 
-        if self.settings is None:
-            self.settings = load_settings({}, self.environ, keep_memo=True)
-            _check_table(self.environ, self.settings)
-            _check_run_dir(self.environ, self.settings)
-        return Context(self.settings, out=self.out, err=self.err)
+        if self._context is None:
+            if self.settings is None:
+                self.settings = load_settings({}, self.environ, keep_memo=True)
+                _check_table(self.environ, self.settings)
+                _check_run_dir(self.environ, self.settings)
+            self._context = Context(self.settings, out=self.out, err=self.err)
+        return self._context
 
     def holds_leases(self) -> bool:
         """Whether the lease table names this domain: a lease reserved by hand (`vfalloc alloc`)
