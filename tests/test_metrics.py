@@ -335,3 +335,31 @@ def test_no_refresh_mark_in_a_runtime_directory_others_may_write(host, scratch, 
     assert (r.returncode, r.stderr) == (0, b"")
     assert list(scratch.run_dir.iterdir()) == []
     assert f"the runtime directory is not used: {scratch.run_dir} has mode 0777" in host.log.read_text()
+
+
+def _fifo_counts(run: Path) -> None:
+    run.mkdir(parents=True, mode=0o700)
+    os.mkfifo(run / "hook-counts.json")
+
+
+def _open_run_dir(run: Path) -> None:
+    run.mkdir(parents=True)
+    run.chmod(0o777)
+    (run / "hook-counts.json").write_text('{"version": 1, "counts": []}')
+
+
+COUNTS_PLANTED = {
+    "fifo": (_fifo_counts, "are not a regular file; remove it"),
+    "run-dir-0777": (_open_run_dir, "the hook's counts are not kept: "),
+}
+
+
+@pytest.mark.parametrize("what", COUNTS_PLANTED, ids=list(COUNTS_PLANTED))
+def test_metrics_never_waits_for_or_trusts_planted_counts(host, scratch, what):
+    make, said = COUNTS_PLANTED[what]
+    make(scratch.run_dir)
+    result = scratch.run("metrics", *NOWHERE)
+    assert result.code != 0 and result.err.count("\n") == 1 and said in result.err, result.err
+    if what == "fifo":  # and a refused start, which counts itself, is not held by it either
+        refused = host.run("vm9", "prepare", "begin", xml=domain_xml(9, '<vfalloc:vf pool="nosuch"/>'))
+        assert refused.returncode == 1 and refused.stderr.count(b"\n") == 1

@@ -80,14 +80,27 @@ def read(run_dir: str, known: Collection[str]) -> Counts:
     """The counts kept in `run_dir`, folded onto the pools in `known` (fold); none when no hook
     refused or failed since boot."""
     path = path_in(run_dir)
+    unusable = rundir.problem(run_dir) if os.path.lexists(run_dir) else None
+    if unusable:  # the hook keeps no counts there: they are unknown, not 0
+        raise VfallocError(f"the hook's counts are not kept: {unusable}")
     try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            raw = fh.read(MAX_BYTES + 1) if size <= MAX_BYTES else b""
+        # O_NONBLOCK and O_NOFOLLOW: whatever was planted there is refused below, never waited for.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return {}
     except OSError as exc:
+        raise VfallocError(f"cannot read the hook's counts {path} ({exc.strerror}); remove it") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise VfallocError(f"the hook's counts {path} are not a regular file; remove it")
+        size = st.st_size
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            raw = fh.read(MAX_BYTES + 1) if size <= MAX_BYTES else b""
+    except OSError as exc:
         raise VfallocError(f"cannot read the hook's counts {path} ({exc.strerror}); run as root") from exc
+    finally:
+        os.close(fd)
     if size > MAX_BYTES or len(raw) > MAX_BYTES:
         raise VfallocError(f"the hook's counts {path} hold {max(size, len(raw))} bytes, more than counts "
                            f"ever take ({MAX_BYTES}); remove the file (the counters start again from 0, "
@@ -163,7 +176,7 @@ def _read_own(path: str) -> tuple[Counts, str | None]:
     (its counts are then {})."""
     damaged = "was damaged or not vfalloc's"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return {}, None
     except OSError as exc:
