@@ -427,8 +427,8 @@ def _command(argv: Sequence[str]) -> str | None:
 
 def _refresh_metrics(ctx) -> None:
     """A command that may have changed the leases or the VFs has the metrics textfile rendered
-    anew, as the hook does after its changes (vfalloc.metrics_file)."""
-    from .metrics_file import request_refresh
+    anew, as the hook does after its changes (vfalloc.metrics.textfile)."""
+    from .metrics.textfile import request_refresh
 
     settings = ctx.settings
     environ = {**os.environ, "VFALLOC_STATE": settings.state, "VFALLOC_SYSFS_ROOT": settings.sysfs_root,

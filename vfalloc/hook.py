@@ -265,7 +265,7 @@ def _fdb(call: Call, step: Callable) -> None:
     # A domain without such an interface costs the FDB steps one byte search and no import.
     if (call.op, call.subop) != ("reconnect", "begin") and not any(m in call.xml for m in BRIDGED_MARKS):
         return
-    from . import fdb_ops
+    from .fdb import upkeep as fdb_ops
 
     try:
         note = step(fdb_ops)
@@ -297,14 +297,14 @@ def _count_failure(environ: Mapping[str, str], op: str, call: Call | None, exc: 
                    refused: bool) -> None:
     """vfalloc_hook_refusals_total / vfalloc_hook_errors_total (vfalloc.hook_counts): only a
     refusal or an error pays for counting."""
-    from .metrics_file import note_hook_failure
+    from .metrics.counts import note_hook_failure
 
     note_hook_failure(environ, op, call.xml if call else b"", exc, refused, call.settings if call else None)
 
 
 def _refresh_metrics(environ: Mapping[str, str], call: Call) -> None:
     """`[settings] metrics_textfile`: rendered anew by a detached process (vfalloc.metrics_file)."""
-    from .metrics_file import request_refresh
+    from .metrics.textfile import request_refresh
 
     trouble = request_refresh(environ)
     if trouble:

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from ..errors import VfallocError
-from ..fdb import Entry
+from ..fdb.entries import Entry
 from ..hookfile import DEFAULT_HOOKS_DIR, written_by_vfalloc
 from ..model import PF, Host
 from ..sysfs import Sysfs
@@ -48,7 +48,7 @@ class Facts:
     hooks_dir: str = DEFAULT_HOOKS_DIR
     # the boot set-up under the root, each of its files' place and arguments, or why unreadable
     boot: tuple[Setup | None, list[tuple[str, list[str]]], str | None] = (None, [], None)
-    # PF interface -> the FDB entries it lacks, for PFs that are bridge ports (fdb_ops.missing)
+    # PF interface -> the FDB entries it lacks, for PFs that are bridge ports (fdb.upkeep.missing)
     fdb_missing: dict[str, list[Entry]] = field(default_factory=dict)
     fdb_kept_by_vfalloc: frozenset[str] = frozenset()  # PFs whose entries vfalloc keeps (config)
     fdb_error: str | None = None

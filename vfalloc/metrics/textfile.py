@@ -1,6 +1,6 @@
-"""Where vfalloc's metrics come from and where they go: the inputs of vfalloc.metrics read from
-a Context, the textfile node_exporter collects, the hook's request to refresh it and the
-detached process that does, and the hook's count of a refusal or error.
+"""Where vfalloc's metrics come from and where they go: the inputs of vfalloc.metrics.exposition
+read from a Context, the textfile node_exporter collects, the request to refresh it (the hook's,
+after a change, and vfalloc.metrics.counts' after a refusal) and the detached process that does.
 
 Keeping `[settings] metrics_textfile` current must not slow the hook: rendering reads every VF
 of the host (a thousand VFs are thousands of sysfs reads), so the hook does not render. After a
@@ -23,8 +23,8 @@ import stat
 import sys
 from collections.abc import Mapping
 
-from .errors import VfallocError
-from .rundir import run_dir
+from ..errors import VfallocError
+from ..rundir import run_dir
 
 PENDING = "metrics.pending"
 LOCK = "metrics.lock"
@@ -34,21 +34,21 @@ def exposition(ctx, uri: str | None, offline: bool, environ: Mapping[str, str] |
     """The metrics of the host, pools and lease table `ctx` sees. Running domains come from
     libvirt at `uri` (its status directory when it does not answer), as for `vfalloc list`; with
     `offline` only from the status directory."""
-    from . import hook_counts, metrics
-    from .holdings import vf_rows
-    from .stale import now_utc
+    from ..holdings import vf_rows
+    from ..stale import now_utc
+    from . import counts, exposition
 
     environ = os.environ if environ is None else environ
     table = ctx.store.read()
     now = now_utc()
     rows = vf_rows(ctx.host, ctx.pools, table, ctx.boot_id, _running(ctx, table, uri, offline, now))
-    counts = hook_counts.read(run_dir(environ), {p.name for p in ctx.pools})
-    return metrics.render(ctx.host, ctx.pools, table, rows, counts, now)
+    kept = counts.read(run_dir(environ), {p.name for p in ctx.pools})
+    return exposition.render(ctx.host, ctx.pools, table, rows, kept, now)
 
 
 def _running(ctx, table, uri: str | None, offline: bool, now):
     """The UUIDs to take as running, judged as `vfalloc list` and `vfalloc gc` judge them."""
-    from .stale import from_rundir, names_of, observe, treated_as_running
+    from ..stale import from_rundir, names_of, observe, treated_as_running
 
     if all(x.phase == "reserved" for x in table.leases):  # no lease to judge by "not running"
         return None
@@ -62,7 +62,7 @@ def _running(ctx, table, uri: str | None, offline: bool, now):
 def write_textfile(path: str, text: str) -> None:
     """Replace the textfile whole (node_exporter must never read half of it). Readable by all:
     node_exporter runs as a user of its own. No fsync: it is rewritten at every change and boot."""
-    from .atomicfile import write_atomic
+    from ..atomicfile import write_atomic
 
     try:
         write_atomic(path, text.encode(), 0o644, sync=False)
@@ -75,7 +75,7 @@ def write_textfile(path: str, text: str) -> None:
 
 def request_refresh(environ: Mapping[str, str]) -> str | None:
     """Have the textfile rendered anew soon. Never raises; returns what went wrong, if anything."""
-    from . import rundir
+    from .. import rundir
 
     directory = run_dir(environ)
     trouble = rundir.ensure(directory)
@@ -91,7 +91,7 @@ def request_refresh(environ: Mapping[str, str]) -> str | None:
             return f"cannot start the metrics refresh: {directory}/{PENDING} is not a regular file; remove it"
         if _held(f"{directory}/{LOCK}"):
             return None  # the refresher that holds it looks for the mark once more before it ends
-        _spawn([sys.executable, "-I", "-m", "vfalloc.metrics_file"], environ)
+        _spawn([sys.executable, "-I", "-m", "vfalloc.metrics.textfile"], environ)
     except OSError as exc:
         return f"cannot start the metrics refresh: {exc.strerror}"
     return None
@@ -115,41 +115,12 @@ def _spawn(argv: list[str], environ: Mapping[str, str]) -> None:
     os.posix_spawn(argv[0], argv, dict(environ), file_actions=null, setsid=True)
 
 
-def note_hook_failure(environ: Mapping[str, str], operation: str, xml: bytes, exc: BaseException,
-                      refused: bool, settings) -> None:
-    """Count a refusal or an error of the hook (vfalloc.hook_counts) under the pools it concerns,
-    and refresh the textfile so the counter shows. Never raises: the hook is failing already.
-
-    A pool the config does not define (a name from the domain XML) is counted as
-    hook_counts.UNKNOWN_POOL; without settings (the call failed before it loaded them, or could
-    not) every pool is, and the counts kept already are left as they are."""
-    from . import hook_counts
-    from .log import log
-
-    known = {p.name for p in settings.config.pools} if settings is not None else None
-    pool = getattr(exc, "pool", None)
-    pools = {pool} if isinstance(pool, str) else set()
-    if not pools and xml and known:
-        try:
-            from . import domxml
-
-            info = domxml.read_domain(xml)
-            pools = {r.pool for r in info.requests}
-        except Exception:  # an XML that cannot be read is counted under UNKNOWN_POOL
-            pools = set()
-    trouble = hook_counts.record(run_dir(environ), "refused" if refused else "failed", pools, operation, known)
-    if trouble is None and settings is not None and settings.metrics_textfile:
-        trouble = request_refresh(environ)
-    if trouble:
-        log(environ, f"metrics: {trouble}", settings)
-
-
-# -- the refresher (python -m vfalloc.metrics_file, started by the hook) --
+# -- the refresher (python -m vfalloc.metrics.textfile, started by request_refresh) --
 
 def refresh(environ: Mapping[str, str]) -> int:
-    from .config import load_settings
-    from .context import Context
-    from .log import log
+    from ..config import load_settings
+    from ..context import Context
+    from ..log import log
 
     directory = run_dir(environ)
     pending = f"{directory}/{PENDING}"

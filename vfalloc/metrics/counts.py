@@ -1,5 +1,5 @@
 """How often the hook refused a domain or failed, per pool and operation, since boot: the
-counters behind `vfalloc_hook_refusals_total` and `vfalloc_hook_errors_total` (vfalloc.metrics).
+counters behind `vfalloc_hook_refusals_total` and `vfalloc_hook_errors_total` (vfalloc.metrics.exposition).
 
 Each hook is a process of its own, so the counts live in a file: `hook-counts.json` in the
 runtime directory (VFALLOC_RUN_DIR, default /run/vfalloc, a tmpfs that empties at boot, which a
@@ -32,9 +32,9 @@ import stat
 import time
 from collections.abc import Collection, Iterable, Mapping
 
-from . import rundir
-from .atomicfile import write_atomic
-from .errors import VfallocError
+from .. import rundir
+from ..atomicfile import write_atomic
+from ..errors import VfallocError
 
 NAME = "hook-counts.json"
 LOCK_WAIT_S = 2.0  # others hold the lock for one small read and write: far below this
@@ -135,6 +135,35 @@ def record(run_dir: str, kind: str, pools: Iterable[str], operation: str,
     finally:
         os.close(lock)
     return note
+
+
+def note_hook_failure(environ: Mapping[str, str], operation: str, xml: bytes, exc: BaseException,
+                      refused: bool, settings) -> None:
+    """Count a refusal or an error of the hook under the pools it concerns, and have the
+    textfile refreshed (metrics.textfile) so the counter shows. Never raises: the hook is failing already.
+
+    A pool the config does not define (a name from the domain XML) is counted as UNKNOWN_POOL;
+    without settings (the call failed before it loaded them, or could not) every pool is, and
+    the counts kept already are left as they are."""
+    from ..log import log
+    from .textfile import request_refresh
+
+    known = {p.name for p in settings.config.pools} if settings is not None else None
+    pool = getattr(exc, "pool", None)
+    pools = {pool} if isinstance(pool, str) else set()
+    if not pools and xml and known:
+        try:
+            from .. import domxml
+
+            info = domxml.read_domain(xml)
+            pools = {r.pool for r in info.requests}
+        except Exception:  # an XML that cannot be read is counted under UNKNOWN_POOL
+            pools = set()
+    trouble = record(rundir.run_dir(environ), "refused" if refused else "failed", pools, operation, known)
+    if trouble is None and settings is not None and settings.metrics_textfile:
+        trouble = request_refresh(environ)
+    if trouble:
+        log(environ, f"metrics: {trouble}", settings)
 
 
 def _lock(path: str) -> int | None:
