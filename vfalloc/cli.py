@@ -22,12 +22,11 @@ if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc
     from collections.abc import Sequence
     from typing import Any, NoReturn, TextIO
 
-from . import __version__
+from . import HOOKS_DIR, __version__
 from .errors import OutputError, UsageError, VfallocError, shown
 
 COMMON = ("config", "sysfs_root", "state", "proc_root")
 COMPLETE_COMMAND = "__complete"  # the completion scripts' helper: live pool, PF and domain names
-HOOKS_DIR = "/etc/libvirt/hooks"  # = hookfile.DEFAULT_HOOKS_DIR, without importing it for every command
 
 
 class _Formatter(argparse.HelpFormatter):

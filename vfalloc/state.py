@@ -115,8 +115,9 @@ def _check_lease(n: int, item: object) -> None:
         raise BrokenTable(f"lease {n} ({shown(repr(get('vf')))}): {problem}")
 
 
-class Transaction:
-    """The table being changed; assign a new LeaseTable to `table` to have it written."""
+class TableChange:
+    """The lease table being changed under the lock; assign a new LeaseTable to `table` to have
+    it written."""
 
     def __init__(self, table: LeaseTable) -> None:
         self.table = table
@@ -225,12 +226,12 @@ class StateStore:
 
     # -- writing --
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self) -> Iterator[TableChange]:
         """Lock, read, let the caller change `txn.table`, write it back if it changed."""
         self._ensure_dir()
         with self._locked():
             before = self.read()
-            txn = Transaction(before)
+            txn = TableChange(before)
             yield txn
             if txn.table != before:
                 self._write(txn.table)
