@@ -171,7 +171,9 @@ def on_started(call: Call) -> str:
     pending = [x for x in ctx.store.read().of_domain(info.uuid) if x.phase == Phase.PENDING]
     if not pending:
         return ""
-    pid = spawn_detached(_hotplug_argv(call, info), call.environ)
+    from . import detach
+
+    pid = detach.spawn(_hotplug_argv(call, info), call.environ)
     return f"hot-plug of {', '.join(x.vf for x in pending)} handed to process {pid}"
 
 
@@ -358,15 +360,3 @@ def _hotplug_argv(call: Call, info) -> list[str]:
     if custom:
         return [*custom.split(), info.name, info.uuid]
     return [sys.executable, "-m", "vfalloc.hotplug", info.name, info.uuid]
-
-
-def spawn_detached(argv: list[str], environ: Mapping[str, str]) -> int:
-    """Start a process that outlives the hook: a new session (no controlling terminal, not in
-    libvirt's process group), stdin/stdout/stderr on /dev/null and no other descriptors, so
-    libvirt, which waits for the hook's output to close, is not held up by it."""
-    import subprocess
-
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True,
-                            env=dict(environ), cwd="/")
-    return proc.pid

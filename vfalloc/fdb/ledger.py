@@ -4,8 +4,8 @@
 Why a file of its own: the entries are not leases, they change at other moments (`started
 begin`, not `prepare begin`) and a start must not wait for the lease table's lock while another
 domain's entries are added. Every change of a PF's table and of this record happens inside
-`LedgerFile.transaction()`, under an exclusive lock on `fdb.json.lock` (flock(2) through filelock, as the
-lease table's), so the ledger always says what vfalloc put into the tables: two hooks, or a hook
+`LedgerFile.transaction()`, under an exclusive lock on `fdb.json.lock` (flock(2) through vfalloc.locking, as
+the lease table's), so the ledger always says what vfalloc put into the tables: two hooks, or a hook
 and `vfalloc fdb sync`, never add or remove the same entry at once, and a sync reads the running
 domains inside the lock, after any hook that added a domain's entries. Written with
 vfalloc.atomicfile; a file that does not parse, or has a newer version, is refused and left as
@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .. import locking
 from ..atomicfile import write_atomic
 from ..errors import FdbError
 from .entries import Owner
@@ -84,20 +85,13 @@ class LedgerFile:
     @contextmanager
     def transaction(self) -> Iterator[LedgerChange]:
         """Lock, read, let the caller change `txn.ledger` (and the tables), write it if it changed."""
-        from filelock import FileLock, Timeout
-
         try:
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         except OSError as exc:
             raise FdbError(self.path, f"its directory cannot be created ({exc.strerror})", "run as root") from exc
         try:
-            # Created 0600 here: filelock < 3.10 (Debian 12 ships 3.9) takes no mode=, and its
-            # O_CREAT leaves an existing file's mode alone.
-            os.close(os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                             0o600))
-            lock = FileLock(self.lock_path, timeout=self.lock_timeout)
-            lock.acquire(poll_interval=0.005)
-        except Timeout as exc:
+            lock = locking.take(self.lock_path, self.lock_timeout)
+        except locking.LockTimeout as exc:
             raise FdbError(self.path, f"is locked by another vfalloc for more than {self.lock_timeout:g} s",
                            f"find the process holding {self.lock_path} (fuser {self.lock_path})") from exc
         except OSError as exc:

@@ -5,8 +5,8 @@ after a change, and vfalloc.metrics.counts' after a refusal) and the detached pr
 Keeping `[settings] metrics_textfile` current must not slow the hook: rendering reads every VF
 of the host (a thousand VFs are thousands of sysfs reads), so the hook does not render. After a
 call that changed something it leaves a mark (`metrics.pending` in the runtime directory) and,
-unless a refresher holds `metrics.lock` already, starts one with posix_spawn in a session of its
-own with /dev/null for stdin/stdout/stderr, so libvirt, which waits for the hook's output to
+unless a refresher holds `metrics.lock` already, starts one detached (vfalloc.detach: a session of
+its own, /dev/null for stdin/stdout/stderr), so libvirt, which waits for the hook's output to
 close, never waits for it. The refresher renders until no mark is left, and looks once more
 after it let go of the lock, so a mark left while it was finishing is never stranded; a burst of
 starts costs a handful of renders, not one each. It judges running domains from libvirt's status
@@ -17,17 +17,19 @@ Must not: be imported by the hook before something changed or failed.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import stat
 import sys
 from collections.abc import Mapping
 
+from .. import detach, locking
 from ..errors import VfallocError
 from ..rundir import run_dir
 
 PENDING = "metrics.pending"
 LOCK = "metrics.lock"
+# A refresher waits this long for another to finish; after that it leaves the marks to it.
+REFRESH_WAIT_S = 600.0
 
 
 def exposition(ctx, uri: str | None, offline: bool, environ: Mapping[str, str] | None = None) -> str:
@@ -91,28 +93,18 @@ def request_refresh(environ: Mapping[str, str]) -> str | None:
             return f"cannot start the metrics refresh: {directory}/{PENDING} is not a regular file; remove it"
         if _held(f"{directory}/{LOCK}"):
             return None  # the refresher that holds it looks for the mark once more before it ends
-        _spawn([sys.executable, "-I", "-m", "vfalloc.metrics.textfile"], environ)
+        detach.spawn([sys.executable, "-I", "-m", "vfalloc.metrics.textfile"], environ)
     except OSError as exc:
         return f"cannot start the metrics refresh: {exc.strerror}"
     return None
 
 
 def _held(path: str) -> bool:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    free = locking.take_now(path)
+    if free is None:
         return True
-    finally:
-        os.close(fd)  # also lets go of the lock if it was taken
+    free.release()
     return False
-
-
-def _spawn(argv: list[str], environ: Mapping[str, str]) -> None:
-    """A process in a new session with /dev/null as stdin, stdout and stderr; every other
-    descriptor of the hook is close-on-exec (PEP 446). Not waited for: it outlives the hook."""
-    null = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
-    os.posix_spawn(argv[0], argv, dict(environ), file_actions=null, setsid=True)
 
 
 # -- the refresher (python -m vfalloc.metrics.textfile, started by request_refresh) --
@@ -125,9 +117,14 @@ def refresh(environ: Mapping[str, str]) -> int:
     directory = run_dir(environ)
     pending = f"{directory}/{PENDING}"
     while True:
-        fd = os.open(f"{directory}/{LOCK}", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = locking.take(f"{directory}/{LOCK}", REFRESH_WAIT_S)
+        except locking.LockTimeout:
+            return 0  # the refresher that holds it looks for the mark once more before it ends
+        except OSError as exc:
+            log(environ, f"metrics: cannot lock {directory}/{LOCK}: {exc.strerror}; the textfile is not refreshed")
+            return 1
+        try:
             while _take(pending):
                 try:
                     settings = load_settings({}, environ)
@@ -138,7 +135,7 @@ def refresh(environ: Mapping[str, str]) -> int:
                 except Exception as exc:  # nobody reads this process's stderr: say it in the log
                     log(environ, f"metrics: internal error: {type(exc).__name__}: {exc}")
         finally:
-            os.close(fd)
+            held.release()
         if not os.path.exists(pending):
             return 0
 
