@@ -99,14 +99,14 @@ def test_packaged_install_hook_writes_a_usr_bin_python3_hook(unpacked, tmp_path)
                     reason="Debian's python3-filelock is not installed (tools/setup-debian installs it)")
 def test_both_locks_work_with_debians_filelock(tmp_path):
     """The package depends on Debian 12's python3-filelock 3.9, whose FileLock takes no mode=:
-    the lease table's and the FDB record's locks are taken with it, by Debian's /usr/bin/python3,
+    the lease table's and the FDB ledger's locks are taken with it, by Debian's /usr/bin/python3,
     and leave their lock files 0600."""
     code = ("import filelock, sys\n"
-            "from vfalloc.state import StateStore\nfrom vfalloc.fdb_book import FdbBook\n"
+            "from vfalloc.state import StateStore\nfrom vfalloc.fdb.ledger import LedgerFile\n"
             "print(filelock.__version__)\n"
             "store = StateStore(sys.argv[1], lock_timeout=5)\n"
             "with store.transaction() as txn:\n    pass\n"
-            "with FdbBook(sys.argv[1], lock_timeout=5).transaction():\n    pass\n")
+            "with LedgerFile(sys.argv[1], lock_timeout=5).transaction():\n    pass\n")
     state = tmp_path / "state.json"
     done = subprocess.run(["/usr/bin/python3", "-I", "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); "
                            "exec(sys.argv.pop(1))", str(REPO), code, str(state)],

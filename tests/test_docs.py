@@ -257,6 +257,16 @@ def test_every_module_has_its_row():
     assert set(table.values()) <= set(LAYERS)
 
 
+@pytest.mark.parametrize("init", sorted((REPO / "vfalloc").glob("*/__init__.py")),
+                         ids=lambda p: p.parent.name)
+def test_a_package_init_imports_nothing(init):
+    """The hook imports `vfalloc.fdb` at every call and `vfalloc.metrics.counts` at every refusal:
+    a package that imported its modules would load them all for it (docs/architecture.md)."""
+    tree = ast.parse(init.read_text())
+    found = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not found, f"{init.relative_to(REPO)} imports {found}"
+
+
 def imports_of(module: str) -> set[str]:
     """The vfalloc modules `module` imports, at the top or inside a function; not those only
     imported for type annotations."""

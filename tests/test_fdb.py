@@ -1,4 +1,4 @@
-"""The FDB core (vfalloc.fdb) on interfaces read from fake sysfs trees of bridges, VLAN devices
+"""The FDB core (vfalloc.fdb.entries) on interfaces read from fake sysfs trees of bridges, VLAN devices
 and bonds as Linux 6.x lays them out (sysfs.read_links): which PFs sit below a bridge, which
 entries each owner needs, and the plan that never removes what vfalloc did not add."""
 
@@ -8,7 +8,19 @@ import pytest
 from fakehost import i350
 
 from vfalloc import domxml
-from vfalloc.fdb import BRIDGE, DOMAIN, PORT, Entry, Guest, Nic, Owner, Topology, guest_entries, host_entries, plan
+from vfalloc.fdb.entries import (
+    BRIDGE,
+    DOMAIN,
+    PORT,
+    Entry,
+    Guest,
+    Nic,
+    Owner,
+    Topology,
+    guest_entries,
+    host_entries,
+    plan,
+)
 from vfalloc.sysfs import Sysfs
 
 PF_MACS = {"enp1s0f0": "a0:36:9f:00:00:00", "enp1s0f1": "a0:36:9f:00:00:01",
@@ -127,7 +139,7 @@ DB = Owner(DOMAIN, "u2", "db")
 VETH = Owner(PORT, "veth0", "veth0 on br0")
 
 
-@pytest.mark.parametrize("wanted, book, present, keep, add, remove, foreign, after", [
+@pytest.mark.parametrize("wanted, ledger, present, keep, add, remove, foreign, after", [
     ([Entry("enp1s0f0", "m1", WEB)], {}, {"enp1s0f0": frozenset()}, None,
      [("enp1s0f0", "m1")], [], [], {("enp1s0f0", "m1"): {WEB}}),
     ([], {("enp1s0f0", "m1"): frozenset({WEB})}, {"enp1s0f0": frozenset({"m1"})}, None,
@@ -150,10 +162,10 @@ VETH = Owner(PORT, "veth0", "veth0 on br0")
     ([], {("enp1s0f1", "m1"): frozenset({WEB})}, {"enp1s0f0": frozenset()}, None,
      [], [], [], {("enp1s0f1", "m1"): {WEB}}),
 ], ids=["add", "remove", "foreign-wanted", "foreign-unwanted", "shared", "lost", "quiet-port", "gone", "out-of-scope"])
-def test_plan(wanted, book, present, keep, add, remove, foreign, after):
-    p = plan(wanted, book, present, **({"keep": keep} if keep else {}))
+def test_plan(wanted, ledger, present, keep, add, remove, foreign, after):
+    p = plan(wanted, ledger, present, **({"keep": keep} if keep else {}))
     assert (list(p.add), list(p.remove), list(p.foreign)) == (add, remove, foreign)
-    assert {k: set(v) for k, v in p.record().items()} == after
+    assert {k: set(v) for k, v in p.ledger().items()} == after
 
 
 # Interfaces as libvirt 11.3 formats a running domain's live XML (virDomainNetDefFormat):

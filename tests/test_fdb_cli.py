@@ -89,7 +89,7 @@ class Host:
         return Result(code, out.getvalue(), err.getvalue())
 
     @property
-    def book(self):
+    def ledger(self):
         return self.s.state.parent / "fdb.json"
 
 
@@ -130,7 +130,7 @@ def test_dry_run_changes_nothing(host):
     host.running()
     res = host.run("fdb", "sync", "--dry-run")
     assert res.code == 0 and f"would add {GUEST_MAC} to enp1s0f0" in res.out
-    assert host.own() == set() and not host.book.exists()
+    assert host.own() == set() and not host.ledger.exists()
     assert not [c for c in host.calls() if c.startswith("fdb ")]
 
 
@@ -152,14 +152,14 @@ def test_entries_vfalloc_did_not_add_are_never_removed(host):
 def test_a_pf_this_namespace_does_not_see_keeps_its_record(host):
     """A sync run in another network namespace (or after a PF was moved away) cannot see that
     PF's table: its entries stay recorded, untouched."""
-    host.book.parent.mkdir(parents=True)
+    host.ledger.parent.mkdir(parents=True)
     record = {"version": 1, "entries": [{"pf": "eth9", "mac": "52:54:00:00:00:09",
                                          "owners": [{"kind": "bridge", "id": "br9", "name": "br9"}]}]}
-    host.book.write_text(json.dumps(record))
+    host.ledger.write_text(json.dumps(record))
     res = host.run("fdb", "sync")
     assert res.code == 0, res.err
     assert "eth9: no such interface here; its entries stay recorded" in res.out
-    assert [e for e in json.loads(host.book.read_text())["entries"] if e["pf"] == "eth9"] == record["entries"]
+    assert [e for e in json.loads(host.ledger.read_text())["entries"] if e["pf"] == "eth9"] == record["entries"]
     assert not [c for c in host.calls() if "eth9" in c]
 
 
@@ -192,7 +192,7 @@ def test_bad_switch_is_one_line(host, config, message):
     host.s.write_config(config)
     res = host.run("fdb", "sync")
     assert res.code != 0 and message in res.err and len(res.err.splitlines()) == 1
-    assert not host.book.exists() and not host.calls()
+    assert not host.ledger.exists() and not host.calls()
 
 
 @pytest.mark.parametrize("name, what", [("nosuch0", "no network interface"), ("br0", "no SR-IOV PF with VFs")],
@@ -200,7 +200,7 @@ def test_bad_switch_is_one_line(host, config, message):
 def test_sync_of_a_pf_that_is_none(host, name, what):
     res = host.run("fdb", "sync", name)
     assert res.code == 2 and f"{name} is {what} on this host" in res.err and len(res.err.splitlines()) == 1
-    assert not host.calls() and not host.book.exists()
+    assert not host.calls() and not host.ledger.exists()
 
 
 def test_sync_of_one_pf(host):
@@ -212,11 +212,11 @@ def test_sync_of_one_pf(host):
 
 
 def test_broken_record_is_refused_and_left_as_it_is(host):
-    host.book.parent.mkdir(parents=True)
-    host.book.write_text('{"version": 7, "entries": []}')
+    host.ledger.parent.mkdir(parents=True)
+    host.ledger.write_text('{"version": 7, "entries": []}')
     res = host.run("fdb", "sync")
     assert res.code != 0 and "has version 7, newer than this vfalloc knows" in res.err
-    assert host.book.read_text() == '{"version": 7, "entries": []}'
+    assert host.ledger.read_text() == '{"version": 7, "entries": []}'
 
 
 def test_a_failing_bridge_command_is_one_line(host, monkeypatch):
@@ -245,7 +245,7 @@ def test_hook_adds_at_started_and_removes_at_release(host):
     assert (r.returncode, r.stderr) == (0, b"")
     assert host.own() == set()
     assert f"web release end: fdb removed {GUEST_MAC} on enp1s0f0" in host.hook_log.read_text()
-    assert json.loads(host.book.read_text())["entries"] == []
+    assert json.loads(host.ledger.read_text())["entries"] == []
 
 
 def test_hook_leaves_an_entry_it_did_not_add(host):
@@ -269,7 +269,7 @@ def test_hook_leaves_other_domains_alone(host, xml):
     for op, subop in (("started", "begin"), ("release", "end")):
         r = host.hook("x", op, subop, xml)
         assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"")
-    assert not host.calls() and not host.book.exists()
+    assert not host.calls() and not host.ledger.exists()
 
 
 def test_hook_network_interface_whose_bridge_is_the_pfs(host, tmp_path):
@@ -386,7 +386,7 @@ def test_real_bridge_command_in_a_namespace():
         subprocess.run(["ip", "netns", "exec", ns, "bridge", "fdb", "add", "52:54:00:00:00:42", "dev", "d0", "master",
                         "dynamic"], check=True)
         script = (
-            "import json; from vfalloc.bridge_tool import BridgeTool\n"
+            "import json; from vfalloc.fdb.bridge import BridgeTool\n"
             "t = BridgeTool()\n"
             "m = '52:54:00:12:34:56'\n"
             "out = [t.add('d0', m), m in t.own('d0'), t.add('d0', m), t.delete('d0', m), m in t.own('d0'),"

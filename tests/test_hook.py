@@ -90,7 +90,7 @@ def test_start_stop_cycle(hook):
     record = _wait_for(hook.spawned)
     assert record["argv"][-2:] == ["vm1", uuid(1)]
     assert record["sid"] == record["pid"]
-    assert record["fds"] == [0, 1, 2] and record["stdin_is_devnull"]
+    assert record["fds"] == [0, 1, 2] and record["stdin_is_devnull"] and record["cwd"] == "/"
     # prepare again (e.g. a second hook pass) is idempotent: the same VFs, nothing more
     assert hook.run("vm1", "prepare", "begin", xml=xml).returncode == 0
     def same(x):

@@ -15,9 +15,10 @@ from hookfiles import hook_file
 from test_hook import Hook, domain_xml
 from test_metrics import NOWHERE, families, samples
 
-from vfalloc import hook, hook_counts
+from vfalloc import hook
 from vfalloc.errors import MAX_LINE, UsageError, VfallocError, cut
 from vfalloc.log import one_line
+from vfalloc.metrics import counts as hook_counts
 
 MB = 1 << 20
 POOLS = {"lan0", "san"}
@@ -156,9 +157,9 @@ def huge_leftover(scratch):
     return path
 
 
-RECORD = ("import sys\nfrom vfalloc import hook_counts\n"
+RECORD = ("import sys\nfrom vfalloc.metrics import counts as hook_counts\n"
           "print(hook_counts.record(sys.argv[1], 'refused', ['x'], 'prepare', {'lan0'}))")
-READ = ("import sys\nfrom vfalloc import hook_counts\nfrom vfalloc.errors import VfallocError\n"
+READ = ("import sys\nfrom vfalloc.metrics import counts as hook_counts\nfrom vfalloc.errors import VfallocError\n"
         "try:\n    hook_counts.read(sys.argv[1], {'lan0'})\nexcept VfallocError as exc:\n    print(exc)")
 
 

@@ -274,7 +274,7 @@ def test_no_textfile_line_without_the_setting(host, scratch, tmp_path):
 
 
 def test_label_values_escaped():
-    from vfalloc.metrics import Family
+    from vfalloc.metrics.exposition import Family
 
     family = Family("x", "gauge", "help with \\ and\nnewline")
     family.add(1, pool='a"b\\c\nd')

@@ -59,21 +59,21 @@ def grant(host: Host, pools: Sequence[Pool], table: LeaseTable, demand: Demand, 
           now: str) -> Grant:
     """The leases `demand` gets on `host`, and the table with them. Linear in the table and the
     demand: the table is indexed once, not copied per claim."""
-    book = _Book(table)
+    draft = _TableDraft(table)
     dropped: list[Lease] = []
     if demand.running:
         present = {c.request.index for c in demand.claims}
-        dropped = [x for x in book.of_domain(demand.uuid) if x.phase == Phase.ATTACHED and x.index not in present]
+        dropped = [x for x in draft.of_domain(demand.uuid) if x.phase == Phase.ATTACHED and x.index not in present]
         for lease in dropped:
-            book.drop(lease)
-    granted = [_claim(host, pools, book, demand, item, boot_id, now) for item in demand.claims]
+            draft.drop(lease)
+    granted = [_claim(host, pools, draft, demand, item, boot_id, now) for item in demand.claims]
     by_name = {p.name: p for p in pools}
     for request in demand.requests:
         pool = by_name.get(request.pool)
         if pool is None:
             raise UnknownPool(request.pool, demand.domain, tuple(by_name))
-        granted.append(_allocate(host, pool, book, demand, request.with_defaults(pool), boot_id, now))
-    return Grant(book.table(), tuple(granted), tuple(book.reclaimed), tuple(dropped))
+        granted.append(_allocate(host, pool, draft, demand, request.with_defaults(pool), boot_id, now))
+    return Grant(draft.table(), tuple(granted), tuple(draft.reclaimed), tuple(dropped))
 
 
 def allocate(host: Host, pools: Sequence[Pool], table: LeaseTable, *, domain: str, uuid: str,
@@ -140,7 +140,7 @@ def reserve(host: Host, pools: Sequence[Pool], table: LeaseTable, *, domain: str
     return Reservation(done, None if old is None or same else old)
 
 
-class _Book:
+class _TableDraft:
     """The lease table while one demand is granted: leases by VF (in table order, a VF holds one
     lease) and by (domain, request index), changed in place, turned into a table once."""
 
@@ -176,7 +176,7 @@ class _Book:
         return LeaseTable(tuple(self.by_vf.values()), last)
 
 
-def _claim(host: Host, pools: Sequence[Pool], book: _Book, demand: Demand, item: Claim, boot_id: str,
+def _claim(host: Host, pools: Sequence[Pool], draft: _TableDraft, demand: Demand, item: Claim, boot_id: str,
            now: str) -> Lease:
     """A device in the XML: its VF, taken anew with this start's time, so that gc tells it from a
     lease it read before; a running domain keeps the time of its lease on the same VF."""
@@ -185,42 +185,42 @@ def _claim(host: Host, pools: Sequence[Pool], book: _Book, demand: Demand, item:
     if vf is None:
         raise AllocationError(f"VF {address} in the XML of {demand.domain} is not a VF on this host; "
                               "create it with `vfalloc host numvfs` or remove the device")
-    holder = book.by_vf.get(address)
+    holder = draft.by_vf.get(address)
     if holder is not None and holder.uuid != demand.uuid:
         if holder.boot_id == boot_id:
             raise VfConflict(address, demand.domain, holder.domain)
-        book.reclaimed.append(holder)
-    mine = book.held(demand.uuid, item.request.index)
+        draft.reclaimed.append(holder)
+    mine = draft.held(demand.uuid, item.request.index)
     for old in (holder, mine):
         if old is not None:
-            book.drop(old)
+            draft.drop(old)
     pool = next((p for p in pools if p.admits(vf)), None)
     request = item.request.with_defaults(pool) if pool and pool.name == item.request.pool else item.request
     lease = _lease(vf, pool, request, demand.domain, demand.uuid, boot_id, now, Phase.ATTACHED)
     if demand.running and mine is not None and mine.vf == address and mine.boot_id == boot_id:
         lease = replace(lease, since=mine.since)
-    book.put(lease)
+    draft.put(lease)
     return lease
 
 
-def _allocate(host: Host, pool: Pool, book: _Book, demand: Demand, request: Request, boot_id: str,
+def _allocate(host: Host, pool: Pool, draft: _TableDraft, demand: Demand, request: Request, boot_id: str,
               now: str) -> Lease:
     """A VF of `pool` for `request`. The domain's own lease for it keeps its VF, taken anew with
     what the request asks now (MAC, VLAN, trust, ...), this start's phase and time."""
-    held = book.held(demand.uuid, request.index)
+    held = draft.held(demand.uuid, request.index)
     if held is not None:
         vf = host.find_vf(held.vf) if held.pool == pool.name else None
         if vf is not None:
             lease = _lease(vf, pool, request, demand.domain, demand.uuid, boot_id, now, demand.phase)
-            book.put(lease)  # the same VF: the lease keeps its place in the table
+            draft.put(lease)  # the same VF: the lease keeps its place in the table
             return lease
-        book.drop(held)
-    vf, old = _choose(host, pool, book, demand.uuid, request.index, boot_id, demand.numa_nodes, demand.domain)
+        draft.drop(held)
+    vf, old = _choose(host, pool, draft, demand.uuid, request.index, boot_id, demand.numa_nodes, demand.domain)
     if old is not None:
-        book.drop(old)
-        book.reclaimed.append(old)
+        draft.drop(old)
+        draft.reclaimed.append(old)
     lease = _lease(vf, pool, request, demand.domain, demand.uuid, boot_id, now, demand.phase)
-    book.put(lease)
+    draft.put(lease)
     return lease
 
 
@@ -247,10 +247,10 @@ def stale_reason(lease: Lease, vfs: dict[str, VF], boot_id: str) -> str | None:
     return None
 
 
-def _choose(host: Host, pool: Pool, book: _Book, uuid: str, index: int, boot_id: str,
+def _choose(host: Host, pool: Pool, draft: _TableDraft, uuid: str, index: int, boot_id: str,
             numa_nodes: frozenset[int], domain: str) -> tuple[VF, Lease | None]:
-    holders = book.by_vf
-    sticky = book.last.get(uuid, {}).get(str(index))
+    holders = draft.by_vf
+    sticky = draft.last.get(uuid, {}).get(str(index))
     sticky_vf = None
     if sticky is not None and (sticky not in holders or holders[sticky].boot_id != boot_id):
         sticky_vf = host.find_vf(sticky)

@@ -22,12 +22,11 @@ if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc
     from collections.abc import Sequence
     from typing import Any, NoReturn, TextIO
 
-from . import __version__
+from . import HOOKS_DIR, __version__
 from .errors import OutputError, UsageError, VfallocError, shown
 
 COMMON = ("config", "sysfs_root", "state", "proc_root")
 COMPLETE_COMMAND = "__complete"  # the completion scripts' helper: live pool, PF and domain names
-HOOKS_DIR = "/etc/libvirt/hooks"  # = hookfile.DEFAULT_HOOKS_DIR, without importing it for every command
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -427,8 +426,8 @@ def _command(argv: Sequence[str]) -> str | None:
 
 def _refresh_metrics(ctx) -> None:
     """A command that may have changed the leases or the VFs has the metrics textfile rendered
-    anew, as the hook does after its changes (vfalloc.metrics_file)."""
-    from .metrics_file import request_refresh
+    anew, as the hook does after its changes (vfalloc.metrics.textfile)."""
+    from .metrics.textfile import request_refresh
 
     settings = ctx.settings
     environ = {**os.environ, "VFALLOC_STATE": settings.state, "VFALLOC_SYSFS_ROOT": settings.sysfs_root,

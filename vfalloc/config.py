@@ -116,7 +116,7 @@ class Settings(Record):
     libvirt_run: str
     lock_timeout: float
     hook_log: str | None = None  # the hook and the hot-plug worker also append their log lines here
-    metrics_textfile: str | None = None  # `vfalloc metrics` kept here by the hook (vfalloc.metrics_file)
+    metrics_textfile: str | None = None  # `vfalloc metrics` kept here by the hook (vfalloc.metrics.textfile)
 
 
 def load_settings(flags: Mapping[str, str | None] | None = None,

@@ -5,7 +5,7 @@ Owns: reading a domain XML (or the <domstatus> file of a running domain) into a 
 devices, the NUMA nodes and CPUs the domain is pinned to); rendering the device for a leased
 VF; adding such devices to a domain XML; swapping their host-side source address; the request
 element for libvirt's metadata API; a domain's interfaces on bridges, networks and macvtaps
-(read_guest) and a libvirt network's bridge (network_bridge), for the FDB entries (vfalloc.fdb).
+(read_guest) and a libvirt network's bridge (network_bridge), for the FDB entries (vfalloc.fdb.entries).
 
 Must not: choose VFs or apply any policy, read or write files, look at sysfs, talk to libvirt.
 It parses only the bytes it is given, with a hardened parser (no entity expansion, no DTD, no
@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from lxml import etree
 
 from .errors import DomainXMLError, UsageError, shown
-from .fdb import Guest, Nic
+from .fdb.entries import Guest, Nic
 from .model import PciAddress, Request, normalize_mac, parse_vlan
 from .record import Record
 

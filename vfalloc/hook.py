@@ -171,7 +171,9 @@ def on_started(call: Call) -> str:
     pending = [x for x in ctx.store.read().of_domain(info.uuid) if x.phase == Phase.PENDING]
     if not pending:
         return ""
-    pid = spawn_detached(_hotplug_argv(call, info), call.environ)
+    from . import detach
+
+    pid = detach.spawn(_hotplug_argv(call, info), call.environ)
     return f"hot-plug of {', '.join(x.vf for x in pending)} handed to process {pid}"
 
 
@@ -265,7 +267,7 @@ def _fdb(call: Call, step: Callable) -> None:
     # A domain without such an interface costs the FDB steps one byte search and no import.
     if (call.op, call.subop) != ("reconnect", "begin") and not any(m in call.xml for m in BRIDGED_MARKS):
         return
-    from . import fdb_ops
+    from .fdb import upkeep as fdb_ops
 
     try:
         note = step(fdb_ops)
@@ -297,14 +299,14 @@ def _count_failure(environ: Mapping[str, str], op: str, call: Call | None, exc: 
                    refused: bool) -> None:
     """vfalloc_hook_refusals_total / vfalloc_hook_errors_total (vfalloc.hook_counts): only a
     refusal or an error pays for counting."""
-    from .metrics_file import note_hook_failure
+    from .metrics.counts import note_hook_failure
 
     note_hook_failure(environ, op, call.xml if call else b"", exc, refused, call.settings if call else None)
 
 
 def _refresh_metrics(environ: Mapping[str, str], call: Call) -> None:
     """`[settings] metrics_textfile`: rendered anew by a detached process (vfalloc.metrics_file)."""
-    from .metrics_file import request_refresh
+    from .metrics.textfile import request_refresh
 
     trouble = request_refresh(environ)
     if trouble:
@@ -358,15 +360,3 @@ def _hotplug_argv(call: Call, info) -> list[str]:
     if custom:
         return [*custom.split(), info.name, info.uuid]
     return [sys.executable, "-m", "vfalloc.hotplug", info.name, info.uuid]
-
-
-def spawn_detached(argv: list[str], environ: Mapping[str, str]) -> int:
-    """Start a process that outlives the hook: a new session (no controlling terminal, not in
-    libvirt's process group), stdin/stdout/stderr on /dev/null and no other descriptors, so
-    libvirt, which waits for the hook's output to close, is not held up by it."""
-    import subprocess
-
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True,
-                            env=dict(environ), cwd="/")
-    return proc.pid

@@ -24,8 +24,6 @@ from .templates import HOOK_MARKER, hook_script
 if TYPE_CHECKING:
     from .config import Settings
 
-DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks"
-
 
 def hook_path(hooks_dir: str | os.PathLike[str]) -> Path:
     return Path(hooks_dir) / "qemu.d" / "vfalloc"

@@ -4,8 +4,8 @@ empties at boot) and whether vfalloc may keep a file there.
 The hook runs as root for every domain, and domain names become file names here (a start stamp,
 hookfile.StartStamp), so a file in this directory is used only when nobody but its owner can put
 one there: a directory, not a symbolic link, owned by the user running vfalloc (root), mode 0700
-or stricter. What vfalloc keeps here is a cache (config_cache), counters (hook_counts), a
-refresher's mark (metrics_file) and start stamps: none of them is needed for a lease, so when the
+or stricter. What vfalloc keeps here is a cache (config_cache), counters (metrics.counts), a
+refresher's mark (metrics.textfile) and start stamps: none of them is needed for a lease, so when the
 directory is not such a place vfalloc works without it and the caller says so in one line
 (`problem` gives the line's reason and fix).
 

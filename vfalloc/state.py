@@ -2,9 +2,10 @@
 
 Owns the file format, the lock and the atomic write. Every read-modify-write runs inside
 `StateStore.transaction()`, under an exclusive flock(2) lock on a sidecar file
-(`state.json.lock`), waited for with filelock up to a timeout. The new table is written to a
-temp file in the same directory, fsynced, renamed over the old one (rename(2) is atomic within
-a filesystem), and the directory is fsynced so the rename survives a crash. A reader without
+(`state.json.lock`, taken through vfalloc.locking), waited for up to a timeout while the table
+does not change. The new table is written to a temp file in the same directory, fsynced,
+renamed over the old one (rename(2) is atomic within a filesystem), and the directory is
+fsynced so the rename survives a crash. A reader without
 the lock therefore always sees a whole old or a whole new table. A file that does not parse, or
 has a version this code does not know, is refused and never overwritten.
 
@@ -19,7 +20,6 @@ VFs beyond the Lease values it stores.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import re
@@ -27,6 +27,7 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from . import locking
 from .atomicfile import write_atomic
 from .errors import StateError, UsageError, shown
 from .model import PHASES, REQUEST_TYPES, Lease, LeaseTable, check_name
@@ -115,8 +116,9 @@ def _check_lease(n: int, item: object) -> None:
         raise BrokenTable(f"lease {n} ({shown(repr(get('vf')))}): {problem}")
 
 
-class Transaction:
-    """The table being changed; assign a new LeaseTable to `table` to have it written."""
+class TableChange:
+    """The lease table being changed under the lock; assign a new LeaseTable to `table` to have
+    it written."""
 
     def __init__(self, table: LeaseTable) -> None:
         self.table = table
@@ -125,20 +127,7 @@ class Transaction:
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc/record.py)
     from collections.abc import Callable
-    from typing import Any, Protocol
-
-    class _Releasable(Protocol):
-        def release(self) -> object: ...
-
-
-class _Flock:
-    """A flock(2) lock held through an open file descriptor; closing it releases the lock."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def release(self) -> None:
-        os.close(self.fd)
+    from typing import Any
 
 
 class StateStore:
@@ -225,12 +214,12 @@ class StateStore:
 
     # -- writing --
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self) -> Iterator[TableChange]:
         """Lock, read, let the caller change `txn.table`, write it back if it changed."""
         self._ensure_dir()
         with self._locked():
             before = self.read()
-            txn = Transaction(before)
+            txn = TableChange(before)
             yield txn
             if txn.table != before:
                 self._write(txn.table)
@@ -246,74 +235,38 @@ class StateStore:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        held: _Releasable | None = self._lock_now()
-        if held is None:
-            held = self._lock_waiting()
+        """The exclusive lock (vfalloc.locking: one flock(2) when it is free, filelock to wait).
+        The timeout bounds a wait in which the lease table does not change: every transaction
+        that changes it replaces its file, so while the file keeps changing the processes ahead
+        are getting their turns and this one, queued behind them, waits on. The hooks of 64
+        domains started at once (an autostart) queue up so, and on a busy host their queue lasts
+        longer than the timeout; a holder that changes nothing for that long is what the timeout
+        is for."""
         try:
-            yield
-        finally:
-            held.release()
-
-    def _lock_now(self) -> _Flock | None:
-        """The lock if it is free now: one flock(2), without importing filelock.
-
-        filelock's UnixFileLock takes this same lock, flock(LOCK_EX) on the lock file, and
-        leaves the file in place on release so that every process locks the same inode
-        (filelock 3.x and 4.x, _unix.py), so both ways of taking it exclude each other.
-        Almost every hook finds the lock free; importing filelock costs more than its whole
-        run, so filelock is imported only to wait.
-        """
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                         0o600)
+            held: locking.Releasable | None = locking.take_now(self.lock_path)
+            seen = self._table_stamp() if held is None else None
+            while held is None:
+                try:
+                    held = locking.wait(self.lock_path, self.lock_timeout)
+                except locking.LockTimeout as exc:
+                    stamp = self._table_stamp()
+                    if stamp == seen:
+                        raise StateError(self.path, f"is locked by another vfalloc for more than "
+                                         f"{self.lock_timeout:g} s",
+                                         f"find the process holding {self.lock_path} (fuser {self.lock_path})") from exc
+                    seen = stamp  # others took their turns meanwhile: wait on behind them
+        except locking.NotRegularFile as exc:
+            raise StateError(self.lock_path, "is not a regular file",
+                             "remove it; vfalloc creates its lock file beside the state file") from exc
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise StateError(self.lock_path, "is a symbolic link, which vfalloc does not follow",
                                  "remove the link") from exc
             raise self._io_error("cannot be locked", exc) from exc
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise StateError(self.lock_path, "is not a regular file",
-                             "remove it; vfalloc creates its lock file beside the state file")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except OSError as exc:
-            os.close(fd)
-            raise self._io_error("cannot be locked", exc) from exc
-        return _Flock(fd)
-
-    def _lock_waiting(self) -> _Releasable:
-        """Wait for the lock other processes hold, with filelock. The timeout bounds a wait in
-        which the lease table does not change: every transaction that changes it replaces its
-        file, so while the file keeps changing the processes ahead are getting their turns and
-        this one, queued behind them, waits on. The hooks of 64 domains started at once (an
-        autostart) queue up so, and on a busy host their queue lasts longer than the timeout;
-        a holder that changes nothing for that long is what the timeout is for."""
-        from filelock import FileLock, Timeout
-
-        if os.path.islink(self.lock_path):
-            raise StateError(self.lock_path, "is a symbolic link, which vfalloc does not follow",
-                             "remove the link")
-        # No mode=: filelock < 3.10 (Debian 12 ships 3.9) has none. _lock_now created the file
-        # 0600 a moment ago, and filelock's O_CREAT leaves an existing file's mode alone.
-        lock = FileLock(self.lock_path, timeout=self.lock_timeout)
-        seen = self._table_stamp()
-        while True:
-            try:
-                lock.acquire(poll_interval=0.005)  # look again every 5 ms (filelock default: 50)
-                return lock
-            except Timeout as exc:
-                stamp = self._table_stamp()
-                if stamp != seen:  # others took their turns meanwhile: wait on behind them
-                    seen = stamp
-                    continue
-                raise StateError(self.path, f"is locked by another vfalloc for more than {self.lock_timeout:g} s",
-                                 f"find the process holding {self.lock_path} (fuser {self.lock_path})") from exc
-            except OSError as exc:
-                raise self._io_error("cannot be locked", exc) from exc
+            yield
+        finally:
+            held.release()
 
     def _table_stamp(self) -> tuple[int, int, int] | None:
         """What tells one version of the table file from the next: each write is a new file

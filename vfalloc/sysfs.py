@@ -31,7 +31,7 @@ from .record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the FDB's records are imported where they are read: a listing needs none
-    from .fdb import Link
+    from .fdb.entries import Link
 
 DEFAULT_ROOT = "/sys"
 
@@ -313,7 +313,7 @@ class Sysfs:
             return PciAddress.parse(parts[-3])
         return None  # a virtual netdev (devices/virtual/net), or one on a bus that is not PCI
 
-    # -- network interfaces, for the bridge FDB (vfalloc.fdb) --
+    # -- network interfaces, for the bridge FDB (vfalloc.fdb.entries) --
     def link_names(self) -> list[str]:
         base = f"{self._root}/class/net"
         try:
@@ -325,7 +325,7 @@ class Sysfs:
 
     def read_link(self, name: str) -> Link | None:
         """The interface `name`, None when there is none (or the name cannot be one)."""
-        from .fdb import Link
+        from .fdb.entries import Link
 
         if not name or "/" in name or name in (".", ".."):
             return None

@@ -1,5 +1,5 @@
 """Stands in for the hot-plug worker in hook tests: records how it was started (argv, session,
-open descriptors) as JSON into the file named by its first argument. With RECORD_SPAWN_GO set,
+open descriptors, working directory) as JSON into the file named by its first argument. With RECORD_SPAWN_GO set,
 it first waits (up to a minute) until that file exists: a test can then see whether the hook
 returned while its worker was still running."""
 
@@ -22,6 +22,7 @@ record = {
     "sid": os.getsid(0),
     "fds": fds,
     "stdin_is_devnull": os.path.realpath("/proc/self/fd/0") == "/dev/null",
+    "cwd": os.getcwd(),
 }
 with open(out + ".tmp", "w") as fh:
     fh.write(json.dumps(record) + "\n")

@@ -1,6 +1,6 @@
-"""Handlers of `vfalloc fdb sync` and `vfalloc fdb show`: they call fdb_ops / fdb_book and print
+"""Handlers of `vfalloc fdb sync` and `vfalloc fdb show`: they call fdb.upkeep / fdb.ledger and print
 lines for people or JSON for scripts. Must not: decide which entries belong where (fdb does) or
-run the bridge command themselves (bridge_tool does)."""
+run the bridge command themselves (fdb.bridge does)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _owners(owners) -> str:
 
 
 def cmd_sync(args, ctx) -> int:
-    from ..fdb_ops import sync
+    from ..fdb.upkeep import sync
 
     for name in args.pfs:
         link = ctx.sysfs.read_link(name)
@@ -51,20 +51,20 @@ def cmd_sync(args, ctx) -> int:
 
 
 def cmd_show(args, ctx) -> int:
-    from ..fdb_book import FdbBook
+    from ..fdb.ledger import LedgerFile
 
-    book = FdbBook(ctx.settings.state, ctx.settings.lock_timeout).read()
+    ledger = LedgerFile(ctx.settings.state, ctx.settings.lock_timeout).read()
     if args.json:
         json.dump([{"pf": pf, "mac": mac, "owners": [o.to_json() for o in sorted(owners)]}
-                   for (pf, mac), owners in sorted(book.items())], ctx.out, indent=1)
+                   for (pf, mac), owners in sorted(ledger.items())], ctx.out, indent=1)
         ctx.out.write("\n")
         return 0
-    if not book:
+    if not ledger:
         line(ctx.out, "vfalloc keeps no FDB entries (no guest, container or bridge address needs one, "
                       "or `vfalloc fdb sync` has not run)")
         return 0
-    width = max(len(pf) for pf, _ in book)
+    width = max(len(pf) for pf, _ in ledger)
     line(ctx.out, f"{'PF':<{width}}  {'MAC':<17}  FOR")
-    for (pf, mac), owners in sorted(book.items()):
+    for (pf, mac), owners in sorted(ledger.items()):
         line(ctx.out, f"{pf:<{width}}  {mac:<17}  {_owners(owners)}")
     return 0

@@ -142,7 +142,7 @@ def _fdb_after_reset(ctx, pf) -> None:
     .. igb_probe_vfs, Linux 6.x) and its own FDB with it: put back the entries vfalloc keeps."""
     import os
 
-    from ..fdb_ops import sync
+    from ..fdb.upkeep import sync
 
     if pf.netdev is None:
         return

@@ -40,7 +40,7 @@ def _fdb_facts(ctx, gathered: check.Facts) -> None:
     import os
 
     from ..errors import VfallocError
-    from ..fdb_ops import missing
+    from ..fdb.upkeep import missing
 
     try:
         gathered.fdb_missing = missing(ctx, os.environ)

@@ -1,5 +1,5 @@
 """Handler of `vfalloc metrics`: the Prometheus exposition on stdout, or written whole to a
-textfile for node_exporter. Must not: render (vfalloc.metrics) or gather (vfalloc.metrics_file)."""
+textfile for node_exporter. Must not: render (vfalloc.metrics.exposition) or gather (vfalloc.metrics.textfile)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 
 def cmd_metrics(args, ctx) -> int:
     from ..errors import UsageError
-    from ..metrics_file import exposition, write_textfile
+    from ..metrics.textfile import exposition, write_textfile
 
     if args.textfile is not None and not os.path.isabs(args.textfile):
         raise UsageError(f"--textfile {args.textfile!r} must be an absolute path")

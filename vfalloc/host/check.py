@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 
+from .. import HOOKS_DIR
 from ..errors import VfallocError
-from ..fdb import Entry
-from ..hookfile import DEFAULT_HOOKS_DIR, written_by_vfalloc
+from ..fdb.entries import Entry
+from ..hookfile import written_by_vfalloc
 from ..model import PF, Host
 from ..sysfs import Sysfs
 from . import acs, bootsetup, cmdline, owners, persist, vfdriver
@@ -45,10 +46,10 @@ class Facts:
     vendor: str | None
     wanted: dict[str, int]          # PF address -> numvfs from the config
     config_error: str | None = None
-    hooks_dir: str = DEFAULT_HOOKS_DIR
+    hooks_dir: str = HOOKS_DIR
     # the boot set-up under the root, each of its files' place and arguments, or why unreadable
     boot: tuple[Setup | None, list[tuple[str, list[str]]], str | None] = (None, [], None)
-    # PF interface -> the FDB entries it lacks, for PFs that are bridge ports (fdb_ops.missing)
+    # PF interface -> the FDB entries it lacks, for PFs that are bridge ports (fdb.upkeep.missing)
     fdb_missing: dict[str, list[Entry]] = field(default_factory=dict)
     fdb_kept_by_vfalloc: frozenset[str] = frozenset()  # PFs whose entries vfalloc keeps (config)
     fdb_error: str | None = None

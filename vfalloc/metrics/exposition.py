@@ -19,8 +19,8 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from .holdings import pool_rows
-from .model import Host, LeaseTable, Pool
+from ..holdings import pool_rows
+from ..model import Host, LeaseTable, Pool
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 POOL_STATES = ("free", "leased", "stale")  # a VF in a pool is never "unusable"
@@ -47,7 +47,7 @@ class Family:
 def render(host: Host, pools: Sequence[Pool], table: LeaseTable, rows: Sequence[Mapping],
            counts: Mapping[tuple[str, str, str], int], now: datetime) -> str:
     """The whole exposition. `rows`: holdings.vf_rows of the same host, pools and table;
-    `counts`: (kind, pool, operation) -> number, kind "refused" or "failed" (hook_counts)."""
+    `counts`: (kind, pool, operation) -> number, kind "refused" or "failed" (metrics.counts)."""
     families = [*_pool_families(host, pools, rows), *_pf_families(host), *_lease_families(table, rows, now),
                 *_hook_families(counts)]
     made = Family("vfalloc_metrics_time_seconds", "gauge",

@@ -3,8 +3,8 @@
 hook's `reconnect begin`, by hand).
 
 Owns the order of the work: read the interfaces (sysfs), the running domains (libvirt's status
-files), the tables (bridge_tool), and, under the record's lock (fdb_book), change the tables and
-the record together. Must not: decide which entries belong where (fdb does), import libvirt (the
+files), the tables (fdb.bridge), and, under the ledger's lock (fdb.ledger), change the tables and
+the ledger together. Must not: decide which entries belong where (fdb.entries does), import libvirt (the
 hook imports this module), or parse a domain's XML before the cheap test `worth_parsing` says it
 may sit on a bridge with an SR-IOV PF.
 
@@ -22,9 +22,10 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 
-from .errors import VfallocError
-from .fdb import BRIDGED_MARKS, DOMAIN, PORT, Entry, Guest, Link, Owner, Topology, guest_entries, host_entries, plan
-from .record import replace
+from ..errors import VfallocError
+from ..record import replace
+from . import BRIDGED_MARKS
+from .entries import DOMAIN, PORT, Entry, Guest, Link, Owner, Topology, guest_entries, host_entries, plan
 
 NETWORK_CONFIG_DIR = "/etc/libvirt/qemu/networks"
 _SOURCE = re.compile(rb"<source\b[^>]*>")
@@ -110,9 +111,9 @@ def keep_for_domain(ctx, environ: Mapping[str, str], xml: bytes) -> str:
     topo = Topology(LiveLinks(ctx.sysfs))
     if not worth_parsing(xml, settings, topo):
         return ""
-    from . import domxml
-    from .bridge_tool import BridgeTool
-    from .fdb_book import FdbBook
+    from .. import domxml
+    from .bridge import BridgeTool
+    from .ledger import LedgerFile
 
     guest = resolved(domxml.read_guest(xml), settings)
     entries = guest_entries(topo, guest, _allowed(settings.config))
@@ -122,7 +123,7 @@ def keep_for_domain(ctx, environ: Mapping[str, str], xml: bytes) -> str:
     added: list[str] = []
     there: list[str] = []
     failed: list[str] = []
-    with FdbBook(settings.state, settings.lock_timeout).transaction() as txn:
+    with LedgerFile(settings.state, settings.lock_timeout).transaction() as txn:
         for e in entries:
             key = (e.pf, e.mac)
             try:
@@ -130,8 +131,8 @@ def keep_for_domain(ctx, environ: Mapping[str, str], xml: bytes) -> str:
             except VfallocError as exc:
                 failed.append(str(exc))
                 continue
-            if fresh or key in txn.book:
-                txn.book[key] = txn.book.get(key, frozenset()) | {e.owner}
+            if fresh or key in txn.ledger:
+                txn.ledger[key] = txn.ledger.get(key, frozenset()) | {e.owner}
                 (added if fresh else there).append(f"{e.mac} on {e.pf}")
             else:
                 there.append(f"{e.mac} on {e.pf} (not vfalloc's)")
@@ -143,7 +144,7 @@ def keep_for_domain(ctx, environ: Mapping[str, str], xml: bytes) -> str:
 
 
 def raise_failed(parts: list[str], failed: list[str]) -> None:
-    from .errors import FdbError
+    from ..errors import FdbError
 
     done = "; ".join(p for p in parts if p)
     raise FdbError("fdb", "; ".join(failed) + (f" (done: {done})" if done else ""))
@@ -151,36 +152,36 @@ def raise_failed(parts: list[str], failed: list[str]) -> None:
 
 def drop_for_domain(ctx, environ: Mapping[str, str], xml: bytes) -> str:
     """`release end`: remove the entries vfalloc added for this domain that nobody else needs.
-    Only the record is asked, not the bridges: they may have changed while the domain ran."""
-    from .fdb_book import FdbBook
+    Only the ledger is asked, not the bridges: they may have changed while the domain ran."""
+    from .ledger import LedgerFile
 
     if not any(mark in xml for mark in BRIDGED_MARKS):
         return ""
     found = _UUID.search(xml)
     settings = ctx.settings
-    book = FdbBook(settings.state, settings.lock_timeout)
-    raw = book.raw()
+    ledger = LedgerFile(settings.state, settings.lock_timeout)
+    raw = ledger.raw()
     if not found or raw is None or found[1].lower() not in raw:
         return ""
     uuid = found[1].decode().lower()
-    from .bridge_tool import BridgeTool
+    from .bridge import BridgeTool
 
     tool = BridgeTool(environ)
     removed, failed = [], []
-    with book.transaction() as txn:
-        for key, owners in sorted(txn.book.items()):
+    with ledger.transaction() as txn:
+        for key, owners in sorted(txn.ledger.items()):
             rest = frozenset(o for o in owners if not (o.kind == DOMAIN and o.id == uuid))
             if rest == owners:
                 continue
             if rest:
-                txn.book[key] = rest
+                txn.ledger[key] = rest
                 continue
             try:
                 tool.delete(*key)
             except VfallocError as exc:
                 failed.append(str(exc))
                 continue
-            del txn.book[key]
+            del txn.ledger[key]
             removed.append(f"{key[1]} on {key[0]}")
     parts = [f"fdb removed {', '.join(removed)}" if removed else ""]
     if failed:
@@ -204,8 +205,8 @@ class SyncReport:
 def running_guests(settings, report: SyncReport) -> list[Guest]:
     """The domains running now, from libvirt's status directory (no libvirt call: the hook
     runs this at `reconnect begin`)."""
-    from . import domxml
-    from .errors import DomainXMLError
+    from .. import domxml
+    from ..errors import DomainXMLError
 
     directory = settings.libvirt_run
     try:
@@ -244,37 +245,37 @@ def wanted_entries(ctx, topo: Topology, tool, guests: list[Guest], allowed) -> l
 
 def sync(ctx, environ: Mapping[str, str], dry_run: bool = False, only: frozenset[str] | None = None) -> SyncReport:
     """Bring every PF's table (or only the PFs named in `only`) to what it should hold."""
-    from .bridge_tool import BridgeTool
-    from .fdb_book import FdbBook
+    from .bridge import BridgeTool
+    from .ledger import LedgerFile
 
     report = SyncReport()
     tool = BridgeTool(environ)
-    book = FdbBook(ctx.settings.state, ctx.settings.lock_timeout)
+    ledger = LedgerFile(ctx.settings.state, ctx.settings.lock_timeout)
     if dry_run:
-        _sync(ctx, tool, book.read(), report, only, apply=False)
+        _sync(ctx, tool, ledger.read(), report, only, apply=False)
         return report
-    with book.transaction() as txn:
-        txn.book = _sync(ctx, tool, txn.book, report, only, apply=True)
+    with ledger.transaction() as txn:
+        txn.ledger = _sync(ctx, tool, txn.ledger, report, only, apply=True)
     return report
 
 
-def _sync(ctx, tool, book: dict, report: SyncReport, only: frozenset[str] | None, apply: bool) -> dict:
+def _sync(ctx, tool, ledger: dict, report: SyncReport, only: frozenset[str] | None, apply: bool) -> dict:
     links = ctx.sysfs.read_links()
     topo = Topology(links)
     guests = running_guests(ctx.settings, report)
     allowed = _allowed(ctx.settings.config)
     wanted = wanted_entries(ctx, topo, tool, guests, allowed)
-    scope = {pf for br in topo.bridges() for pf in topo.bridge_pfs(br)} | {e.pf for e in wanted} | {k[0] for k in book}
+    scope = {pf for br in topo.bridges() for pf in topo.bridge_pfs(br)} | {e.pf for e in wanted} | {k[0] for k in ledger}
     if only is not None:
         scope &= only
-    # A PF this network namespace does not see (moved to another, or gone) keeps its record as
-    # it is: only a sync that sees it can tell what its table holds.
-    report.unseen = sorted({k[0] for k in book if k[0] in scope and k[0] not in links})
+    # A PF this network namespace does not see (moved to another, or gone) keeps its entries in
+    # the ledger as they are: only a sync that sees it can tell what its table holds.
+    report.unseen = sorted({k[0] for k in ledger if k[0] in scope and k[0] not in links})
     present = {pf: tool.own(pf) for pf in sorted(scope) if pf in links}
     endpoints = {p for br in topo.bridges() for p in topo.endpoint_ports(br)}
     on = {pf for pf in present if allowed(links[pf])}
-    p = plan(wanted, book, present, keep=lambda key, o: o.kind == PORT and o.id in endpoints and key[0] in on)
-    after = p.record()
+    p = plan(wanted, ledger, present, keep=lambda key, o: o.kind == PORT and o.id in endpoints and key[0] in on)
+    after = p.ledger()
     report.foreign = list(p.foreign)
     for key in p.add:
         try:
@@ -294,7 +295,7 @@ def _sync(ctx, tool, book: dict, report: SyncReport, only: frozenset[str] | None
                 tool.delete(*key)
         except VfallocError as exc:
             report.failed.append(str(exc))
-            after[key] = book[key]
+            after[key] = ledger[key]
             continue
         report.removed.append(key)
     report.kept = after
@@ -304,7 +305,7 @@ def _sync(ctx, tool, book: dict, report: SyncReport, only: frozenset[str] | None
 def missing(ctx, environ: Mapping[str, str]) -> dict[str, list[Entry]]:
     """PF -> the entries it should hold and does not, whatever the config switch says (for
     `vfalloc host check`); only PFs that are bridge ports."""
-    from .bridge_tool import BridgeTool
+    from .bridge import BridgeTool
 
     tool = BridgeTool(environ)
     report = SyncReport()

@@ -1,12 +1,12 @@
-"""Where vfalloc's metrics come from and where they go: the inputs of vfalloc.metrics read from
-a Context, the textfile node_exporter collects, the hook's request to refresh it and the
-detached process that does, and the hook's count of a refusal or error.
+"""Where vfalloc's metrics come from and where they go: the inputs of vfalloc.metrics.exposition
+read from a Context, the textfile node_exporter collects, the request to refresh it (the hook's,
+after a change, and vfalloc.metrics.counts' after a refusal) and the detached process that does.
 
 Keeping `[settings] metrics_textfile` current must not slow the hook: rendering reads every VF
 of the host (a thousand VFs are thousands of sysfs reads), so the hook does not render. After a
 call that changed something it leaves a mark (`metrics.pending` in the runtime directory) and,
-unless a refresher holds `metrics.lock` already, starts one with posix_spawn in a session of its
-own with /dev/null for stdin/stdout/stderr, so libvirt, which waits for the hook's output to
+unless a refresher holds `metrics.lock` already, starts one detached (vfalloc.detach: a session of
+its own, /dev/null for stdin/stdout/stderr), so libvirt, which waits for the hook's output to
 close, never waits for it. The refresher renders until no mark is left, and looks once more
 after it let go of the lock, so a mark left while it was finishing is never stranded; a burst of
 starts costs a handful of renders, not one each. It judges running domains from libvirt's status
@@ -17,38 +17,40 @@ Must not: be imported by the hook before something changed or failed.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import stat
 import sys
 from collections.abc import Mapping
 
-from .errors import VfallocError
-from .rundir import run_dir
+from .. import detach, locking
+from ..errors import VfallocError
+from ..rundir import run_dir
 
 PENDING = "metrics.pending"
 LOCK = "metrics.lock"
+# A refresher waits this long for another to finish; after that it leaves the marks to it.
+REFRESH_WAIT_S = 600.0
 
 
 def exposition(ctx, uri: str | None, offline: bool, environ: Mapping[str, str] | None = None) -> str:
     """The metrics of the host, pools and lease table `ctx` sees. Running domains come from
     libvirt at `uri` (its status directory when it does not answer), as for `vfalloc list`; with
     `offline` only from the status directory."""
-    from . import hook_counts, metrics
-    from .holdings import vf_rows
-    from .stale import now_utc
+    from ..holdings import vf_rows
+    from ..stale import now_utc
+    from . import counts, exposition
 
     environ = os.environ if environ is None else environ
     table = ctx.store.read()
     now = now_utc()
     rows = vf_rows(ctx.host, ctx.pools, table, ctx.boot_id, _running(ctx, table, uri, offline, now))
-    counts = hook_counts.read(run_dir(environ), {p.name for p in ctx.pools})
-    return metrics.render(ctx.host, ctx.pools, table, rows, counts, now)
+    kept = counts.read(run_dir(environ), {p.name for p in ctx.pools})
+    return exposition.render(ctx.host, ctx.pools, table, rows, kept, now)
 
 
 def _running(ctx, table, uri: str | None, offline: bool, now):
     """The UUIDs to take as running, judged as `vfalloc list` and `vfalloc gc` judge them."""
-    from .stale import from_rundir, names_of, observe, treated_as_running
+    from ..stale import from_rundir, names_of, observe, treated_as_running
 
     if all(x.phase == "reserved" for x in table.leases):  # no lease to judge by "not running"
         return None
@@ -62,7 +64,7 @@ def _running(ctx, table, uri: str | None, offline: bool, now):
 def write_textfile(path: str, text: str) -> None:
     """Replace the textfile whole (node_exporter must never read half of it). Readable by all:
     node_exporter runs as a user of its own. No fsync: it is rewritten at every change and boot."""
-    from .atomicfile import write_atomic
+    from ..atomicfile import write_atomic
 
     try:
         write_atomic(path, text.encode(), 0o644, sync=False)
@@ -75,7 +77,7 @@ def write_textfile(path: str, text: str) -> None:
 
 def request_refresh(environ: Mapping[str, str]) -> str | None:
     """Have the textfile rendered anew soon. Never raises; returns what went wrong, if anything."""
-    from . import rundir
+    from .. import rundir
 
     directory = run_dir(environ)
     trouble = rundir.ensure(directory)
@@ -91,72 +93,38 @@ def request_refresh(environ: Mapping[str, str]) -> str | None:
             return f"cannot start the metrics refresh: {directory}/{PENDING} is not a regular file; remove it"
         if _held(f"{directory}/{LOCK}"):
             return None  # the refresher that holds it looks for the mark once more before it ends
-        _spawn([sys.executable, "-I", "-m", "vfalloc.metrics_file"], environ)
+        detach.spawn([sys.executable, "-I", "-m", "vfalloc.metrics.textfile"], environ)
     except OSError as exc:
         return f"cannot start the metrics refresh: {exc.strerror}"
     return None
 
 
 def _held(path: str) -> bool:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    free = locking.take_now(path)
+    if free is None:
         return True
-    finally:
-        os.close(fd)  # also lets go of the lock if it was taken
+    free.release()
     return False
 
 
-def _spawn(argv: list[str], environ: Mapping[str, str]) -> None:
-    """A process in a new session with /dev/null as stdin, stdout and stderr; every other
-    descriptor of the hook is close-on-exec (PEP 446). Not waited for: it outlives the hook."""
-    null = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
-    os.posix_spawn(argv[0], argv, dict(environ), file_actions=null, setsid=True)
-
-
-def note_hook_failure(environ: Mapping[str, str], operation: str, xml: bytes, exc: BaseException,
-                      refused: bool, settings) -> None:
-    """Count a refusal or an error of the hook (vfalloc.hook_counts) under the pools it concerns,
-    and refresh the textfile so the counter shows. Never raises: the hook is failing already.
-
-    A pool the config does not define (a name from the domain XML) is counted as
-    hook_counts.UNKNOWN_POOL; without settings (the call failed before it loaded them, or could
-    not) every pool is, and the counts kept already are left as they are."""
-    from . import hook_counts
-    from .log import log
-
-    known = {p.name for p in settings.config.pools} if settings is not None else None
-    pool = getattr(exc, "pool", None)
-    pools = {pool} if isinstance(pool, str) else set()
-    if not pools and xml and known:
-        try:
-            from . import domxml
-
-            info = domxml.read_domain(xml)
-            pools = {r.pool for r in info.requests}
-        except Exception:  # an XML that cannot be read is counted under UNKNOWN_POOL
-            pools = set()
-    trouble = hook_counts.record(run_dir(environ), "refused" if refused else "failed", pools, operation, known)
-    if trouble is None and settings is not None and settings.metrics_textfile:
-        trouble = request_refresh(environ)
-    if trouble:
-        log(environ, f"metrics: {trouble}", settings)
-
-
-# -- the refresher (python -m vfalloc.metrics_file, started by the hook) --
+# -- the refresher (python -m vfalloc.metrics.textfile, started by request_refresh) --
 
 def refresh(environ: Mapping[str, str]) -> int:
-    from .config import load_settings
-    from .context import Context
-    from .log import log
+    from ..config import load_settings
+    from ..context import Context
+    from ..log import log
 
     directory = run_dir(environ)
     pending = f"{directory}/{PENDING}"
     while True:
-        fd = os.open(f"{directory}/{LOCK}", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = locking.take(f"{directory}/{LOCK}", REFRESH_WAIT_S)
+        except locking.LockTimeout:
+            return 0  # the refresher that holds it looks for the mark once more before it ends
+        except OSError as exc:
+            log(environ, f"metrics: cannot lock {directory}/{LOCK}: {exc.strerror}; the textfile is not refreshed")
+            return 1
+        try:
             while _take(pending):
                 try:
                     settings = load_settings({}, environ)
@@ -167,7 +135,7 @@ def refresh(environ: Mapping[str, str]) -> int:
                 except Exception as exc:  # nobody reads this process's stderr: say it in the log
                     log(environ, f"metrics: internal error: {type(exc).__name__}: {exc}")
         finally:
-            os.close(fd)
+            held.release()
         if not os.path.exists(pending):
             return 0
 

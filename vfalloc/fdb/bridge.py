@@ -15,7 +15,7 @@ Facts relied on (iproute2 6.1, bridge/fdb.c; Linux 6.x, net/core/rtnetlink.c):
   what the bridge learnt: entries with "master": BR; the bridge's local addresses have state
   "permanent".
 
-Must not: decide which entries should exist (vfalloc.fdb does), or know where MACs come from.
+Must not: decide which entries should exist (vfalloc.fdb.entries does), or know where MACs come from.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import os
 import subprocess
 from collections.abc import Mapping
 
-from .errors import FdbError
+from ..errors import FdbError
 
 ENV_BRIDGE = "VFALLOC_BRIDGE"  # tests and admins may point this at another `bridge` binary
 TIMEOUT = 10.0

@@ -1,18 +1,18 @@
-"""vfalloc's record of the FDB entries it added: a JSON file of its own beside the lease table
+"""The ledger: vfalloc's record of the FDB entries it added, a JSON file of its own beside the lease table
 (`fdb.json` in the state file's directory), and its lock.
 
 Why a file of its own: the entries are not leases, they change at other moments (`started
 begin`, not `prepare begin`) and a start must not wait for the lease table's lock while another
 domain's entries are added. Every change of a PF's table and of this record happens inside
-`transaction()`, under an exclusive lock on `fdb.json.lock` (flock(2) through filelock, as the
-lease table's), so the record always says what vfalloc put into the tables: two hooks, or a hook
+`LedgerFile.transaction()`, under an exclusive lock on `fdb.json.lock` (flock(2) through vfalloc.locking, as
+the lease table's), so the ledger always says what vfalloc put into the tables: two hooks, or a hook
 and `vfalloc fdb sync`, never add or remove the same entry at once, and a sync reads the running
 domains inside the lock, after any hook that added a domain's entries. Written with
 vfalloc.atomicfile; a file that does not parse, or has a newer version, is refused and left as
 it is.
 
 Format: {"version": 1, "entries": [{"pf": IFNAME, "mac": MAC, "owners": [{"kind", "id",
-"name"}, ...]}, ...]}. Must not: run commands or decide anything (fdb_ops, fdb do).
+"name"}, ...]}, ...]}. Must not: run commands or decide anything (fdb.upkeep, fdb.entries do).
 """
 
 from __future__ import annotations
@@ -22,22 +22,25 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .atomicfile import write_atomic
-from .errors import FdbError
-from .fdb import Owner
+from .. import locking
+from ..atomicfile import write_atomic
+from ..errors import FdbError
+from .entries import Owner
 
 VERSION = 1
 NAME = "fdb.json"
 
-Book = dict[tuple[str, str], frozenset[Owner]]
+Ledger = dict[tuple[str, str], frozenset[Owner]]
 
 
-class Transaction:
-    def __init__(self, book: Book) -> None:
-        self.book = book
+class LedgerChange:
+    """The ledger being changed under the lock; it is written when `ledger` differs at the end."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
 
 
-class FdbBook:
+class LedgerFile:
     def __init__(self, state_path: str, lock_timeout: float = 10.0) -> None:
         self.path = os.path.join(os.path.dirname(os.path.abspath(state_path)), NAME)
         self.lock_path = self.path + ".lock"
@@ -53,11 +56,11 @@ class FdbBook:
         except OSError as exc:
             raise FdbError(self.path, f"cannot be read ({exc.strerror})", "run vfalloc as root") from exc
 
-    def read(self) -> Book:
+    def read(self) -> Ledger:
         raw = self.raw()
         return {} if raw is None else self._decode(raw)
 
-    def _decode(self, raw: bytes) -> Book:
+    def _decode(self, raw: bytes) -> Ledger:
         fix = f"move it aside (mv {self.path} {self.path}.broken) and run `vfalloc fdb sync`"
         try:
             data = json.loads(raw.decode("utf-8"))
@@ -70,48 +73,41 @@ class FdbBook:
                            "upgrade vfalloc; the file is left as it is")
         if data["version"] != VERSION:
             raise FdbError(self.path, f"has unknown version {data['version']}", fix)
-        book: Book = {}
+        ledger: Ledger = {}
         try:
             for item in data.get("entries", []):
                 key = (str(item["pf"]), str(item["mac"]).lower())
-                book[key] = book.get(key, frozenset()) | {Owner.from_json(o) for o in item["owners"]}
+                ledger[key] = ledger.get(key, frozenset()) | {Owner.from_json(o) for o in item["owners"]}
         except (KeyError, TypeError, AttributeError) as exc:
             raise FdbError(self.path, f"holds a malformed entry ({exc!r})", fix) from exc
-        return book
+        return ledger
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        """Lock, read, let the caller change `txn.book` (and the tables), write it if it changed."""
-        from filelock import FileLock, Timeout
-
+    def transaction(self) -> Iterator[LedgerChange]:
+        """Lock, read, let the caller change `txn.ledger` (and the tables), write it if it changed."""
         try:
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         except OSError as exc:
             raise FdbError(self.path, f"its directory cannot be created ({exc.strerror})", "run as root") from exc
         try:
-            # Created 0600 here: filelock < 3.10 (Debian 12 ships 3.9) takes no mode=, and its
-            # O_CREAT leaves an existing file's mode alone.
-            os.close(os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                             0o600))
-            lock = FileLock(self.lock_path, timeout=self.lock_timeout)
-            lock.acquire(poll_interval=0.005)
-        except Timeout as exc:
+            lock = locking.take(self.lock_path, self.lock_timeout)
+        except locking.LockTimeout as exc:
             raise FdbError(self.path, f"is locked by another vfalloc for more than {self.lock_timeout:g} s",
                            f"find the process holding {self.lock_path} (fuser {self.lock_path})") from exc
         except OSError as exc:
             raise FdbError(self.lock_path, f"cannot be locked ({exc.strerror})", "run vfalloc as root") from exc
         try:
             before = self.read()
-            txn = Transaction(dict(before))
+            txn = LedgerChange(dict(before))
             yield txn
-            if txn.book != before:
-                self._write(txn.book)
+            if txn.ledger != before:
+                self._write(txn.ledger)
         finally:
             lock.release()
 
-    def _write(self, book: Book) -> None:
+    def _write(self, ledger: Ledger) -> None:
         entries = [{"pf": pf, "mac": mac, "owners": [o.to_json() for o in sorted(owners)]}
-                   for (pf, mac), owners in sorted(book.items()) if owners]
+                   for (pf, mac), owners in sorted(ledger.items()) if owners]
         payload = (json.dumps({"version": VERSION, "entries": entries}, indent=1) + "\n").encode()
         try:
             write_atomic(self.path, payload, 0o600)

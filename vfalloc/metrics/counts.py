@@ -1,5 +1,5 @@
 """How often the hook refused a domain or failed, per pool and operation, since boot: the
-counters behind `vfalloc_hook_refusals_total` and `vfalloc_hook_errors_total` (vfalloc.metrics).
+counters behind `vfalloc_hook_refusals_total` and `vfalloc_hook_errors_total` (vfalloc.metrics.exposition).
 
 Each hook is a process of its own, so the counts live in a file: `hook-counts.json` in the
 runtime directory (VFALLOC_RUN_DIR, default /run/vfalloc, a tmpfs that empties at boot, which a
@@ -7,7 +7,7 @@ Prometheus counter may do: rate() takes a reset for one). Only a hook that refus
 touches it, so a start that succeeds pays nothing. Not in the lease table: that file lives on
 disk across boots, its lock is not held any more when an error has come out of the transaction,
 and a refusal must not wait behind a queue of starts to be counted. Increments of hooks that
-fail at the same moment are serialised by flock(2) on a sidecar lock file, and the file is
+fail at the same moment are serialised by flock(2) on a sidecar lock file (vfalloc.locking), and the file is
 replaced whole (vfalloc.atomicfile), so a reader never sees half of it.
 
 What a domain XML names is hostile (its user need not be root): a pool the config does not
@@ -25,16 +25,14 @@ foreign or oversized file is replaced by counts that start again (a counter rese
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import stat
-import time
 from collections.abc import Collection, Iterable, Mapping
 
-from . import rundir
-from .atomicfile import write_atomic
-from .errors import VfallocError
+from .. import locking, rundir
+from ..atomicfile import write_atomic
+from ..errors import VfallocError
 
 NAME = "hook-counts.json"
 LOCK_WAIT_S = 2.0  # others hold the lock for one small read and write: far below this
@@ -127,11 +125,11 @@ def record(run_dir: str, kind: str, pools: Iterable[str], operation: str,
     if unusable:
         return f"cannot count the hook's {kind} call: the runtime directory is not used: {unusable}"
     try:
-        lock = _lock(f"{run_dir}/{NAME}.lock")
-    except OSError as exc:
-        return f"cannot count the hook's {kind} call in {path}: {exc.strerror}"
-    if lock is None:
+        lock = locking.take(f"{run_dir}/{NAME}.lock", LOCK_WAIT_S)
+    except locking.LockTimeout:
         return f"cannot count the hook's {kind} call: {path}.lock stayed locked for {LOCK_WAIT_S:g} s"
+    except Exception as exc:  # never fail the hook: filelock's own errors too
+        return f"cannot count the hook's {kind} call in {path}: {getattr(exc, 'strerror', None) or exc}"
     note = None
     try:
         counts, trouble = _read_own(path)
@@ -146,29 +144,37 @@ def record(run_dir: str, kind: str, pools: Iterable[str], operation: str,
     except OSError as exc:
         return f"cannot count the hook's {kind} call in {path}: {exc.strerror}"
     finally:
-        os.close(lock)
+        lock.release()
     return note
 
 
-def _lock(path: str) -> int | None:
-    # O_NONBLOCK: never wait in open(2) for whatever was planted there; flock wants a regular file.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file", path)
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while True:
+def note_hook_failure(environ: Mapping[str, str], operation: str, xml: bytes, exc: BaseException,
+                      refused: bool, settings) -> None:
+    """Count a refusal or an error of the hook under the pools it concerns, and have the
+    textfile refreshed (metrics.textfile) so the counter shows. Never raises: the hook is failing already.
+
+    A pool the config does not define (a name from the domain XML) is counted as UNKNOWN_POOL;
+    without settings (the call failed before it loaded them, or could not) every pool is, and
+    the counts kept already are left as they are."""
+    from ..log import log
+    from .textfile import request_refresh
+
+    known = {p.name for p in settings.config.pools} if settings is not None else None
+    pool = getattr(exc, "pool", None)
+    pools = {pool} if isinstance(pool, str) else set()
+    if not pools and xml and known:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                return None
-            time.sleep(0.005)
-        except OSError:
-            os.close(fd)
-            raise
+            from .. import domxml
+
+            info = domxml.read_domain(xml)
+            pools = {r.pool for r in info.requests}
+        except Exception:  # an XML that cannot be read is counted under UNKNOWN_POOL
+            pools = set()
+    trouble = record(rundir.run_dir(environ), "refused" if refused else "failed", pools, operation, known)
+    if trouble is None and settings is not None and settings.metrics_textfile:
+        trouble = request_refresh(environ)
+    if trouble:
+        log(environ, f"metrics: {trouble}", settings)
 
 
 def _read_own(path: str) -> tuple[Counts, str | None]:

@@ -11,24 +11,21 @@ a receive address register of the PF's pool).
 Owns: the topology questions (which PFs with VFs sit below a bridge, through VLAN devices and
 bonds), the entries each owner needs (a libvirt guest's interface on such a bridge or a macvtap
 on such a PF; the bridge's own MAC when it differs from the PF's; MACs learnt behind the
-bridge's other ports), the record of what vfalloc added (who needs each entry), and the plan of
+bridge's other ports), the ledger of what vfalloc added (who needs each entry), and the plan of
 additions and removals that brings a PF's table to what it should hold. An entry vfalloc did not
 add is never in a removal.
 
-Must not: read files or sysfs, run commands, parse XML (fdb_ops, sysfs, bridge_tool, domxml do).
+Must not: read files or sysfs, run commands, parse XML (fdb.upkeep, sysfs, fdb.bridge, domxml do).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from .model import PciAddress
-from .record import Record
+from ..model import PciAddress
+from ..record import Record
 
 DOMAIN, BRIDGE, PORT = "domain", "bridge", "port"
-# libvirt writes <interface type='...'> with single quotes (virDomainNetDefFormat, 11.3): how a
-# guest on a bridge (also through a network) or a macvtap shows in its XML, found with a byte search.
-BRIDGED_MARKS = (b"<interface type='bridge'", b"<interface type='network'", b"<interface type='direct'")
 
 
 class Link(Record):
@@ -173,55 +170,55 @@ def _unique(entries: list[Entry]) -> list[Entry]:
     return sorted(set(entries))
 
 
-# -- the record of what vfalloc added: (PF, MAC) -> the owners that need it --
+# -- the ledger: what vfalloc added, (PF, MAC) -> the owners that need it --
 
-Book = Mapping[tuple[str, str], frozenset[Owner]]
+Ledger = Mapping[tuple[str, str], frozenset[Owner]]
 
 
 class Plan(Record):
     add: tuple[tuple[str, str], ...]         # (pf, mac) to add to the PF's table
     remove: tuple[tuple[str, str], ...]      # (pf, mac) vfalloc added and nobody needs any more
     foreign: tuple[tuple[str, str], ...]     # wanted but there already, put there by someone else
-    book: tuple[tuple[tuple[str, str], frozenset[Owner]], ...]  # the record after the plan
+    after: tuple[tuple[tuple[str, str], frozenset[Owner]], ...]  # the ledger after the plan
 
-    def record(self) -> dict[tuple[str, str], frozenset[Owner]]:
-        return dict(self.book)
+    def ledger(self) -> dict[tuple[str, str], frozenset[Owner]]:
+        return dict(self.after)
 
 
-def plan(wanted: Iterable[Entry], book: Book, present: Mapping[str, frozenset[str]],
+def plan(wanted: Iterable[Entry], ledger: Ledger, present: Mapping[str, frozenset[str]],
          keep: Callable[[tuple[str, str], Owner], bool] = lambda key, owner: False) -> Plan:
     """Bring every PF in `present` (PF -> the MACs its own table holds now) to `wanted`.
 
-    An entry in the record (vfalloc added it) stays while some owner needs it: an owner among
+    An entry in the ledger (vfalloc added it) stays while some owner needs it: an owner among
     `wanted`, or one `keep(key, owner)` says is still there (a port whose MAC the bridge forgot when it went
-    quiet is still a port). An entry that is wanted and in the table but not in the record was
-    put there by someone else: it is left alone and never recorded, so never removed. Entries
+    quiet is still a port). An entry that is wanted and in the table but not in the ledger was
+    put there by someone else: it is left alone and never entered, so never removed. Entries
     of PFs not in `present` are left as they are."""
     want: dict[tuple[str, str], set[Owner]] = {}
     for e in wanted:
         if e.pf in present:
             want.setdefault((e.pf, e.mac), set()).add(e.owner)
-    for key, owners in book.items():
+    for key, owners in ledger.items():
         if key[0] in present:
             kept = {o for o in owners if keep(key, o)}
             if kept:
                 want.setdefault(key, set()).update(kept)
     add, remove, foreign = [], [], []
-    after: dict[tuple[str, str], frozenset[Owner]] = {k: v for k, v in book.items() if k[0] not in present}
+    after: dict[tuple[str, str], frozenset[Owner]] = {k: v for k, v in ledger.items() if k[0] not in present}
     for key, wanting in sorted(want.items()):
         there = key[1] in present[key[0]]
-        if key in book or not there:
+        if key in ledger or not there:
             if not there:
                 add.append(key)
             after[key] = frozenset(wanting)
         else:
             foreign.append(key)
-    for key in sorted(book):
+    for key in sorted(ledger):
         if key[0] in present and key not in want:
             if key[1] in present[key[0]]:
                 remove.append(key)
     return Plan(tuple(add), tuple(remove), tuple(foreign), tuple(sorted(after.items())))
 
 
-def entries_of(book: Book) -> list[Entry]:
-    return sorted(Entry(pf, mac, o) for (pf, mac), owners in book.items() for o in owners)
+def entries_of(ledger: Ledger) -> list[Entry]:
+    return sorted(Entry(pf, mac, o) for (pf, mac), owners in ledger.items() for o in owners)
