@@ -11,7 +11,7 @@ Facts relied on (libvirt 11.3, src/qemu/qemu_process.c and docs/hooks.rst):
   a daemon restart calls `reconnect begin` for every running domain.
 
 Besides the leases, the hook keeps the SR-IOV PFs' FDB entries of guests on a bridge over such
-a PF (vfalloc.fdb_ops, docs/bridges.md): added at `started begin`, removed at `release end`,
+a PF (vfalloc.fdb.upkeep, docs/bridges.md): added at `started begin`, removed at `release end`,
 synced at `reconnect begin`; for any domain, with or without VFs, and never fatal to it.
 
 libvirt runs it through the hook file (templates.hook_script), whose shell part ends the calls
@@ -236,22 +236,22 @@ HANDLERS: dict[tuple[str, str], Callable[[Call], str]] = {
 }
 
 
-# -- the PFs' FDB entries (vfalloc.fdb_ops): never fatal, the outcome goes into the log line --
+# -- the PFs' FDB entries (vfalloc.fdb.upkeep): never fatal, the outcome goes into the log line --
 
 def _fdb_keep(call: Call) -> None:
     """`started begin`: the live XML names the bridge of every interface (also type='network')."""
-    _fdb(call, lambda fdb_ops: fdb_ops.keep_for_domain(call.context(), call.environ, call.xml))
+    _fdb(call, lambda upkeep: upkeep.keep_for_domain(call.context(), call.environ, call.xml))
 
 
 def _fdb_drop(call: Call) -> None:
-    _fdb(call, lambda fdb_ops: fdb_ops.drop_for_domain(call.context(), call.environ, call.xml))
+    _fdb(call, lambda upkeep: upkeep.drop_for_domain(call.context(), call.environ, call.xml))
 
 
 def _fdb_sync(call: Call) -> None:
     """`reconnect begin`: entries may have been lost (a PF reset) or left behind (a domain that
     stopped while the daemon was down)."""
-    def run(fdb_ops) -> str:
-        report = fdb_ops.sync(call.context(), call.environ)
+    def run(upkeep) -> str:
+        report = upkeep.sync(call.context(), call.environ)
         done = [f"added {m} on {pf}" for pf, m, _ in report.added] + [f"removed {m} on {pf}" for pf, m in report.removed]
         if report.failed:
             raise VfallocError("; ".join(report.failed))
@@ -267,10 +267,10 @@ def _fdb(call: Call, step: Callable) -> None:
     # A domain without such an interface costs the FDB steps one byte search and no import.
     if (call.op, call.subop) != ("reconnect", "begin") and not any(m in call.xml for m in BRIDGED_MARKS):
         return
-    from .fdb import upkeep as fdb_ops
+    from .fdb import upkeep
 
     try:
-        note = step(fdb_ops)
+        note = step(upkeep)
     except VfallocError as exc:
         note = f"fdb failed: {exc}"
         call.err.write(f"vfalloc: warning: {note}\n")
@@ -297,7 +297,7 @@ def _reserved_by_hand(call: Call, where: str) -> bool:
 
 def _count_failure(environ: Mapping[str, str], op: str, call: Call | None, exc: BaseException,
                    refused: bool) -> None:
-    """vfalloc_hook_refusals_total / vfalloc_hook_errors_total (vfalloc.hook_counts): only a
+    """vfalloc_hook_refusals_total / vfalloc_hook_errors_total (vfalloc.metrics.counts): only a
     refusal or an error pays for counting."""
     from .metrics.counts import note_hook_failure
 
@@ -305,7 +305,7 @@ def _count_failure(environ: Mapping[str, str], op: str, call: Call | None, exc: 
 
 
 def _refresh_metrics(environ: Mapping[str, str], call: Call) -> None:
-    """`[settings] metrics_textfile`: rendered anew by a detached process (vfalloc.metrics_file)."""
+    """`[settings] metrics_textfile`: rendered anew by a detached process (vfalloc.metrics.textfile)."""
     from .metrics.textfile import request_refresh
 
     trouble = request_refresh(environ)
