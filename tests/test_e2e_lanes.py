@@ -6,6 +6,7 @@ run by real processes standing in for QEMU."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,10 +52,20 @@ def test_the_second_vm_gets_one_vcpu(tmp_path, boot, cpus):
     assert argv[argv.index("-smp") + 1] == str(cpus)
 
 
-def test_the_first_lane_keeps_the_cache_it_is_given(tmp_path):
-    c = config(tmp_path, libvirt_cache=tmp_path / "given")
-    assert (c.cache_dir(1), c.cache_dir(2)) == (tmp_path / "given", tmp_path / "given")
-    assert c.cache_dir(3) == tmp_path / "libvirt-cache-3"
+@pytest.mark.parametrize("given, first, other", [
+    ("cache/given", "cache/given", "cache/given-3"), (None, "libvirt-cache", "libvirt-cache-3"),
+], ids=["given", "in-the-work-dir"])
+def test_the_first_lane_keeps_the_cache_it_is_given_the_others_one_beside_it(tmp_path, given, first, other):
+    c = config(tmp_path, libvirt_cache=tmp_path / given if given else None)
+    assert (c.cache_dir(1), c.cache_dir(2), c.cache_dir(3)) == (tmp_path / first, tmp_path / first, tmp_path / other)
+
+
+def test_the_run_says_which_cache_it_starts_with(tmp_path):
+    c = config(tmp_path / "work", libvirt_cache=tmp_path / "cache" / "qemu")
+    (tmp_path / "cache" / "qemu" / "capabilities").mkdir(parents=True)
+    (tmp_path / "cache" / "qemu" / "capabilities" / "x.xml").write_text("<qemuCaps/>")
+    assert rig.describe_caches(c) == (f"e2e rig: libvirt capability cache: {tmp_path}/cache/qemu there (1 files), "
+                                      f"{tmp_path}/cache/qemu-3 absent")
 
 
 def test_the_work_dir_gets_one_blank_disk_per_lane(tmp_path):
@@ -125,7 +136,7 @@ def test_the_lanes_run_at_the_same_time_and_a_lanes_boots_one_after_another(tmp_
     monkeypatch.setattr(rig, "find_busybox", lambda: Path("/bin/true"))
     monkeypatch.setattr(rig, "build_initramfs", lambda config, busybox: None)
     lines: list[str] = []
-    run = rig.run_rig(config(tmp_path / "work", timeout_s=600), on_line=lines.append)
+    run = rig.run_rig(config(tmp_path / "work", timeout_s=600, together=True), on_line=lines.append)
     assert [(b.number, b.ok) for b in run.boots] == [(1, True), (2, True), (3, True)], run.describe_boot()
     ended = (tmp_path / "ended").read_text().split()
     assert ended.index("1") < ended.index("2")  # boot 2 only after boot 1, on its disk
@@ -134,3 +145,64 @@ def test_the_lanes_run_at_the_same_time_and_a_lanes_boots_one_after_another(tmp_
     assert niceness == {"1": str(base), "2": str(base), "3": str(min(base + rig.RigConfig.side_nice, 19))}
     assert sorted(line for line in lines if line.startswith("e2e rig: boot")) == [
         "e2e rig: boot 1 of 3", "e2e rig: boot 2 of 3", "e2e rig: boot 3 of 3"]
+
+
+STAT = "cpu  {busy} 0 0 {idle} {iowait} 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n"
+
+
+@pytest.mark.parametrize("busy, idle, iowait, free", [
+    (0, 200, 0, 2.0), (100, 100, 0, 1.0), (200, 0, 0, 0.0), (100, 50, 50, 1.0),
+], ids=["idle", "one-core-busy", "all-busy", "iowait-is-free"])
+def test_the_free_cpus_are_the_idle_share_of_the_time_that_passed(busy, idle, iowait, free):
+    before = STAT.format(busy=1000, idle=5000, iowait=10)
+    after = STAT.format(busy=1000 + busy, idle=5000 + idle, iowait=10 + iowait)
+    assert rig.free_between(before, after, cpus=2) == pytest.approx(free)
+
+
+def test_the_free_cpus_of_this_machine_are_between_none_and_all():
+    assert 0 <= rig.free_cpus(0.2) <= (os.cpu_count() or 1) + 0.01
+
+
+@pytest.mark.parametrize("free, lanes, fit", [(2.0, 2, True), (1.8, 2, True), (1.5, 2, False), (0.1, 2, False),
+                                              (0.9, 1, True)],
+                         ids=["idle", "nearly-idle", "one-core-taken", "busy", "one-lane"])
+def test_lanes_run_together_only_when_the_machine_has_a_core_free_for_each(free, lanes, fit):
+    assert rig.lanes_fit(free, lanes) is fit
+
+
+APART_QEMU = r"""#!/bin/sh
+# Stands in for QEMU: notes its boot, its vCPUs and niceness, and fails when another boot is
+# running at the same moment (a file per running boot).
+case "$*" in *e2e.boot=1*) me=1 ;; *e2e.boot=2*) me=2 ;; *e2e.boot=3*) me=3 ;; esac
+smp=$(echo "$*" | sed -n 's/.*-smp \([0-9]*\).*/\1/p')
+echo "$me $smp $(nice)" >> "$NOTES/boots"
+ls "$NOTES/running" | grep -q . && exit 1
+touch "$NOTES/running/$me"
+sleep 0.3
+ls "$NOTES/running" | grep -qvx "$me" && exit 1
+rm "$NOTES/running/$me"
+"""
+
+
+@pytest.mark.parametrize("free, together", [(0.3, False), (2.0, True)], ids=["busy-machine", "idle-machine"])
+def test_the_rig_runs_the_lanes_apart_on_a_busy_machine_and_says_so(tmp_path, monkeypatch, free, together):
+    """free_cpus decides; apart, every VM gets all the vCPUs and no lower priority."""
+    fake = tmp_path / "qemu"
+    fake.write_text(APART_QEMU)
+    fake.chmod(0o755)
+    (tmp_path / "running").mkdir()
+    monkeypatch.setenv("NOTES", str(tmp_path))
+    monkeypatch.setattr(rig, "QEMU", str(fake))
+    monkeypatch.setattr(rig, "find_busybox", lambda: Path("/bin/true"))
+    monkeypatch.setattr(rig, "build_initramfs", lambda config, busybox: None)
+    monkeypatch.setattr(rig, "free_cpus", lambda seconds=2.0: free)
+    lines: list[str] = []
+    run = rig.run_rig(config(tmp_path / "work", timeout_s=600), on_line=lines.append)
+    assert run.config.together is together
+    how = "at the same time" if together else "one after another"
+    assert f"e2e rig: {free:.1f} of {os.cpu_count()} CPUs free: the 2 VMs run {how}" in lines
+    if not together:
+        assert [b.ok for b in run.boots] == [True, True, True], run.describe_boot()
+        base = subprocess.run(["nice"], capture_output=True, text=True, check=True).stdout.strip()
+        assert (tmp_path / "boots").read_text().split("\n")[:-1] == [f"1 2 {base}", f"2 2 {base}", f"3 2 {base}"]
+        assert "lanes one after another" in rig.format_results(run, [])
