@@ -1,5 +1,6 @@
 """The e2e rig's lanes (tests/e2e/rig.py, RigConfig.lanes; scenario.LANES): boots of one lane are
-one VM rebooted on one disk, lanes are VMs of their own that run at the same time. Run here,
+one VM rebooted on one disk, lanes are VMs of their own that run at the same time when the
+machine has the CPUs free, else one after another. Run here,
 without booting the VM: the QEMU command lines, the work dir, the step records, and the lanes
 run by real processes standing in for QEMU."""
 
@@ -126,8 +127,8 @@ echo "$me" >> "$NOTES/ended"
 
 
 def test_the_lanes_run_at_the_same_time_and_a_lanes_boots_one_after_another(tmp_path, monkeypatch):
-    """Lanes overlap, a lane's boots follow each other, and the second VM runs at a lower
-    priority than the first."""
+    """Lanes overlap, a lane's boots follow each other, and the second VM runs at the priority
+    of the first (side_nice)."""
     fake = tmp_path / "qemu"
     fake.write_text(FAKE_QEMU)
     fake.chmod(0o755)

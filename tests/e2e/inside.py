@@ -80,6 +80,7 @@ class Context:
             return 1.0
         ratio = now / before
         self.deadline = self.started + (self.deadline - self.started) * ratio
+        self.step_stretched = True  # the step's bound grows once
         self.pace = now
         self.log(f"({bound} ran out; the pace measured again is {now:.1f}x, was {before:.1f}x: "
                  f"extended {ratio:.1f} times, once)")

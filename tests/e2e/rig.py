@@ -84,9 +84,9 @@ class RigConfig:
     # busy phases slowed the first lane by half and the second by twice (2026-12-02), for no gain
     # over one VM at a time. Lanes that run one after another get `cpus` each.
     side_cpus: int = 1
-    # Their niceness. 10 (2026-12-02 to 12-07) starved the second VM as soon as anything else
-    # wanted the CPUs: beside two CPU-bound loops it got a tenth of a core and the run did not end
-    # in 25 minutes (docs/reliability.md). At 0 it gets its fair share of whatever is there.
+    # Their niceness. 10 starved the second VM as soon as anything else wanted the CPUs: beside
+    # two CPU-bound loops it got a tenth of a core and the run did not end in 25 minutes
+    # (docs/reliability.md). At 0 it gets its fair share of whatever is there.
     side_nice: int = 0
     # Whether the lanes run at the same time. None: run_rig decides from the CPUs this machine
     # has free when the run starts (free_cpus, lanes_fit).
@@ -97,10 +97,11 @@ class RigConfig:
     scenario: Path = SCENARIO
     # Boots of the VM in one run, in lanes; each boot N runs the steps of boot N (e2e.boot=N).
     # The boots of a lane run one after another on one disk: boot 2 sees what boot 1 left on it,
-    # with a new kernel boot_id, as a real host after a reboot. Lanes run at the same time, each
-    # a VM of its own with its own disk and libvirt cache: a VM keeps about one of its two vCPUs
-    # busy (its steps run one command at a time; 1.06 CPUs on average in a run measured
-    # 2026-12-02), so a second one uses the machine's other core.
+    # with a new kernel boot_id, as a real host after a reboot. Lanes run at the same time when
+    # the machine has the CPUs free (see together), each a VM of its own with its own disk and
+    # libvirt cache: a VM keeps about one of its two vCPUs busy (its steps run one command at a
+    # time; 1.06 CPUs on average in a run measured 2026-12-02), so a second one uses the
+    # machine's other core.
     lanes: tuple[tuple[int, ...], ...] = ((1,),)
     # The host's disk (virtio-blk, /dev/vda in the VM), blank at the start of each run and kept
     # across the boots of its lane; 0: no disk.
