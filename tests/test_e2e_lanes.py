@@ -185,9 +185,15 @@ rm "$NOTES/running/$me"
 """
 
 
-@pytest.mark.parametrize("free, together", [(0.3, False), (2.0, True)], ids=["busy-machine", "idle-machine"])
-def test_the_rig_runs_the_lanes_apart_on_a_busy_machine_and_says_so(tmp_path, monkeypatch, free, together):
-    """free_cpus decides; apart, every VM gets all the vCPUs and no lower priority."""
+@pytest.mark.parametrize("free, wanted, together, why", [
+    (0.3, "", False, ""), (2.0, "", True, ""),
+    (2.0, "apart", False, " (VFALLOC_E2E_LANES=apart)"), (0.3, "together", True, " (VFALLOC_E2E_LANES=together)"),
+], ids=["busy-machine", "idle-machine", "apart-asked", "together-asked"])
+def test_the_rig_runs_the_lanes_apart_on_a_busy_machine_and_says_so(tmp_path, monkeypatch, free, wanted,
+                                                                    together, why):
+    """free_cpus decides, unless VFALLOC_E2E_LANES says; apart, every VM gets all the vCPUs and
+    no lower priority."""
+    monkeypatch.setenv("VFALLOC_E2E_LANES", wanted)
     fake = tmp_path / "qemu"
     fake.write_text(APART_QEMU)
     fake.chmod(0o755)
@@ -201,9 +207,17 @@ def test_the_rig_runs_the_lanes_apart_on_a_busy_machine_and_says_so(tmp_path, mo
     run = rig.run_rig(config(tmp_path / "work", timeout_s=600), on_line=lines.append)
     assert run.config.together is together
     how = "at the same time" if together else "one after another"
-    assert f"e2e rig: {free:.1f} of {os.cpu_count()} CPUs free: the 2 VMs run {how}" in lines
+    assert f"e2e rig: {free:.1f} of {os.cpu_count()} CPUs free: the 2 VMs run {how}{why}" in lines
     if not together:
         assert [b.ok for b in run.boots] == [True, True, True], run.describe_boot()
         base = subprocess.run(["nice"], capture_output=True, text=True, check=True).stdout.strip()
         assert (tmp_path / "boots").read_text().split("\n")[:-1] == [f"1 2 {base}", f"2 2 {base}", f"3 2 {base}"]
         assert "lanes one after another" in rig.format_results(run, [])
+
+
+def test_a_wrong_lanes_setting_is_refused_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("VFALLOC_E2E_LANES", "both")
+    monkeypatch.setattr(rig, "find_busybox", lambda: Path("/bin/true"))
+    monkeypatch.setattr(rig, "free_cpus", lambda seconds=2.0: 2.0)
+    with pytest.raises(RuntimeError, match="VFALLOC_E2E_LANES=both: say together or apart"):
+        rig.run_rig(config(tmp_path / "work"))

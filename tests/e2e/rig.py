@@ -629,6 +629,10 @@ VM_BUSY_CPUS = 1.0
 LANES_FIT_SHARE = 0.85
 
 
+# VFALLOC_E2E_LANES: how the lanes run whatever the free CPUs (for measuring one against the other).
+LANES_WANTED: dict[str, bool | None] = {"": None, "together": True, "apart": False}
+
+
 def free_cpus(seconds: float = 2.0) -> float:
     """How many of this machine's CPUs were idle over the next `seconds`."""
     before = Path("/proc/stat").read_text()
@@ -692,11 +696,16 @@ def run_rig(config: RigConfig, on_line: Callable[[str], None] | None = None) -> 
         say = _one_at_a_time(on_line)
         if len(config.lanes) > 1 and config.together is None:
             free = free_cpus()
-            config = replace(config, together=lanes_fit(free, len(config.lanes)))
+            forced = LANES_WANTED.get(os.environ.get("VFALLOC_E2E_LANES", ""), "wrong")
+            if forced == "wrong":
+                raise RuntimeError(f"VFALLOC_E2E_LANES={os.environ['VFALLOC_E2E_LANES']}: "
+                                   f"say together or apart, or leave it unset to decide by the free CPUs")
+            config = replace(config, together=lanes_fit(free, len(config.lanes)) if forced is None else forced)
             if say:
                 how = "at the same time" if config.together else "one after another"
+                why = "" if forced is None else f" (VFALLOC_E2E_LANES={os.environ['VFALLOC_E2E_LANES']})"
                 say(f"e2e rig: {free:.1f} of {os.cpu_count()} CPUs free: the {len(config.lanes)} "
-                    f"VMs run {how}")
+                    f"VMs run {how}{why}")
         if say:
             say(describe_caches(config))
         prepare_work_dir(config)
