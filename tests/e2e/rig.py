@@ -88,8 +88,10 @@ class RigConfig:
     # two CPU-bound loops it got a tenth of a core and the run did not end in 25 minutes
     # (docs/reliability.md). At 0 it gets its fair share of whatever is there.
     side_nice: int = 0
-    # Whether the lanes run at the same time. None: run_rig decides from the CPUs this machine
-    # has free when the run starts (free_cpus, lanes_fit).
+    # Whether the lanes run at the same time. None: as VFALLOC_E2E_LANES says, by default at the
+    # same time: at the same priority that finished sooner than one after another on an idle
+    # machine (6 min 10 s against about 8, 2026-12-02) and beside two CPU-bound loops and other
+    # test runs (12 min 24 s against 22 min 14 s, 2026-12-08; docs/reliability.md).
     together: bool | None = None
     # The interpreter that runs scenario.py inside the VM. The VM shares this machine's "/",
     # so this very interpreter (venv or not) is there at the same path.
@@ -622,15 +624,8 @@ def exclusive(work_dir: Path, wait_s: float) -> Iterator[None]:
         yield
 
 
-# What one VM keeps busy: about one of its vCPUs (its steps run one command at a time; 1.06 CPUs
-# on average over a run, 2026-12-02).
-VM_BUSY_CPUS = 1.0
-# Lanes run together when the machine has this share of what they keep busy free at the start.
-LANES_FIT_SHARE = 0.85
-
-
-# VFALLOC_E2E_LANES: how the lanes run whatever the free CPUs (for measuring one against the other).
-LANES_WANTED: dict[str, bool | None] = {"": None, "together": True, "apart": False}
+# VFALLOC_E2E_LANES: the lanes at the same time (unset, "together") or one after another.
+LANES_WANTED = {"": True, "together": True, "apart": False}
 
 
 def free_cpus(seconds: float = 2.0) -> float:
@@ -651,13 +646,6 @@ def free_between(before: str, after: str, cpus: int) -> float:
 
     (total0, idle0), (total1, idle1) = counters(before), counters(after)
     return cpus * (idle1 - idle0) / max(1, total1 - total0)
-
-
-def lanes_fit(free: float, lanes: int) -> bool:
-    """Whether `lanes` VMs at once get about the core each keeps busy from `free` idle CPUs.
-    When they do not, they run one after another: beside two CPU-bound loops on 2 cores the
-    lanes one after another took 16 minutes (2026-12-02), at once not 25 (2026-12-07)."""
-    return free >= LANES_FIT_SHARE * VM_BUSY_CPUS * lanes
 
 
 def describe_caches(config: RigConfig) -> str:
@@ -695,17 +683,15 @@ def run_rig(config: RigConfig, on_line: Callable[[str], None] | None = None) -> 
     with exclusive(config.work_dir, wait_s=config.timeout_s):
         say = _one_at_a_time(on_line)
         if len(config.lanes) > 1 and config.together is None:
-            free = free_cpus()
-            forced = LANES_WANTED.get(os.environ.get("VFALLOC_E2E_LANES", ""), "wrong")
-            if forced == "wrong":
-                raise RuntimeError(f"VFALLOC_E2E_LANES={os.environ['VFALLOC_E2E_LANES']}: "
-                                   f"say together or apart, or leave it unset to decide by the free CPUs")
-            config = replace(config, together=lanes_fit(free, len(config.lanes)) if forced is None else forced)
-            if say:
-                how = "at the same time" if config.together else "one after another"
-                why = "" if forced is None else f" (VFALLOC_E2E_LANES={os.environ['VFALLOC_E2E_LANES']})"
-                say(f"e2e rig: {free:.1f} of {os.cpu_count()} CPUs free: the {len(config.lanes)} "
-                    f"VMs run {how}{why}")
+            wanted = os.environ.get("VFALLOC_E2E_LANES", "")
+            if wanted not in LANES_WANTED:
+                raise RuntimeError(f"VFALLOC_E2E_LANES={wanted}: say together or apart (unset: together)")
+            config = replace(config, together=LANES_WANTED[wanted])
+        if say and len(config.lanes) > 1:
+            # the times of a run say more with what else the machine was doing beside
+            how = "at the same time" if config.together else "one after another"
+            say(f"e2e rig: {free_cpus():.1f} of {os.cpu_count()} CPUs free at the start; the "
+                f"{len(config.lanes)} VMs run {how}")
         if say:
             say(describe_caches(config))
         prepare_work_dir(config)
