@@ -99,8 +99,8 @@ class RigConfig:
     scenario: Path = SCENARIO
     # Boots of the VM in one run, in lanes; each boot N runs the steps of boot N (e2e.boot=N).
     # The boots of a lane run one after another on one disk: boot 2 sees what boot 1 left on it,
-    # with a new kernel boot_id, as a real host after a reboot. Lanes run at the same time when
-    # the machine has the CPUs free (see together), each a VM of its own with its own disk and
+    # with a new kernel boot_id, as a real host after a reboot. Lanes run at the same time
+    # (unless `together` says otherwise), each a VM of its own with its own disk and
     # libvirt cache: a VM keeps about one of its two vCPUs busy (its steps run one command at a
     # time; 1.06 CPUs on average in a run measured 2026-12-02), so a second one uses the
     # machine's other core.
