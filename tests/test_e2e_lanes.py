@@ -1,6 +1,6 @@
 """The e2e rig's lanes (tests/e2e/rig.py, RigConfig.lanes; scenario.LANES): boots of one lane are
-one VM rebooted on one disk, lanes are VMs of their own that run at the same time when the
-machine has the CPUs free, else one after another. Run here,
+one VM rebooted on one disk, lanes are VMs of their own that run at the same time (one after
+another when VFALLOC_E2E_LANES=apart). Run here,
 without booting the VM: the QEMU command lines, the work dir, the step records, and the lanes
 run by real processes standing in for QEMU."""
 

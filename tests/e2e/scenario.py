@@ -6,7 +6,7 @@ per step in <results>/steps-<boot>.jsonl ({"step", "ok", "seconds", "tail", "log
 the step's full output in <results>/step-<name>.log. The host side (rig.py, test_e2e.py) imports
 this module for step_boots(), LANES and DISK_MIB only; importing it runs nothing.
 
-Two VMs run, at the same time when the CPUs are free (rig.py, LANES; stage2 passes e2e.boot=N as --boot N). The first
+Two VMs run at the same time (rig.py, LANES; stage2 passes e2e.boot=N as --boot N). The first
 boots twice: boot 1 sets the host up and runs the guests, boot 2 is the same host after a
 reboot, with what boot 1 left on its disk (/dev/vda: vfalloc's config and lease table, libvirt's
 domains and hooks, the systemd unit) and a new kernel boot_id. The second, boot 3, is another
