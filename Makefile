@@ -11,7 +11,8 @@ DEB     := $(CURDIR)/dist/vfalloc_$(VERSION)_all.deb
 
 # The lint gate, the unit and hook layer, the libvirt layer, then the end-to-end run on the
 # emulated SR-IOV host, which installs the Debian package built once here (deb) with dpkg; at the
-# end, the time each layer took (tools/test-layers).
+# end, the time each layer took (tools/test-layers, which puts what each run writes outside the
+# checkout under a root that is new for that run: docs/testing.md, "A new root for every run").
 test: setup lint deb
 	VFALLOC_DEB=$(DEB) VFALLOC_E2E_DEB=$(DEB) tools/test-layers $(PY)
 

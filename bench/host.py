@@ -74,7 +74,7 @@ def boot(rounds: int, timeout_s: float) -> dict:
     config = rig.RigConfig(kernel=rig.default_config().kernel, work_dir=WORK_DIR, timeout_s=timeout_s,
                            scenario=HERE / "host_inside.py",
                            # the e2e runs' capability cache spares libvirtd ~25 s of probing
-                           libvirt_cache=rig.DEFAULT_WORK_DIR / "libvirt-cache")
+                           libvirt_cache=rig.DEFAULT_LIBVIRT_CACHE)
 
     def progress(line: str) -> None:
         if line.startswith("e2e rig: boot"):  # the results dir is fresh from here on

@@ -34,7 +34,7 @@ def main() -> int:
         kernel=rig.default_config().kernel, work_dir=WORK_DIR, timeout_s=TIMEOUT_S,
         scenario=HERE / "session.py",
         # the e2e runs' capability cache, if there is one, spares libvirtd ~25 s of probing
-        libvirt_cache=rig.DEFAULT_WORK_DIR / "libvirt-cache",
+        libvirt_cache=rig.DEFAULT_LIBVIRT_CACHE,
     )
     print("Booting the emulated SR-IOV host (QEMU, no KVM: this takes a minute or two) ...",
           flush=True)

@@ -28,6 +28,13 @@ from vfalloc.cli import main  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest makes its temp root (--basetemp, or what tests/e2e/conftest.py sets) but not the
+    root's parents, which tools/test-layers names new for every run: they are made here."""
+    if config.option.basetemp is not None:
+        Path(config.option.basetemp).parent.mkdir(parents=True, exist_ok=True)
+
+
 @dataclass
 class Result:
     code: int

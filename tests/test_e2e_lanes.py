@@ -1,11 +1,13 @@
 """The e2e rig's lanes (tests/e2e/rig.py, RigConfig.lanes; scenario.LANES): boots of one lane are
-one VM rebooted on one disk, lanes are VMs of their own that run at the same time. Run here,
+one VM rebooted on one disk, lanes are VMs of their own that run at the same time (one after
+another when VFALLOC_E2E_LANES=apart). Run here,
 without booting the VM: the QEMU command lines, the work dir, the step records, and the lanes
 run by real processes standing in for QEMU."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,10 +53,20 @@ def test_the_second_vm_gets_one_vcpu(tmp_path, boot, cpus):
     assert argv[argv.index("-smp") + 1] == str(cpus)
 
 
-def test_the_first_lane_keeps_the_cache_it_is_given(tmp_path):
-    c = config(tmp_path, libvirt_cache=tmp_path / "given")
-    assert (c.cache_dir(1), c.cache_dir(2)) == (tmp_path / "given", tmp_path / "given")
-    assert c.cache_dir(3) == tmp_path / "libvirt-cache-3"
+@pytest.mark.parametrize("given, first, other", [
+    ("cache/given", "cache/given", "cache/given-3"), (None, "libvirt-cache", "libvirt-cache-3"),
+], ids=["given", "in-the-work-dir"])
+def test_the_first_lane_keeps_the_cache_it_is_given_the_others_one_beside_it(tmp_path, given, first, other):
+    c = config(tmp_path, libvirt_cache=tmp_path / given if given else None)
+    assert (c.cache_dir(1), c.cache_dir(2), c.cache_dir(3)) == (tmp_path / first, tmp_path / first, tmp_path / other)
+
+
+def test_the_run_says_which_cache_it_starts_with(tmp_path):
+    c = config(tmp_path / "work", libvirt_cache=tmp_path / "cache" / "qemu")
+    (tmp_path / "cache" / "qemu" / "capabilities").mkdir(parents=True)
+    (tmp_path / "cache" / "qemu" / "capabilities" / "x.xml").write_text("<qemuCaps/>")
+    assert rig.describe_caches(c) == (f"e2e rig: libvirt capability cache: {tmp_path}/cache/qemu there (1 files), "
+                                      f"{tmp_path}/cache/qemu-3 absent")
 
 
 def test_the_work_dir_gets_one_blank_disk_per_lane(tmp_path):
@@ -115,8 +127,8 @@ echo "$me" >> "$NOTES/ended"
 
 
 def test_the_lanes_run_at_the_same_time_and_a_lanes_boots_one_after_another(tmp_path, monkeypatch):
-    """Lanes overlap, a lane's boots follow each other, and the second VM runs at a lower
-    priority than the first."""
+    """Lanes overlap, a lane's boots follow each other, and the second VM runs at the priority
+    of the first (side_nice)."""
     fake = tmp_path / "qemu"
     fake.write_text(FAKE_QEMU)
     fake.chmod(0o755)
@@ -125,7 +137,7 @@ def test_the_lanes_run_at_the_same_time_and_a_lanes_boots_one_after_another(tmp_
     monkeypatch.setattr(rig, "find_busybox", lambda: Path("/bin/true"))
     monkeypatch.setattr(rig, "build_initramfs", lambda config, busybox: None)
     lines: list[str] = []
-    run = rig.run_rig(config(tmp_path / "work", timeout_s=600), on_line=lines.append)
+    run = rig.run_rig(config(tmp_path / "work", timeout_s=600, together=True), on_line=lines.append)
     assert [(b.number, b.ok) for b in run.boots] == [(1, True), (2, True), (3, True)], run.describe_boot()
     ended = (tmp_path / "ended").read_text().split()
     assert ended.index("1") < ended.index("2")  # boot 2 only after boot 1, on its disk
@@ -134,3 +146,70 @@ def test_the_lanes_run_at_the_same_time_and_a_lanes_boots_one_after_another(tmp_
     assert niceness == {"1": str(base), "2": str(base), "3": str(min(base + rig.RigConfig.side_nice, 19))}
     assert sorted(line for line in lines if line.startswith("e2e rig: boot")) == [
         "e2e rig: boot 1 of 3", "e2e rig: boot 2 of 3", "e2e rig: boot 3 of 3"]
+
+
+STAT = "cpu  {busy} 0 0 {idle} {iowait} 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n"
+
+
+@pytest.mark.parametrize("busy, idle, iowait, free", [
+    (0, 200, 0, 2.0), (100, 100, 0, 1.0), (200, 0, 0, 0.0), (100, 50, 50, 1.0),
+], ids=["idle", "one-core-busy", "all-busy", "iowait-is-free"])
+def test_the_free_cpus_are_the_idle_share_of_the_time_that_passed(busy, idle, iowait, free):
+    before = STAT.format(busy=1000, idle=5000, iowait=10)
+    after = STAT.format(busy=1000 + busy, idle=5000 + idle, iowait=10 + iowait)
+    assert rig.free_between(before, after, cpus=2) == pytest.approx(free)
+
+
+def test_the_free_cpus_of_this_machine_are_between_none_and_all():
+    assert 0 <= rig.free_cpus(0.2) <= (os.cpu_count() or 1) + 0.01
+
+
+APART_QEMU = r"""#!/bin/sh
+# Stands in for QEMU: notes its boot, its vCPUs and niceness, and fails when another boot is
+# running at the same moment (a file per running boot).
+case "$*" in *e2e.boot=1*) me=1 ;; *e2e.boot=2*) me=2 ;; *e2e.boot=3*) me=3 ;; esac
+smp=$(echo "$*" | sed -n 's/.*-smp \([0-9]*\).*/\1/p')
+echo "$me $smp $(nice)" >> "$NOTES/boots"
+ls "$NOTES/running" | grep -q . && exit 1
+touch "$NOTES/running/$me"
+sleep 0.3
+ls "$NOTES/running" | grep -qvx "$me" && exit 1
+rm "$NOTES/running/$me"
+"""
+
+
+@pytest.mark.parametrize("free, wanted, together", [
+    (0.3, "", True), (2.0, "together", True), (2.0, "apart", False), (0.3, "apart", False),
+], ids=["busy-machine", "together-asked", "apart-asked", "apart-busy"])
+def test_the_lanes_run_as_asked_and_the_run_says_how_and_what_was_free(tmp_path, monkeypatch, free, wanted,
+                                                                       together):
+    """At the same time unless VFALLOC_E2E_LANES=apart, whatever the free CPUs; apart, every VM
+    gets all the vCPUs and no lower priority."""
+    monkeypatch.setenv("VFALLOC_E2E_LANES", wanted)
+    fake = tmp_path / "qemu"
+    fake.write_text(APART_QEMU)
+    fake.chmod(0o755)
+    (tmp_path / "running").mkdir()
+    monkeypatch.setenv("NOTES", str(tmp_path))
+    monkeypatch.setattr(rig, "QEMU", str(fake))
+    monkeypatch.setattr(rig, "find_busybox", lambda: Path("/bin/true"))
+    monkeypatch.setattr(rig, "build_initramfs", lambda config, busybox: None)
+    monkeypatch.setattr(rig, "free_cpus", lambda seconds=2.0: free)
+    lines: list[str] = []
+    run = rig.run_rig(config(tmp_path / "work", timeout_s=600), on_line=lines.append)
+    assert run.config.together is together
+    how = "at the same time" if together else "one after another"
+    assert f"e2e rig: {free:.1f} of {os.cpu_count()} CPUs free at the start; the 2 VMs run {how}" in lines
+    if not together:
+        assert [b.ok for b in run.boots] == [True, True, True], run.describe_boot()
+        base = subprocess.run(["nice"], capture_output=True, text=True, check=True).stdout.strip()
+        assert (tmp_path / "boots").read_text().split("\n")[:-1] == [f"1 2 {base}", f"2 2 {base}", f"3 2 {base}"]
+        assert "lanes one after another" in rig.format_results(run, [])
+
+
+def test_a_wrong_lanes_setting_is_refused_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("VFALLOC_E2E_LANES", "both")
+    monkeypatch.setattr(rig, "find_busybox", lambda: Path("/bin/true"))
+    monkeypatch.setattr(rig, "free_cpus", lambda seconds=2.0: 2.0)
+    with pytest.raises(RuntimeError, match="VFALLOC_E2E_LANES=both: say together or apart \\(unset: together\\)"):
+        rig.run_rig(config(tmp_path / "work"))

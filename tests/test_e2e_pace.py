@@ -106,3 +106,105 @@ def test_the_summary_says_how_much_slower_the_vm_ran(tmp_path):
     run = rig.RigRun(config, (rig.Boot(1, 0, False, 100.0, pace=7.5),), results)
     text = rig.format_results(run, [("a", 1), ("b", 1), ("c", 1)])
     assert "the VM ran 3.0x slower than on an idle machine" in text and "2.0x to 7.5x" in text
+
+
+# A bound that runs out measures the pace again (inside.Context.stretch). The commands below
+# cannot end before the bound runs out: each waits for a file that only the re-measure (the
+# stand-in for "the load has been seen") creates, so no assertion depends on how fast this
+# machine is.
+WAIT_FOR_FLAG = 'while [ ! -e "$1" ]; do sleep 0.01; done; echo done'
+
+
+def remeasured(flag: Path | None, new_pace: float, calls: list[float]):
+    """A re-measure that finds `new_pace` and, as the load it sees, lets the command go on."""
+
+    def repace() -> float:
+        calls.append(new_pace)
+        if flag is not None:
+            flag.touch()
+        return new_pace
+
+    return repace
+
+
+def test_a_command_whose_bound_runs_out_gets_the_time_the_new_pace_gives_once(tmp_path):
+    calls: list[float] = []
+    ctx = inside.Context(tmp_path, deadline=time.monotonic() + 0.5, pace=1.0,
+                         repace=remeasured(tmp_path / "flag", 1000.0, calls))
+    proc = ctx.run("sh", "-c", WAIT_FOR_FLAG, "sh", str(tmp_path / "flag"), timeout=0.2)
+    assert proc.stdout.strip() == "done" and calls == [1000.0]
+    assert ctx.pace == 1000.0 and ctx.deadline - ctx.started == pytest.approx(0.5 * 1000, rel=0.01)
+    assert any("ran out; the pace measured again is 1000.0x, was 1.0x: extended 1000.0 times, once" in line
+               for line in ctx.lines), ctx.lines
+
+
+@pytest.mark.parametrize("new_pace, within", [(1.0, 0.2), (0.5, 0.2), (3.0, 0.6)],
+                         ids=["same-pace", "faster-now", "slower-but-stuck"])
+def test_a_command_that_is_really_stuck_fails_after_one_re_measure(tmp_path, new_pace, within):
+    calls: list[float] = []
+    ctx = inside.Context(tmp_path, deadline=time.monotonic() + 60, pace=1.0,
+                         repace=remeasured(None, new_pace, calls))  # the flag never comes
+    with pytest.raises(inside.StepFailed, match=f"did not finish within {within:.0f} s"):
+        ctx.run("sh", "-c", WAIT_FOR_FLAG, "sh", str(tmp_path / "never"), timeout=0.2)
+    assert calls == [new_pace]  # measured once, not again and again
+    said = "no more time" if new_pace <= 1.0 else "extended 3.0 times, once"
+    assert any(said in line for line in ctx.lines), ctx.lines
+
+
+def test_a_wait_whose_bound_runs_out_gets_the_time_the_new_pace_gives(tmp_path):
+    calls: list[float] = []
+    flag = tmp_path / "flag"
+    ctx = inside.Context(tmp_path, deadline=time.monotonic() + 0.5, pace=2.0,
+                         repace=remeasured(flag, 2000.0, calls))
+    assert ctx.wait_for("the flag", flag.exists, timeout=0.1, interval=0.01)
+    assert calls == [2000.0] and ctx.pace == 2000.0
+
+
+def test_a_wait_for_what_never_comes_fails_after_one_re_measure(tmp_path):
+    calls: list[float] = []
+    ctx = inside.Context(tmp_path, deadline=time.monotonic() + 60, pace=1.0,
+                         repace=remeasured(None, 2.0, calls))
+    with pytest.raises(inside.StepFailed, match="waiting for nothing"):
+        ctx.wait_for("nothing", lambda: False, timeout=0.1, interval=0.01)
+    assert calls == [2.0]
+
+
+def test_the_steps_own_bound_is_re_measured_once_before_it_fails(tmp_path):
+    calls: list[float] = []
+    ctx = inside.Context(tmp_path, deadline=time.monotonic() - 1, pace=1.0,
+                         repace=remeasured(None, 1.0, calls))
+    for _ in range(2):
+        with pytest.raises(inside.StepFailed, match="step timed out"):
+            ctx.remaining()
+    assert calls == [1.0]
+
+
+def test_the_re_measure_times_real_work_and_a_real_python_start_and_raises_the_pace():
+    speed = pace.Pace(idle(0.001, 0.001))  # a boot that was impossibly fast: now is slower
+    speed.start_timed_at = time.monotonic() + 3600  # the Python start is not due
+    before = speed.start_timed_at
+    factor = speed.remeasure()
+    assert speed.start_timed_at < before  # timed again although not due
+    assert speed.now.work_s > 0 and speed.now.start_s > 0 and factor == speed.factor >= 1.0
+
+
+def test_a_step_hands_its_context_the_re_measure_and_records_the_pace_it_ended_at(tmp_path, monkeypatch):
+    flag = tmp_path / "flag"
+
+    def slow(ctx):
+        ctx.run("sh", "-c", WAIT_FOR_FLAG, "sh", str(flag), timeout=0.2)
+
+    step = scenario.Step("slow", slow, timeout=10, needs=(), boot=1)
+    speed = pace.Pace(idle(1, 1))
+
+    def sample(previous=None):
+        """Before the step, the computation only: as at boot. The re-measure: 50 times slower."""
+        if previous is not None:
+            return idle(1, 1)
+        flag.touch()
+        return idle(50, 1)
+
+    monkeypatch.setattr(pace, "sample", sample)
+    record = scenario.run_step(step, tmp_path, set(), speed)
+    assert record["ok"], record["tail"]
+    assert record["pace"] == pytest.approx(50.0)

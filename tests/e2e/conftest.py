@@ -23,7 +23,9 @@ def pytest_configure(config: pytest.Config) -> None:
     """The layer's temp root in the rig's work dir unless --basetemp names one. pytest's default
     root is numbered (/tmp/pytest-of-USER/pytest-N), and the session that made it deletes its
     older siblings at exit (all but three): after the unit layer's fake hosts, minutes of disk
-    work with nothing of this layer's in it."""
+    work with nothing of this layer's in it. The work dir need not exist (it does not before the
+    first run on a machine, nor ever under tools/test-layers): tests/conftest.py makes the root's
+    parents."""
     if config.option.basetemp is None:
         config.option.basetemp = str(rig.DEFAULT_WORK_DIR / "pytest")
 

@@ -44,7 +44,9 @@ class Context:
     """What a running step has: its log, its deadline, and helpers that record into the log.
     `env` is added to the environment of every command (and of vfalloc: `vfalloc_env`).
     `pace` (pace.py) is how many times slower than on an idle machine the VM runs now: every
-    timeout given to run() and wait_for() is multiplied by it, as the step's own bound is."""
+    timeout given to run() and wait_for() is multiplied by it, as the step's own bound is.
+    `repace` measures the pace again (pace.Pace.remeasure): a bound that runs out calls it, and
+    is extended once by how much slower the VM has become since (stretch)."""
 
     results: Path
     lines: list[str] = field(default_factory=list)
@@ -53,6 +55,9 @@ class Context:
     boot: int = 1  # which boot of the VM this is (the kernel command line's e2e.boot)
     show_times: bool = True  # log how long each command took (from half a second on)
     pace: float = 1.0
+    repace: Callable[[], float] | None = None
+    started: float = field(default_factory=time.monotonic)
+    step_stretched: bool = False
 
     def scaled(self, seconds: float) -> float:
         """A bound of `seconds` on an idle machine, as long as it must be now."""
@@ -61,8 +66,32 @@ class Context:
     def log(self, text: str) -> None:
         self.lines.extend(text.rstrip("\n").splitlines() or [""])
 
+    def stretch(self, bound: str) -> float:
+        """`bound` ran out: measure the pace again. When the VM runs slower than the pace the
+        bounds were scaled by (a load that began inside the step, which no sample saw), the
+        step's deadline grows by as much (measured from the step's start) and the answer is the
+        ratio the caller extends its own bound by; 1.0: no more time. Logged either way."""
+        if self.repace is None:
+            return 1.0
+        before, now = self.pace, self.repace()
+        if now <= before:
+            self.log(f"({bound} ran out; the pace measured again is {now:.1f}x, not above "
+                     f"{before:.1f}x: no more time)")
+            return 1.0
+        ratio = now / before
+        self.deadline = self.started + (self.deadline - self.started) * ratio
+        self.step_stretched = True  # the step's bound grows once
+        self.pace = now
+        self.log(f"({bound} ran out; the pace measured again is {now:.1f}x, was {before:.1f}x: "
+                 f"extended {ratio:.1f} times, once)")
+        return ratio
+
     def remaining(self) -> float:
         left = self.deadline - time.monotonic()
+        if left <= 0 and not self.step_stretched:
+            self.step_stretched = True
+            self.stretch("the step's bound")
+            left = self.deadline - time.monotonic()
         if left <= 0:
             raise StepFailed("step timed out")
         return left
@@ -79,18 +108,20 @@ class Context:
         limit = min(self.scaled(timeout) if timeout else self.remaining(), self.remaining())
         start = time.monotonic()
         try:
-            proc = subprocess.run(
-                argv, input=input, stdin=None if input is not None else subprocess.DEVNULL,
+            child = subprocess.Popen(
+                argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE if split else subprocess.STDOUT,
-                text=True, errors="replace", timeout=limit,
-                env={**os.environ, **LIBVIRT_ENV, **(env or {})},
+                text=True, errors="replace", env={**os.environ, **LIBVIRT_ENV, **(env or {})},
             )
-        except subprocess.TimeoutExpired as e:
-            self.log(_text(e.output))
-            raise StepFailed(f"{argv[0]} did not finish within {limit:.0f} s"
-                             f" (at pace {self.pace:.1f}x)") from None
         except FileNotFoundError:
             raise StepFailed(f"{argv[0]}: command not found") from None
+        with child:
+            try:
+                out, err = child.communicate(input, timeout=limit)
+            except subprocess.TimeoutExpired:
+                more = limit * (self.stretch(f"the bound of {limit:.0f} s on {argv[0]}") - 1)
+                out, err = self._wait_more(child, argv[0], limit, more)
+        proc = subprocess.CompletedProcess(argv, child.returncode, out, err)
         if proc.stdout and not quiet:
             self.output(proc.stdout)
         if split and proc.stderr:
@@ -104,6 +135,21 @@ class Context:
         elif took >= 0.5 and self.show_times:
             self.log(f"({took:.1f} s)")
         return proc
+
+    def _wait_more(self, child: subprocess.Popen[str], name: str, limit: float,
+                   more: float) -> tuple[str, str]:
+        """A command's bound of `limit` s ran out and was extended by `more` (0: not at all): its
+        output once it ends within that, else it is killed and the step fails. communicate()
+        keeps what the command wrote before the retry."""
+        if more > 0:
+            try:
+                return child.communicate(timeout=min(more, max(0.0, self.deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                pass
+        child.kill()
+        out, _ = child.communicate()
+        self.log(_text(out))
+        raise StepFailed(f"{name} did not finish within {limit + more:.0f} s (at pace {self.pace:.1f}x)")
 
     def output(self, text: str) -> None:
         """A command's output, as it goes into the log."""
@@ -148,12 +194,17 @@ class Context:
         (as scaled by the pace)."""
         start = time.monotonic()
         end = min(start + self.scaled(timeout), self.deadline)
+        stretched = False
         while True:
             value = probe()
             waited = time.monotonic() - start
             if value:
                 self.log(f"({what}: after {waited:.1f} s)")
                 return value
+            if time.monotonic() > end and not stretched:
+                stretched = True
+                ratio = self.stretch(f"the wait of {end - start:.0f} s for {what}")
+                end = min(start + (end - start) * ratio, self.deadline)
             if time.monotonic() > end:
                 raise StepFailed(f"timed out after {waited:.0f} s (at pace {self.pace:.1f}x) "
                                  f"waiting for {what}")

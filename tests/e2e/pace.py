@@ -19,6 +19,9 @@ computing.
 It is measured once at boot (the median of a few samples) and again before every step (one
 sample; the Python start at most every START_EVERY_S); a step uses the larger of the two, so a machine that gets busier during the run
 lengthens the later steps' bounds, and a moment of calm does not shorten them below the boot's.
+A load that starts inside a step is in none of these samples: a bound that runs out measures
+again (Pace.remeasure) and, when the VM has slowed down since, is extended by as much, once
+(inside.Context.stretch); only then does it fail.
 
 Standard library only; importing it runs nothing.
 """
@@ -122,6 +125,14 @@ class Pace:
         else:
             self.now = sample()
             self.start_timed_at = time.monotonic()
+        return self.factor
+
+    def remeasure(self) -> float:
+        """Measure both kinds of work now, whenever the Python start was last timed: a bound that
+        ran out asks (inside.Context.stretch), as a load that began since the step started is
+        in no sample yet. The factor from now on."""
+        self.now = sample()
+        self.start_timed_at = time.monotonic()
         return self.factor
 
     @property

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -39,6 +39,11 @@ STAGE2 = HERE / "stage2.sh"
 SCENARIO = HERE / "scenario.py"
 
 DEFAULT_WORK_DIR = Path(os.environ.get("VFALLOC_E2E_WORKDIR", "/var/tmp/vfalloc-e2e"))
+# libvirt's QEMU capability cache of the e2e runs (and of `make demo` and `make bench-host`),
+# kept across runs outside the work dir, which tools/test-layers makes new for every run: only a
+# speed-up (see RigConfig.libvirt_cache). VFALLOC_E2E_LIBVIRT_CACHE="" puts it in the work dir.
+_CACHE = os.environ.get("VFALLOC_E2E_LIBVIRT_CACHE", "/var/tmp/vfalloc-cache/libvirt-qemu")
+DEFAULT_LIBVIRT_CACHE: Path | None = Path(_CACHE) if _CACHE else None
 # Wall-clock bound for each boot on an idle machine (QEMU is killed after it); every step has its
 # own, shorter bound. A green scenario takes about 250 s in its first boot and 100 s in its second
 # on 2 idle cores. The VM reports how much slower it runs ("e2e pace: ... N.Nx slower", "pace
@@ -74,23 +79,31 @@ class RigConfig:
     # Seven paused guests with vfio-pinned memory need about 800 MiB on top of the base system.
     memory_mib: int = 3072
     cpus: int = 2
-    # vCPUs of the VMs of the other lanes (see lanes): one, so that such a VM never takes more
-    # than the core the first VM leaves. With two each, the two VMs' busy phases slowed the first
-    # lane by half and the second by twice (2026-12-02), for no gain over one VM at a time.
+    # vCPUs of the VMs of the other lanes when the lanes run together (see lanes): one, so that
+    # such a VM never takes more than the core the first VM leaves. With two each, the two VMs'
+    # busy phases slowed the first lane by half and the second by twice (2026-12-02), for no gain
+    # over one VM at a time. Lanes that run one after another get `cpus` each.
     side_cpus: int = 1
-    # Their niceness: the first VM, whose boots are the longer, gets the CPU whenever it wants
-    # it, the others what it leaves.
-    side_nice: int = 10
+    # Their niceness. 10 starved the second VM as soon as anything else wanted the CPUs: beside
+    # two CPU-bound loops it got a tenth of a core and the run did not end in 25 minutes
+    # (docs/reliability.md). At 0 it gets its fair share of whatever is there.
+    side_nice: int = 0
+    # Whether the lanes run at the same time. None: as VFALLOC_E2E_LANES says, by default at the
+    # same time: at the same priority that finished sooner than one after another on an idle
+    # machine (6 min 10 s against about 8, 2026-12-02) and beside two CPU-bound loops and other
+    # test runs (12 min 24 s against 22 min 14 s, 2026-12-08; docs/reliability.md).
+    together: bool | None = None
     # The interpreter that runs scenario.py inside the VM. The VM shares this machine's "/",
     # so this very interpreter (venv or not) is there at the same path.
     python: str = sys.executable
     scenario: Path = SCENARIO
     # Boots of the VM in one run, in lanes; each boot N runs the steps of boot N (e2e.boot=N).
     # The boots of a lane run one after another on one disk: boot 2 sees what boot 1 left on it,
-    # with a new kernel boot_id, as a real host after a reboot. Lanes run at the same time, each
-    # a VM of its own with its own disk and libvirt cache: a VM keeps about one of its two vCPUs
-    # busy (its steps run one command at a time; 1.06 CPUs on average in a run measured
-    # 2026-12-02), so a second one uses the machine's other core.
+    # with a new kernel boot_id, as a real host after a reboot. Lanes run at the same time
+    # (unless `together` says otherwise), each a VM of its own with its own disk and
+    # libvirt cache: a VM keeps about one of its two vCPUs busy (its steps run one command at a
+    # time; 1.06 CPUs on average in a run measured 2026-12-02), so a second one uses the
+    # machine's other core.
     lanes: tuple[tuple[int, ...], ...] = ((1,),)
     # The host's disk (virtio-blk, /dev/vda in the VM), blank at the start of each run and kept
     # across the boots of its lane; 0: no disk.
@@ -105,8 +118,10 @@ class RigConfig:
 
     # libvirt's QEMU capability cache (/var/cache/libvirt/qemu in the VM), kept across runs:
     # probing the QEMU binaries under TCG costs about 25 s per boot. libvirt checks each cache
-    # entry against the binary, itself and the kernel, and probes again when one changed.
-    # None: <work_dir>/libvirt-cache.
+    # entry against the binary, itself and the kernel, and probes again when one changed; an
+    # empty or absent cache only costs that time. The first lane's; another lane's is a sibling
+    # named after its first boot (two VMs never write one at once).
+    # None: <work_dir>/libvirt-cache (new with the work dir).
     libvirt_cache: Path | None = None
 
     @property
@@ -120,15 +135,16 @@ class RigConfig:
         return boot in self.lanes[0]
 
     def cpus_of(self, boot: int) -> int:
-        return self.cpus if self.in_first_lane(boot) else self.side_cpus
+        return self.cpus if self.in_first_lane(boot) or self.together is False else self.side_cpus
 
     def nice_of(self, boot: int) -> int:
-        return 0 if self.in_first_lane(boot) else self.side_nice
+        return 0 if self.in_first_lane(boot) or self.together is False else self.side_nice
 
     def cache_dir(self, boot: int = 1) -> Path:
+        base = self.libvirt_cache or self.work_dir / "libvirt-cache"
         if self.in_first_lane(boot):
-            return self.libvirt_cache or self.work_dir / "libvirt-cache"
-        return self.work_dir / f"libvirt-cache-{self.lane_of(boot)[0]}"
+            return base
+        return base.with_name(f"{base.name}-{self.lane_of(boot)[0]}")
 
     def disk_image(self, boot: int = 1) -> Path:
         return self.work_dir / f"disk-{self.lane_of(boot)[0]}.img"
@@ -608,10 +624,44 @@ def exclusive(work_dir: Path, wait_s: float) -> Iterator[None]:
         yield
 
 
+# VFALLOC_E2E_LANES: the lanes at the same time (unset, "together") or one after another.
+LANES_WANTED = {"": True, "together": True, "apart": False}
+
+
+def free_cpus(seconds: float = 2.0) -> float:
+    """How many of this machine's CPUs were idle over the next `seconds`."""
+    before = Path("/proc/stat").read_text()
+    time.sleep(seconds)
+    return free_between(before, Path("/proc/stat").read_text(), os.cpu_count() or 1)
+
+
+def free_between(before: str, after: str, cpus: int) -> float:
+    """The CPUs idle between two readings of /proc/stat: its first line sums the time all CPUs
+    spent in each state (proc(5): cpu user nice system idle iowait irq softirq steal ...);
+    idle and iowait are free time."""
+
+    def counters(text: str) -> tuple[int, int]:
+        fields = [int(v) for v in text.splitlines()[0].split()[1:9]]
+        return sum(fields), fields[3] + fields[4]
+
+    (total0, idle0), (total1, idle1) = counters(before), counters(after)
+    return cpus * (idle1 - idle0) / max(1, total1 - total0)
+
+
+def describe_caches(config: RigConfig) -> str:
+    """The libvirt capability caches this run starts with: there (a speed-up) or absent."""
+    parts = []
+    for lane in config.lanes:
+        path = config.cache_dir(lane[0])
+        entries = sum(1 for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+        parts.append(f"{path} {'there (' + str(entries) + ' files)' if entries else 'absent'}")
+    return "e2e rig: libvirt capability cache: " + ", ".join(parts)
+
+
 def prepare_work_dir(config: RigConfig) -> None:
     """A fresh results dir and a blank disk for this run; the libvirt cache is kept."""
     shutil.rmtree(config.results_dir, ignore_errors=True)
-    config.results_dir.mkdir()
+    config.results_dir.mkdir(parents=True)
     for old in [*config.work_dir.glob("console*.log"), *config.work_dir.glob("qemu*.log"),
                 *config.work_dir.glob("disk*.img")]:
         old.unlink()
@@ -631,10 +681,22 @@ def run_rig(config: RigConfig, on_line: Callable[[str], None] | None = None) -> 
         raise RuntimeError("no static busybox")
     config.work_dir.mkdir(parents=True, exist_ok=True)
     with exclusive(config.work_dir, wait_s=config.timeout_s):
+        say = _one_at_a_time(on_line)
+        if len(config.lanes) > 1 and config.together is None:
+            wanted = os.environ.get("VFALLOC_E2E_LANES", "")
+            if wanted not in LANES_WANTED:
+                raise RuntimeError(f"VFALLOC_E2E_LANES={wanted}: say together or apart (unset: together)")
+            config = replace(config, together=LANES_WANTED[wanted])
+        if say and len(config.lanes) > 1:
+            # the times of a run say more with what else the machine was doing beside
+            how = "at the same time" if config.together else "one after another"
+            say(f"e2e rig: {free_cpus():.1f} of {os.cpu_count()} CPUs free at the start; the "
+                f"{len(config.lanes)} VMs run {how}")
+        if say:
+            say(describe_caches(config))
         prepare_work_dir(config)
         build_initramfs(config, busybox)
-        say = _one_at_a_time(on_line)
-        with ThreadPoolExecutor(max_workers=len(config.lanes)) as lanes:
+        with ThreadPoolExecutor(max_workers=len(config.lanes) if config.together else 1) as lanes:
             done = list(lanes.map(lambda lane: run_lane(config, lane, say), config.lanes))
         boots = sorted((b for lane in done for b in lane), key=lambda b: b.number)
         return RigRun(config, tuple(boots), read_results(config.results_dir))
@@ -676,7 +738,8 @@ def scenario_config(kernel: Kernel | None = None, **overrides) -> RigConfig:
     import scenario
 
     kernel = kernel or default_config().kernel
-    return RigConfig(kernel=kernel, lanes=scenario.LANES, disk_mib=scenario.DISK_MIB, **overrides)
+    settings = {"libvirt_cache": DEFAULT_LIBVIRT_CACHE, **overrides}
+    return RigConfig(kernel=kernel, lanes=scenario.LANES, disk_mib=scenario.DISK_MIB, **settings)
 
 
 def format_results(run: RigRun, steps: list[tuple[str, int]]) -> str:
@@ -690,8 +753,9 @@ def format_results(run: RigRun, steps: list[tuple[str, int]]) -> str:
         lines.append(f"{boot:<5} {name:<26} {result:<7} {seconds:>8} {speed:>6}")
     in_steps = sum(r.seconds for r in run.results.values())
     lanes = [sum(b.seconds for b in run.boots if b.number in lane) for lane in run.config.lanes]
-    lines.append(f"steps {in_steps:.1f} s inside the VMs, {max(lanes):.1f} s of QEMU wall time "
-                 f"(lanes at once: {', '.join(f'{s:.1f} s' for s in lanes)}); {run.describe_boot()}")
+    wall, how = (sum(lanes), "one after another") if run.config.together is False else (max(lanes), "at once")
+    lines.append(f"steps {in_steps:.1f} s inside the VMs, {wall:.1f} s of QEMU wall time "
+                 f"(lanes {how}: {', '.join(f'{s:.1f} s' for s in lanes)}); {run.describe_boot()}")
     lines.append(describe_pace(run))
     return "\n".join(lines)
 

@@ -167,6 +167,7 @@ def new_context(results: Path, timeout: float, boot: int, factor: float = 1.0) -
 def run_step(s: Step, results: Path, passed: set[str], speed: pace.Pace | None = None) -> dict:
     factor = speed.again() if speed is not None else 1.0
     ctx = new_context(results, s.timeout, s.boot, factor)
+    ctx.repace = speed.remeasure if speed is not None else None  # a bound that runs out asks again
     start = time.monotonic()
     failed_needs = [n for n in s.needs if n not in passed]
     ok = False
@@ -185,7 +186,7 @@ def run_step(s: Step, results: Path, passed: set[str], speed: pace.Pace | None =
     tail = "\n".join(ctx.lines[-TAIL_LINES:])
     seconds = round(time.monotonic() - start, 3)
     return {"step": s.name, "ok": ok, "seconds": seconds, "tail": tail, "log": log_name,
-            "boot": s.boot, "pace": round(factor, 2)}
+            "boot": s.boot, "pace": round(ctx.pace, 2)}
 
 
 def append_record(results: Path, record: dict) -> None:
