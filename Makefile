@@ -16,10 +16,12 @@ DEB     := $(CURDIR)/dist/vfalloc_$(VERSION)_all.deb
 test: setup lint deb
 	VFALLOC_DEB=$(DEB) VFALLOC_E2E_DEB=$(DEB) tools/test-layers $(PY)
 
-# ruff (pyflakes, bugbear, pyupgrade, import order) and mypy, both configured in pyproject.toml.
+# ruff (pyflakes, bugbear, pyupgrade, import order) and mypy, both configured in pyproject.toml;
+# sh -n and shellcheck on the hook file and the Debian maintainer scripts (tools/lint-shell).
 lint: setup
 	$(VENV)/bin/ruff check vfalloc tests bench demo
 	$(VENV)/bin/mypy
+	tools/lint-shell $(PY)
 
 e2e: setup deb
 	VFALLOC_E2E_DEB=$(DEB) tests/e2e/run
