@@ -138,7 +138,8 @@ class Daemon:
             f'state = "{self.state}"\nsysfs_root = "{lab / "sys"}"\nproc_root = "{lab / "proc"}"\n'
             f'libvirt_run = "{self.status_dir}"\nhook_log = "{self.hook_log}"\nlock_timeout = 20\n' + POOLS)
         for name in BIND:
-            (self.tmp / name).mkdir(mode=0o755)
+            # /run/vfalloc as vfalloc makes it (vfalloc.rundir): root's, 0700, or it is not used
+            (self.tmp / name).mkdir(mode=0o700 if name == "run-vfalloc" else 0o755)
         self.calls_dir.mkdir()
         recorder = self.tmp / "hooks" / "qemu.d" / "zz-record"
         recorder.parent.mkdir(mode=0o755)
