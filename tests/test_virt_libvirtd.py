@@ -110,6 +110,24 @@ def test_vfalloc_start_does_the_work_of_prepare_so_that_call_starts_no_python(la
     assert lab.leases() == [] and list((lab.tmp / "run-vfalloc").glob("start.*")) == []
 
 
+def test_vfalloc_start_leaves_no_stamp_in_a_runtime_directory_others_may_write(lab, monkeypatch):
+    """A stamp is only trusted where nobody but root can put one (vfalloc.rundir): with
+    /run/vfalloc open to others, `vfalloc start` warns and leaves none, and the hook does the
+    checks of `prepare begin` itself."""
+    run_dir = lab.tmp / "run-vfalloc"
+    monkeypatch.setenv("VFALLOC_RUN_DIR", str(run_dir))
+    run_dir.chmod(0o777)
+    try:
+        with python_starts(lab) as starts:
+            dom = lab.define("unstamped", REQ)
+            r = lab.vfalloc("start", dom.name(), "--paused")
+            assert r.code == 1 and r.err.startswith(f"vfalloc: warning: no start stamp: {run_dir} has mode 0777"), r.err
+            assert starts()[0] == f"{dom.name()} prepare begin"
+        assert lab.leases() == [] and list(run_dir.glob("start.*")) == []
+    finally:
+        run_dir.chmod(0o700)
+
+
 # What docs/performance.md says `vfalloc start` does not load beyond libvirt-python and lxml:
 # each module is a file read and unmarshalled, some 10 ms apiece under TCG.
 START_AVOIDS = ("secrets", "random", "hashlib", "dataclasses", "shlex", "tomllib", "subprocess", "datetime",
