@@ -349,3 +349,23 @@ def config_cache_memo(scratch) -> str:
     from vfalloc import config_cache
 
     return config_cache.memo_path(str(scratch.run_dir), str(scratch.config))
+
+
+@pytest.mark.parametrize("length", [240, 247, 250, 255], ids=lambda n: f"name-{n}-bytes")
+def test_a_long_name_starts_and_gets_its_vf(host, length):
+    """A domain name as long as libvirt allows: nothing vfalloc keeps is named after it past what
+    a file name may be. `vfalloc start` then leaves no stamp (hookfile.StartStamp)."""
+    from vfalloc.hookfile import StartStamp
+
+    name = "v" * length
+    for domain, xml in ((name, XML[PLAIN].replace(b"<name>web1</name>", f"<name>{name}</name>".encode())),
+                        (name, XML[ASKS].replace(b"<name>db1</name>", f"<name>{name}</name>".encode()))):
+        for op, subop, extra in CALLS[:3]:
+            r = subprocess.run([hookfiles.hook_file(), domain, op, subop, extra], input=xml, env=host.env(),
+                               capture_output=True, timeout=120)
+            assert (r.returncode, r.stderr) == (0, b""), (op, r.stderr)
+    stamp = StartStamp(str(host.run_dir), name)  # ".start.NAME.PID.tmp" would be past 255 bytes
+    assert (stamp.path, stamp.write(), stamp.taken()) == (None, None, False)
+    assert [p for p in host.run_dir.iterdir() if p.name.startswith("start.")] == []
+    shorter = StartStamp(str(host.run_dir), "v" * 200)
+    assert shorter.write() is None and shorter.path is not None and not shorter.taken()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import rundir
-from .atomicfile import write_atomic
+from .atomicfile import temp_path, write_atomic
 from .errors import UsageError, VfallocError
 from .hookcalls import plain_name
 from .rundir import DEFAULT_RUN_DIR
@@ -23,6 +23,8 @@ from .templates import HOOK_MARKER, hook_script
 
 if TYPE_CHECKING:
     from .config import Settings
+
+NAME_MAX = 255  # the longest file name Linux file systems take (limits.h), in bytes
 
 
 def hook_path(hooks_dir: str | os.PathLike[str]) -> Path:
@@ -50,10 +52,14 @@ class StartStamp:
     (domxml.add_devices stamps it). The hook file finds RUN_DIR/start.NAME, sees the value in the
     XML libvirt hands it, removes the file and ends that call without Python; any other start of
     the domain meanwhile (a `virsh start` of the saved config) has no value and goes to Python.
-    A name the hook file cannot look up (hookcalls.plain_name) gets no stamp."""
+    A name the hook file cannot look up (hookcalls.plain_name) gets no stamp, nor one whose
+    stamp, or the temp file it is written through (atomicfile.temp_path), would have a file name
+    longer than NAME_MAX (255 bytes on Linux): libvirt takes domain names of any length."""
 
     def __init__(self, run_dir: str, domain: str) -> None:
-        self.path = os.path.join(run_dir, f"start.{domain}") if plain_name(domain) else None
+        path = os.path.join(run_dir, f"start.{domain}")
+        fits = len(os.path.basename(temp_path(path)).encode()) <= NAME_MAX
+        self.path = path if plain_name(domain) and fits else None
         # 128 bits from the kernel's CSPRNG, which is what secrets.token_hex(16) returns (CPython
         # 3.11's Lib/secrets.py), without the import of secrets, random and hashlib it costs.
         self.value = os.urandom(16).hex() if self.path else None
