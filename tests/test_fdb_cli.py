@@ -347,7 +347,7 @@ def test_boot_unit_syncs_after_the_vfs_are_made(host, tmp_path):
 
 
 def test_numvfs_puts_the_entries_back(host):
-    from test_host_numvfs import FakeKernel, command
+    from fakekernel import FakeKernel, command
 
     host.running()
     host.run("fdb", "sync")
