@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "fakes"))
 
 from fakehost import FakeSys, big_host  # noqa: E402
 from hookfiles import hook_file  # noqa: E402

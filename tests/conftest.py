@@ -19,7 +19,7 @@ settings.register_profile("vfalloc", deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("vfalloc")
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "fakes"))
 
 from fakehost import FakeSys  # noqa: E402
 
@@ -107,7 +107,7 @@ class Scratch:
 
 @pytest.fixture
 def scratch(tmp_path, monkeypatch) -> Scratch:
-    """An empty scratch host; tests add NICs with tests/fakehost.py."""
+    """An empty scratch host; tests add NICs with tests/fakes/fakehost.py."""
     for key in list(os.environ):
         if key.startswith("VFALLOC_"):
             monkeypatch.delenv(key)

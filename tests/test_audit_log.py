@@ -9,7 +9,7 @@ import re
 
 import pytest
 from fakehost import i350
-from test_host_numvfs import FakeKernel, command
+from fakekernel import FakeKernel, command
 from test_stale import lab  # noqa: F401  (the fixture: a host with stale leases)
 
 U1, U2 = "6f1b1f4e-3d5a-4d39-9c8e-000000000001", "6f1b1f4e-3d5a-4d39-9c8e-000000000002"

@@ -15,7 +15,7 @@ from test_hook import _wait_for
 
 from vfalloc import locking
 
-RECORD_SPAWN = REPO / "tests" / "helpers" / "record_spawn.py"
+RECORD_SPAWN = REPO / "tests" / "fakes" / "record_spawn.py"
 
 
 @pytest.mark.parametrize("program", ["path", "name"], ids=["full-path", "name-in-the-given-PATH"])

@@ -148,7 +148,7 @@ PATH = re.compile(
 
 
 def cited_paths(text: str) -> list[str]:
-    """Repo paths a text names: `tests/libvirtd.py`, `host/cmdline.py`, `README.md`. A path right
+    """Repo paths a text names: `tests/fakes/libvirtd.py`, `host/cmdline.py`, `README.md`. A path right
     after a possessive ("CPython's Lib/dataclasses.py") is another project's file; a path after
     a slash is a host path (/etc/vfalloc/vfalloc.toml)."""
     found = []

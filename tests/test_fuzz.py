@@ -79,7 +79,7 @@ class Host:
                 "VFALLOC_CONFIG": str(self.config), "VFALLOC_PROC_ROOT": str(self.proc),
                 "VFALLOC_LIBVIRT_RUN": str(self.libvirt_run), "VFALLOC_HOOK_LOG": str(self.log),
                 "VFALLOC_RUN_DIR": str(self.root / "run"),
-                "VFALLOC_IP": str(REPO / "tests" / "helpers" / "fake_ip.py"), "FAKE_IP_LOG": str(self.root / "ip.log")}
+                "VFALLOC_IP": str(REPO / "tests" / "fakes" / "fake_ip.py"), "FAKE_IP_LOG": str(self.root / "ip.log")}
 
     def files(self) -> dict[str, bytes]:
         return {str(p): p.read_bytes() for p in (self.config, self.state) if p.exists()}

@@ -43,8 +43,8 @@ class Hook:
         self.iplog = tmp_path / "ip.log"
         self.env = scratch.env()
         self.env["VFALLOC_HOOK_LOG"] = str(self.log)
-        self.env["VFALLOC_HOTPLUG_CMD"] = f"{sys.executable} {REPO / 'tests' / 'helpers' / 'record_spawn.py'} {self.spawned}"
-        self.env["VFALLOC_IP"] = str(REPO / "tests" / "helpers" / "fake_ip.py")
+        self.env["VFALLOC_HOTPLUG_CMD"] = f"{sys.executable} {REPO / 'tests' / 'fakes' / 'record_spawn.py'} {self.spawned}"
+        self.env["VFALLOC_IP"] = str(REPO / "tests" / "fakes" / "fake_ip.py")
         self.env["FAKE_IP_LOG"] = str(self.iplog)
 
     def run(self, domain: str, op: str, subop: str, extra: str = "-", xml: str = "", argv0=None):

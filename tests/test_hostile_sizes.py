@@ -12,8 +12,8 @@ import sys
 import pytest
 from fakehost import i350
 from hookfiles import hook_file
+from scrape import NOWHERE, families, samples
 from test_hook import Hook, domain_xml
-from test_metrics import NOWHERE, families, samples
 
 from vfalloc import hook
 from vfalloc.errors import MAX_LINE, UsageError, VfallocError, cut

@@ -22,7 +22,7 @@ from vfalloc.model import LeaseTable, Request
 from vfalloc.state import StateStore
 from vfalloc.sysfs import Sysfs
 
-HELPERS = REPO / "tests" / "helpers"
+FAKES = REPO / "tests" / "fakes"
 
 
 def test_racing_processes_keep_every_invariant(scratch):
@@ -31,7 +31,7 @@ def test_racing_processes_keep_every_invariant(scratch):
     scratch.write_config('[pools.all]\npfs = ["ens5f0np0", "ens6f0np0"]\n')
     workers, ops, per = 4, 2500, 6
     outs = [scratch.root / f"out{w}.json" for w in range(workers)]
-    procs = [subprocess.Popen([sys.executable, str(HELPERS / "churn.py"), str(scratch.sysfs), str(scratch.state),
+    procs = [subprocess.Popen([sys.executable, str(FAKES / "churn.py"), str(scratch.sysfs), str(scratch.state),
                                str(scratch.config), str(scratch.proc), str(w), str(ops), str(w * per), str(per),
                                str(outs[w])]) for w in range(workers)]
     for p in procs:
@@ -60,7 +60,7 @@ def test_sigkill_during_writes_leaves_a_whole_table(tmp_path, round_):
     state = tmp_path / "state.json"
     rng = random.Random(round_)
     for _ in range(25):
-        proc = subprocess.Popen([sys.executable, str(HELPERS / "crashwriter.py"), str(state)],
+        proc = subprocess.Popen([sys.executable, str(FAKES / "crashwriter.py"), str(state)],
                                 stdout=subprocess.PIPE, text=True)
         first = proc.stdout.readline()
         assert first.strip().isdigit()

@@ -1,5 +1,5 @@
 """vfalloc against a real libvirt daemon (libvirt 11.3, QEMU 10, TCG) that the tests start
-themselves (tests/libvirtd.py), with vfalloc's hook installed, on a fake SR-IOV host: what
+themselves (tests/fakes/libvirtd.py), with vfalloc's hook installed, on a fake SR-IOV host: what
 libvirt hands the hook, refusals, release on every kind of stop, `vfalloc request` and
 `vfalloc start`, the hot-plug worker, and gc across a daemon restart.
 

@@ -33,8 +33,8 @@ class _Formatter(argparse.HelpFormatter):
     """argparse's help formatter, given the terminal's width looked up once per process.
     argparse makes a formatter for every argument it adds, only to check the argument's
     metavar, and each asks shutil for the width (Lib/argparse.py: add_argument, HelpFormatter;
-    CPython 3.11): the first import of shutil (which loads bz2 and lzma) and a hundred
-    terminal-size calls on every command, `vfalloc list` included."""
+    CPython 3.11); what that cost every command is in docs/performance.md,
+    "Listings: `vfalloc list` and `vfalloc pools` at 1,024 VFs and more"."""
 
     def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
                  width: int | None = None) -> None:
@@ -498,9 +498,9 @@ def _discard(stream: TextIO) -> None:
 
 def run() -> None:
     """The `vfalloc` executable, with the cycle collector off, as the hook has it (templates.py).
-    A command is a short process, and what cycles it leaves go back at its exit; a listing
-    builds a record and a row for each of a thousand VFs, and the collector's passes over them
-    (some ten, once the modules are loaded) cost it about 1 ms."""
+    A command is a short process, and what cycles it leaves go back at its exit (the passes it
+    saves a listing: docs/performance.md,
+    "Listings: `vfalloc list` and `vfalloc pools` at 1,024 VFs and more")."""
     gc.disable()
     sys.exit(main())
 

@@ -1,8 +1,7 @@
 """What tomllib made of the config file, kept between runs so the hook need not import it.
 
-The hook is a new process on every libvirt call. Importing tomllib costs it about 4 ms
-(CPython 3.11: Lib/tomllib/_re.py compiles its regexes and imports datetime when loaded), as
-much as everything else the hook adds to starting Python with lxml. So a run that parsed the
+The hook is a new process on every libvirt call, and importing tomllib is a large part of what
+it costs (docs/performance.md, "What made the difference"). So a run that parsed the
 file keeps the result in the runtime directory (VFALLOC_RUN_DIR, default /run/vfalloc, a tmpfs
 that empties at boot, vfalloc.rundir), one file per config path. The memo holds the file's exact text and is
 used only when the file still holds that very text: it cannot go stale. Only a config that

@@ -12,10 +12,10 @@ What a process started here gets:
   name has no slash (as subprocess does);
 - nobody waiting for it: the caller gets its pid and goes on; it is reaped when the caller ends.
 
-posix_spawn(3) (glibc 2.24 and later report a failed exec as its error) instead of subprocess:
-subprocess costs the hook some 10 ms to import. posix_spawn has no working-directory action in
-Python 3.11, so the caller's working directory is `/` for the moment of the spawn and restored
-right after: not for a process that runs threads (vfalloc's hook and commands run none).
+posix_spawn(3) (glibc 2.24 and later report a failed exec as its error) instead of subprocess,
+which the hook does not import (docs/performance.md, "What the hook imports"). posix_spawn has
+no working-directory action in Python 3.11, so the caller's working directory is `/` for the
+moment of the spawn and restored right after: not for a process that runs threads (vfalloc's hook and commands run none).
 
 Must not: wait for the process, or know what it runs.
 """

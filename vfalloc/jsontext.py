@@ -2,12 +2,12 @@
 speed of the C encoder.
 
 Why: CPython's json module encodes with its C encoder only when no indent is asked for
-(Lib/json/encoder.py, JSONEncoder.iterencode: c_make_encoder is used when `indent is None`);
-with an indent every value goes through the pure-Python encoder, which made up a third of
-`vfalloc list --json` on a thousand VFs. The layout people and scripts see stays the one they
-know: containers are opened here, line by line, and every flat container (one whose values are
-all scalars, as a `vfalloc list` row) is encoded in one C call whose item separator carries the
-newline and the indent.
+(Lib/json/encoder.py, JSONEncoder.iterencode, CPython 3.11: c_make_encoder is used when
+`indent is None`); with an indent every value goes through the pure-Python encoder (what that
+cost a listing: docs/performance.md, "Listings: `vfalloc list` and `vfalloc pools` at 1,024 VFs
+and more"). The layout people and scripts see stays the one they know: containers are opened
+here, line by line, and every flat container (one whose values are all scalars, as a `vfalloc
+list` row) is encoded in one C call whose item separator carries the newline and the indent.
 
 Owns: `dumps`. Must not: know what it prints, or print.
 """

@@ -14,24 +14,21 @@ Instances are immutable, equal and hashed by their type and field values, shown 
 
 Why not dataclasses: on CPython 3.11, `@dataclass(frozen=True)` compiles the source of six
 methods per class with exec() each time its module is imported (Lib/dataclasses.py,
-_create_fn), about 1 ms a class. The hook is a new process on every libvirt call and loads some
-twenty records, so that alone cost it half of what starting Python with lxml costs. A Record
-class is built by plain attribute lookups; nothing is compiled at import.
+_create_fn), and the hook is a new process on every libvirt call (what that cost it:
+docs/performance.md, "What made the difference"). A Record class is built by plain attribute
+lookups; nothing is compiled at import.
 
 `Record` carries typing.dataclass_transform (PEP 681), so mypy checks every record's
 constructor calls and its fields' types as it would a frozen dataclass's.
 
-Where it is used: every value the hook's path builds or loads (model: PciAddress, VF, PF, Host,
-Pool, PoolMember, Request, Lease, LeaseTable; config: PoolSpec, ConfigFile, Settings; allocator:
-Grant, Claim, Demand; domxml: VfDevice, DomainInfo; sysfs: PciDevice; stale: Running, Report,
-Observed). Plain frozen dataclasses are fine where no hook call ever imports the module: the
-`vfalloc host` modules, virt.py and the tests.
+Every value the hook's path builds or loads is a Record. Plain frozen dataclasses are fine
+where no hook call ever imports the module: the `vfalloc host` modules, virt.py and the tests.
 
 typing: imported for annotations only (`if TYPE_CHECKING:`, a name mypy reads as true), here
 and in every module on the path of `vfalloc list`; with `from __future__ import annotations`
-nothing evaluates them, and typing costs a process about 3 ms to import (CPython 3.11), some 3%
-of what `vfalloc list` on a thousand VFs costs in all. So at run time `dataclass_transform` is a
-stand-in that does what typing's does at run time: nothing.
+nothing evaluates them, and a listing never imports typing (docs/performance.md, "Listings:
+`vfalloc list` and `vfalloc pools` at 1,024 VFs and more"). So at run time
+`dataclass_transform` is a stand-in that does what typing's does at run time: nothing.
 
 This module knows nothing of vfalloc: no I/O, no imports of it.
 """

@@ -16,9 +16,10 @@ HOOK_MARKER = "# vfalloc libvirt qemu hook"
 EXIT_OFFSET = 64
 EXIT_CANNOT_LOAD = 70  # the interpreter runs, but vfalloc.hook (or what it needs) cannot be imported
 
-# What the hook file has Python run: vfalloc.hook with libvirt's arguments. A hook process lives
-# for some 50 ms and makes no garbage cycles: no collector passes. It sits in single quotes in
-# the shell: no single quote in it.
+# What the hook file has Python run: vfalloc.hook with libvirt's arguments. A hook process is
+# short and makes no garbage cycles: no collector passes
+# (docs/performance.md, "What made the difference"). It sits in single quotes in the shell: no
+# single quote in it.
 HOOK_PYTHON = f"""import sys
 try:
     import gc

@@ -4,7 +4,7 @@ The *.lspci files hold 4096-byte config spaces in the `lspci -xxxx` text format 
 space is captured from a real host: `sudo lspci -s 00:01.0 -xxxx > file`), so they can be read and
 reviewed as text. They are constructed here, register by register, after the capability lists
 `lspci -vvv` prints for these parts (offsets and capability ids as on the real devices); run
-`python tests/data/configspace.py` to regenerate them. tests/test_host_acs.py checks that the files
+`python tests/data/configspace.py` to regenerate them. tests/host/test_host_acs.py checks that the files
 and this builder agree.
 """
 

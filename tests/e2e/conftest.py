@@ -1,5 +1,6 @@
 """pytest plumbing of the hardware test layer: the session fixture that boots the rig once,
-and the step timings printed at the end of the run. The tests are in test_e2e.py."""
+and the step timings printed at the end of the run. The step tests are in test_e2e.py;
+test_e2e_lanes.py and test_e2e_pace.py test the rig itself and boot nothing."""
 
 from __future__ import annotations
 

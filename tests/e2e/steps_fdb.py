@@ -9,7 +9,7 @@ What they prove on the real kernel, igb/igbvf and QEMU's 82576 model:
 - fdb-guest: a guest with no VF, started with plain `virsh start` on br0 (type='bridge'), gets its
   MAC into `bridge fdb show dev PF` (flag self) from the hook, and loses it at `virsh destroy`.
   (type='network' is not run here: the host's libvirtd has no network driver, Debian's
-  libvirt-daemon-driver-network; tests/test_fdb_cli.py runs that path on libvirt's live XML.)
+  libvirt-daemon-driver-network; tests/fdb/test_fdb_cli.py runs that path on libvirt's live XML.)
 - fdb-reach: a VF (igbvf) in one namespace reaches a veth endpoint on a bridge over its PF (in
   another namespace) and the bridge's own address over IPv4 only while the entries vfalloc keeps
   are there: not before `vfalloc fdb sync`, and not after the config switch turns them off.

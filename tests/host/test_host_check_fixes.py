@@ -147,7 +147,7 @@ NOT_ON_A_SCRATCH_ROOT = {
     "vf-driver": "the kernel re-creates VFs unbound (tests/e2e)",
     "isolation": "needs a kernel with the ACS override patch",
     "owners": "another tool's file is the admin's to edit",
-    "fdb": "`vfalloc fdb sync` changes the running kernel's forwarding tables (tests/test_fdb_cli.py runs it "
+    "fdb": "`vfalloc fdb sync` changes the running kernel's forwarding tables (tests/fdb/test_fdb_cli.py runs it "
            "against a fake bridge command, tests/e2e/steps_fdb.py against the real one, each then checked)",
 }
 

@@ -15,22 +15,10 @@ from pathlib import Path
 import pytest
 from fakehost import i350, x710
 from hookfiles import hook_file
-from prometheus_client.parser import text_string_to_metric_families
+from scrape import NOWHERE, families, samples
 from test_hook import Hook, domain_xml
 
 VFALLOC = [sys.executable, "-c", "from vfalloc.cli import run; run()"]
-
-
-def families(text: str) -> dict:
-    """{family name: [(labels, value), ...]} as prometheus_client parses it."""
-    found = {}
-    for family in text_string_to_metric_families(text):
-        found[family.name] = (family.type, [(dict(s.labels), s.value) for s in family.samples])
-    return found
-
-
-def samples(parsed: dict, name: str) -> list:
-    return parsed[name][1]
 
 
 @pytest.fixture
@@ -51,9 +39,6 @@ def host(scratch, tmp_path):
     hook.env["VFALLOC_LIBVIRT_RUN"] = str(rundir)
     yield hook
     os.environ.pop("VFALLOC_LIBVIRT_RUN", None)
-
-
-NOWHERE = ["--connect", "qemu+unix:///system?socket=/nonexistent/libvirt-sock"]
 
 
 def lived_in(hook, scratch) -> None:

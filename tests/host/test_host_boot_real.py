@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).parent / "data" / "boot"
+DATA = Path(__file__).parent.parent / "data" / "boot"
 INTEL = "processor\t: 0\nvendor_id\t: GenuineIntel\n"
 AMD = "processor\t: 0\nvendor_id\t: AuthenticAMD\n"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "data"))
+sys.path.insert(0, str(Path(__file__).parent.parent / "data"))
 
 import configspace as cs  # noqa: E402
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 BOOT_ARGS = {"GenuineIntel": "intel_iommu=on iommu=pt", "AuthenticAMD": "iommu=pt"}
 CONFIG = '[pools.lan]\npfs = ["enp1s0f0", "enp1s0f1"]\nnumvfs = 2\n'
 

@@ -9,14 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import inside
+import pace
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "e2e"))
-
-import inside  # noqa: E402
-import pace  # noqa: E402
-import rig  # noqa: E402
-import scenario  # noqa: E402
+import rig
+import scenario
 
 
 def idle(work: float = 1.0, start: float = 1.0) -> pace.Sample:

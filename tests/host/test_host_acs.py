@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "data"))
+sys.path.insert(0, str(Path(__file__).parent.parent / "data"))
 
 import configspace as cs  # noqa: E402
 from fakehost import FakeSys  # noqa: E402

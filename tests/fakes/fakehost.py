@@ -128,7 +128,7 @@ class FakeSys:
             self._write(self.root / "devices" / "system" / "node" / f"node{node}" / "cpulist", cpulist)
 
 
-    # -- added for tests/test_host_*.py: config bytes on any device, and what the kernel does on
+    # -- added for tests/host/test_host_*.py: config bytes on any device, and what the kernel does on
     # a write to sriov_numvfs (remove every VF, then create the new count) --
     def config(self, bdf: str, data: bytes) -> None:
         """Put config-space bytes on a device (its sysfs `config` file)."""

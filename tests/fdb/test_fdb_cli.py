@@ -1,6 +1,6 @@
 """`vfalloc fdb sync|show`, the hook's FDB steps and `host check`'s FDB warning, run as users and
 libvirt run them, on a fake host with a bridge over an I350 port and a stand-in for iproute2's
-`bridge` (tests/helpers/fake_bridge.py) that keeps the tables; then iproute2's real `bridge` on a
+`bridge` (tests/fakes/fake_bridge.py) that keeps the tables; then iproute2's real `bridge` on a
 veth interface in a network namespace made for the test."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from conftest import REPO
 from fakehost import i350
 from hookfiles import hook_file
 
-FAKE_BRIDGE = REPO / "tests" / "helpers" / "fake_bridge.py"
+FAKE_BRIDGE = REPO / "tests" / "fakes" / "fake_bridge.py"
 PF_MAC = "a0:36:9f:00:00:00"
 BR_MAC = "02:00:00:00:b0:00"
 GUEST_MAC = "52:54:00:00:00:01"
@@ -281,7 +281,7 @@ def test_hook_guest_with_a_vf_and_a_bridged_interface(host, tmp_path):
     """A guest that asks vfalloc for a VF and also sits on br0: both happen, one log line each."""
     host.s.write_config('[pools.lan]\npfs = ["enp1s0f1"]\n')
     host.env["VFALLOC_CONFIG"] = str(host.s.config)
-    host.env["VFALLOC_HOTPLUG_CMD"] = f"{sys.executable} {REPO / 'tests/helpers/record_spawn.py'} {tmp_path / 'spawned'}"
+    host.env["VFALLOC_HOTPLUG_CMD"] = f"{sys.executable} {REPO / 'tests/fakes/record_spawn.py'} {tmp_path / 'spawned'}"
     xml = live_xml().replace("<devices>", "<metadata><vfalloc:vfs xmlns:vfalloc='urn:vfalloc:1'>"
                              "<vfalloc:vf pool='lan'/></vfalloc:vfs></metadata><devices>")
     for op, subop in (("prepare", "begin"), ("started", "begin")):
@@ -347,7 +347,7 @@ def test_boot_unit_syncs_after_the_vfs_are_made(host, tmp_path):
 
 
 def test_numvfs_puts_the_entries_back(host):
-    from test_host_numvfs import FakeKernel, command
+    from fakekernel import FakeKernel, command
 
     host.running()
     host.run("fdb", "sync")

@@ -1,23 +1,18 @@
 """The e2e rig's lanes (tests/e2e/rig.py, RigConfig.lanes; scenario.LANES): boots of one lane are
 one VM rebooted on one disk, lanes are VMs of their own that run at the same time (one after
-another when VFALLOC_E2E_LANES=apart). Run here,
-without booting the VM: the QEMU command lines, the work dir, the step records, and the lanes
-run by real processes standing in for QEMU."""
+another when VFALLOC_E2E_LANES=apart). Run without booting the VM: the QEMU command lines, the
+work dir, the step records, and the lanes run by real processes standing in for QEMU."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "e2e"))
-
-import rig  # noqa: E402
-import scenario  # noqa: E402
+import rig
+import scenario
 
 LANES = ((1, 2), (3,))
 
