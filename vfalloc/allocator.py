@@ -63,7 +63,7 @@ def grant(host: Host, pools: Sequence[Pool], table: LeaseTable, demand: Demand, 
     dropped: list[Lease] = []
     if demand.running:
         present = {c.request.index for c in demand.claims}
-        dropped = [x for x in draft.of_domain(demand.uuid) if x.phase == Phase.ATTACHED and x.index not in present]
+        dropped = [lease for lease in draft.of_domain(demand.uuid) if lease.phase == Phase.ATTACHED and lease.index not in present]
         for lease in dropped:
             draft.drop(lease)
     granted = [_claim(host, pools, draft, demand, item, boot_id, now) for item in demand.claims]
@@ -102,12 +102,12 @@ class Reservation(Record):
 
 def held(table: LeaseTable, uuid: str, index: int) -> Lease | None:
     """The lease domain `uuid` holds for request position `index`."""
-    return next((x for x in table.leases if x.uuid == uuid and x.index == index), None)
+    return next((lease for lease in table.leases if lease.uuid == uuid and lease.index == index), None)
 
 
 def free_index(table: LeaseTable, uuid: str) -> int:
     """The domain's first request position without a lease."""
-    used = {x.index for x in table.leases if x.uuid == uuid}
+    used = {lease.index for lease in table.leases if lease.uuid == uuid}
     index = 0
     while index in used:
         index += 1
@@ -145,14 +145,14 @@ class _TableDraft:
     lease) and by (domain, request index), changed in place, turned into a table once."""
 
     def __init__(self, table: LeaseTable) -> None:
-        self.by_vf = {x.vf: x for x in table.leases}
-        self.mine = {(x.uuid, x.index): x for x in table.leases}
+        self.by_vf = {lease.vf: lease for lease in table.leases}
+        self.mine = {(lease.uuid, lease.index): lease for lease in table.leases}
         self.last = table.last
         self.added: list[Lease] = []
         self.reclaimed: list[Lease] = []
 
     def of_domain(self, uuid: str) -> list[Lease]:
-        return [x for x in self.by_vf.values() if x.uuid == uuid]
+        return [lease for lease in self.by_vf.values() if lease.uuid == uuid]
 
     def held(self, uuid: str, index: int) -> Lease | None:
         return self.mine.get((uuid, index))
@@ -232,7 +232,7 @@ def release(table: LeaseTable, uuid: str) -> tuple[LeaseTable, tuple[Lease, ...]
 
 def set_phase(table: LeaseTable, leases: Iterable[Lease], phase: str) -> LeaseTable:
     for lease in leases:
-        current = next((x for x in table.leases if x.vf == lease.vf and x.uuid == lease.uuid), None)
+        current = next((held for held in table.leases if held.vf == lease.vf and held.uuid == lease.uuid), None)
         if current is not None:
             table = table.replaced(current, replace(current, phase=phase))
     return table

@@ -78,7 +78,7 @@ class Call:
     def holds_leases(self) -> bool:
         """Whether the lease table names this domain: a lease reserved by hand (`vfalloc alloc`)
         for a domain whose XML asks for no VF is given to it at its start and back at its stop."""
-        return any(x.domain == self.domain for x in self.context().store.read().leases)
+        return any(lease.domain == self.domain for lease in self.context().store.read().leases)
 
     def info(self) -> domxml.DomainInfo:
         if not self.xml.strip():
@@ -161,20 +161,20 @@ def on_prepare(call: Call) -> str:
 
         release_domain(ctx, info.uuid)
         raise
-    return "leased " + ", ".join(f"{x.vf} ({x.pool}, {x.phase})" for x in leases) if leases else ""
+    return "leased " + ", ".join(f"{lease.vf} ({lease.pool}, {lease.phase})" for lease in leases) if leases else ""
 
 
 def on_started(call: Call) -> str:
     _fdb_keep(call)
     info = call.info()
     ctx = call.context()
-    pending = [x for x in ctx.store.read().of_domain(info.uuid) if x.phase == Phase.PENDING]
+    pending = [lease for lease in ctx.store.read().of_domain(info.uuid) if lease.phase == Phase.PENDING]
     if not pending:
         return ""
     from . import detach
 
     pid = detach.spawn(_hotplug_argv(call, info), call.environ)
-    return f"hot-plug of {', '.join(x.vf for x in pending)} handed to process {pid}"
+    return f"hot-plug of {', '.join(lease.vf for lease in pending)} handed to process {pid}"
 
 
 def on_release(call: Call) -> str:
@@ -185,7 +185,7 @@ def on_release(call: Call) -> str:
     gone = release_domain(call.context(), info.uuid)
     if not gone:
         return ""
-    return f"released {', '.join(x.vf for x in gone)} (reason {call.extra})"
+    return f"released {', '.join(lease.vf for lease in gone)} (reason {call.extra})"
 
 
 def on_incoming(call: Call) -> str:
@@ -196,10 +196,10 @@ def on_incoming(call: Call) -> str:
     if not info.devices:
         return ""
     leases = lease_for_incoming(call.context(), info, now())
-    xml = domxml.swap_sources(call.xml, {x.index: _address(x.vf) for x in leases})
+    xml = domxml.swap_sources(call.xml, {lease.index: _address(lease.vf) for lease in leases})
     call.out.write(xml.decode())
     call.out.flush()
-    return "sources swapped to " + ", ".join(x.vf for x in leases)
+    return "sources swapped to " + ", ".join(lease.vf for lease in leases)
 
 
 def on_reconnect(call: Call) -> str:
@@ -216,12 +216,12 @@ def on_reconnect(call: Call) -> str:
     if domxml.mentions_vfalloc(call.xml):
         kept, dropped = reconcile_running(ctx, call.info(), now())
     if kept:
-        parts.append("holds " + ", ".join(x.vf for x in kept))
+        parts.append("holds " + ", ".join(lease.vf for lease in kept))
     if dropped:
-        parts.append("dropped " + ", ".join(x.vf for x in dropped))
+        parts.append("dropped " + ", ".join(lease.vf for lease in dropped))
     freed = collect_offline(ctx).stale
     if freed:
-        parts.append("gc freed " + ", ".join(f"{x.vf} of {x.domain} ({why})" for x, why in freed))
+        parts.append("gc freed " + ", ".join(f"{lease.vf} of {lease.domain} ({why})" for lease, why in freed))
     return "; ".join(parts)
 
 

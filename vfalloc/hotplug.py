@@ -97,15 +97,15 @@ def run(name: str, uuid: str, environ: Mapping[str, str], wait: float = WAIT_SEC
 
 
 def _pending(ctx, uuid: str) -> list[Lease]:
-    return sorted((x for x in ctx.store.read().of_domain(uuid) if x.phase == Phase.PENDING),
-                  key=lambda x: x.index)
+    return sorted((lease for lease in ctx.store.read().of_domain(uuid) if lease.phase == Phase.PENDING),
+                  key=lambda lease: lease.index)
 
 
 def _still_pending(ctx, lease: Lease) -> Lease | None:
     """The lease as it is now, if it is still this domain's and still waiting (a stop meanwhile
     gave it back; a second worker may have done the work)."""
-    return next((x for x in ctx.store.read().leases if x.vf == lease.vf and x.uuid == lease.uuid
-                 and x.index == lease.index and x.phase == Phase.PENDING), None)
+    return next((held for held in ctx.store.read().leases if held.vf == lease.vf and held.uuid == lease.uuid
+                 and held.index == lease.index and held.phase == Phase.PENDING), None)
 
 
 def _attach(ctx, dom, lease: Lease, deadline: float) -> str:
@@ -130,8 +130,8 @@ def _set_attached(ctx, lease: Lease) -> None:
 
 def _give_back(ctx, lease: Lease) -> bool:
     with ctx.store.transaction() as txn:
-        mine = [x for x in txn.table.leases if x.vf == lease.vf and x.uuid == lease.uuid
-                and x.phase == Phase.PENDING]
+        mine = [held for held in txn.table.leases if held.vf == lease.vf and held.uuid == lease.uuid
+                and held.phase == Phase.PENDING]
         txn.table = txn.table.without(mine)
     return bool(mine)
 

@@ -60,7 +60,7 @@ def lease_for_incoming(ctx: Context, info: DomainInfo, when: str) -> tuple[Lease
                                [d.address for d in pinned])
     demand = Demand(info.name, info.uuid, claims=_claims(view, info, pinned), requests=requests,
                     phase=Phase.ATTACHED, numa_nodes=numa_nodes(ctx, info) if requests else frozenset())
-    return tuple(sorted(_grant(ctx, view, demand, when).leases, key=lambda x: x.index))
+    return tuple(sorted(_grant(ctx, view, demand, when).leases, key=lambda lease: lease.index))
 
 
 def reconcile_running(ctx: Context, info: DomainInfo, when: str) -> tuple[tuple[Lease, ...], tuple[Lease, ...]]:
@@ -71,7 +71,7 @@ def reconcile_running(ctx: Context, info: DomainInfo, when: str) -> tuple[tuple[
                                [d.address for d in info.devices])
     demand = Demand(info.name, info.uuid, claims=_claims(view, info, info.devices), running=True)
     done = _grant(ctx, view, demand, when)
-    pending = tuple(x for x in done.table.of_domain(info.uuid) if x.phase == Phase.PENDING)
+    pending = tuple(lease for lease in done.table.of_domain(info.uuid) if lease.phase == Phase.PENDING)
     return done.leases + pending, done.dropped
 
 
@@ -135,5 +135,5 @@ def _check_devices(view: HostView, domain: str, devices: tuple[VfDevice, ...] | 
 def _reserved_by_hand(ctx: Context, info: DomainInfo, asked: set[int]) -> list[Request]:
     """Requests for the leases reserved with `vfalloc alloc` for this domain whose index its XML
     does not ask for (read without the lock: the grant takes the held lease under it)."""
-    return [x.request() for x in ctx.store.read().of_domain(info.uuid)
-            if x.phase == Phase.RESERVED and x.index not in asked]
+    return [lease.request() for lease in ctx.store.read().of_domain(info.uuid)
+            if lease.phase == Phase.RESERVED and lease.index not in asked]

@@ -301,7 +301,7 @@ class LeaseTable(Record):
 
     def without(self, drop: Iterable[Lease]) -> LeaseTable:
         gone = set(drop)
-        return replace(self, leases=tuple(x for x in self.leases if x not in gone))
+        return replace(self, leases=tuple(lease for lease in self.leases if lease not in gone))
 
     def with_leases(self, added: Iterable[Lease]) -> LeaseTable:
         added = tuple(added)
@@ -311,7 +311,7 @@ class LeaseTable(Record):
         return LeaseTable(self.leases + added, last)
 
     def replaced(self, old: Lease, new: Lease) -> LeaseTable:
-        return replace(self, leases=tuple(new if x == old else x for x in self.leases))
+        return replace(self, leases=tuple(new if lease == old else lease for lease in self.leases))
 
 
 def whole_number(text: str, limit: int) -> int | None:

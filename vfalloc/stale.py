@@ -192,7 +192,7 @@ def names_of(table: LeaseTable) -> set[str]:
 
 def _vf_map(ctx, table: LeaseTable) -> dict[str, VF]:
     """The VFs of just the PFs the leases name (a PF gone from sysfs takes its VFs with it)."""
-    pfs = {PciAddress.parse(x.pf) for x in table.leases if PciAddress.looks_like(x.pf)}
+    pfs = {PciAddress.parse(lease.pf) for lease in table.leases if PciAddress.looks_like(lease.pf)}
     return ctx.sysfs.read_host(only=pfs, brief=True).vf_map()
 
 

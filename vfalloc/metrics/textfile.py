@@ -52,7 +52,7 @@ def _running(ctx, table, uri: str | None, offline: bool, now):
     """The UUIDs to take as running, judged as `vfalloc list` and `vfalloc gc` judge them."""
     from ..stale import from_rundir, names_of, observe, treated_as_running
 
-    if all(x.phase == "reserved" for x in table.leases):  # no lease to judge by "not running"
+    if all(lease.phase == "reserved" for lease in table.leases):  # no lease to judge by "not running"
         return None
     if offline:
         running = from_rundir(ctx.settings.libvirt_run, names_of(table))
