@@ -15,7 +15,7 @@ from vfalloc.context import Context
 from vfalloc.domxml import read_domain
 from vfalloc.errors import VfallocError, VfsNotRead
 from vfalloc.hostview import HostView
-from vfalloc.lease_ops import lease_for_start
+from vfalloc.leasing import lease_for_start
 from vfalloc.model import PF, VF, Host, Lease, LeaseTable, PciAddress, Pool, PoolMember, Request
 from vfalloc.record import replace
 

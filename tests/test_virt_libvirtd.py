@@ -149,7 +149,7 @@ def test_vfalloc_start_as_a_process_loads_what_performance_md_says(lab, monkeypa
     assert r.returncode == 1 and err.strip().endswith(f"; VF {FIRST_VF} given back"), r.stderr
     assert 'start="' in lab.stdin_of("prepare", "begin"), "vfalloc start did not stamp the XML it started"
     loaded = set(mods.split())
-    assert {"libvirt", "lxml.etree", "vfalloc.lease_ops"} <= loaded
+    assert {"libvirt", "lxml.etree", "vfalloc.leasing"} <= loaded
     assert sorted(m for m in START_AVOIDS if m in loaded) == []
     assert lab.leases() == []
 

@@ -395,12 +395,12 @@ def _tool_commands(sub, parents) -> None:
                                    "/usr/share/bash-completion/completions/vfalloc (or source it); zsh: put "
                                    "it in a directory of $fpath as _vfalloc.")
     p.add_argument("shell", choices=("bash", "zsh"), help="bash or zsh")
-    p.set_defaults(func=_handler("tools:cmd_completion"))
+    p.set_defaults(func=_handler("completion:cmd_completion"))
 
     # Hidden (no help: not listed): the live values the completion scripts ask for.
     p = sub.add_parser(COMPLETE_COMMAND, parents=parents[:1])
     p.add_argument("kind", choices=("pools", "pfs", "domains", "uuids"))
-    p.set_defaults(func=_handler("tools:cmd_complete_values"))
+    p.set_defaults(func=_handler("completion:cmd_complete_values"))
 
 
 # Each function that adds commands: the top-level commands it adds, in the order of `vfalloc

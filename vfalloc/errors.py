@@ -174,7 +174,7 @@ class LeaseInUse(AllocationError):
 class VfsNotRead(VfallocError):
     """A decision on a host snapshot needs the VFs of PFs that were read without them.
 
-    Not a user's error: lease_ops reads those PFs and decides again. `vf` is the VF address the
+    Not a user's error: leasing reads those PFs and decides again. `vf` is the VF address the
     decision was looking for, when it was one VF (its PF is then enough). Should it ever reach an
     entry point, it still renders one line."""
 

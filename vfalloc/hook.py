@@ -149,7 +149,7 @@ def main(argv: Sequence[str], stdin: BinaryIO | None = None, out: TextIO | None 
 # -- operations --
 
 def on_prepare(call: Call) -> str:
-    from .lease_ops import lease_for_start, now
+    from .leasing import lease_for_start, now
 
     info = call.info()
     ctx = call.context()
@@ -157,7 +157,7 @@ def on_prepare(call: Call) -> str:
     try:
         vfsettings.apply(call.environ, call.domain, view, leases)
     except VfallocError:
-        from .lease_ops import release_domain
+        from .leasing import release_domain
 
         release_domain(ctx, info.uuid)
         raise
@@ -178,7 +178,7 @@ def on_started(call: Call) -> str:
 
 
 def on_release(call: Call) -> str:
-    from .lease_ops import release_domain
+    from .leasing import release_domain
 
     _fdb_drop(call)
     info = call.info()
@@ -190,7 +190,7 @@ def on_release(call: Call) -> str:
 
 def on_incoming(call: Call) -> str:
     """migrate/restore begin: print the XML with each vfalloc device on a VF leased here."""
-    from .lease_ops import lease_for_incoming, now
+    from .leasing import lease_for_incoming, now
 
     info = call.info()
     if not info.devices:
@@ -205,7 +205,7 @@ def on_incoming(call: Call) -> str:
 def on_reconnect(call: Call) -> str:
     """The daemon restarted: match this domain's leases to its devices, then free the leases of
     domains that stopped while nobody watched (judged from libvirt's status files, see stale.py)."""
-    from .lease_ops import now, reconcile_running
+    from .leasing import now, reconcile_running
     from .stale import collect_offline
 
     ctx = call.context()

@@ -9,7 +9,7 @@ the snapshot and, each time the choice raises VfsNotRead, reads the VFs of the P
 asks again, so the answer is always the one the whole host gives.
 
 Owns: which PFs a start reads and when. Must not: choose VFs (allocator), touch the lease table
-(lease_ops), or know sysfs paths (sysfs reads).
+(leasing), or know sysfs paths (sysfs reads).
 """
 
 from __future__ import annotations

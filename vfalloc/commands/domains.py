@@ -1,5 +1,5 @@
 """Handlers of `vfalloc request`, `vfalloc start` and `vfalloc gc`: the commands that talk to
-libvirt. Thin: check every value before anything changes, call lease_ops / stale / virt,
+libvirt. Thin: check every value before anything changes, call leasing / stale / virt,
 print one result. libvirt is reached only through virt.py; leases change only under the state
 lock, and never while libvirt is being asked something (see virt.py for why).
 
@@ -119,7 +119,7 @@ def cmd_start(args, ctx) -> int:
     from .. import domxml, vfsettings  # lxml: only for the commands that need it
     from ..allocator import set_phase
     from ..hookfile import StartStamp
-    from ..lease_ops import lease_for_start, now, release_domain
+    from ..leasing import lease_for_start, now, release_domain
     from ..rundir import run_dir
     from ..virt import Connection
 

@@ -97,7 +97,7 @@ def cmd_alloc(args, ctx) -> int:
     when it is a reservation of a domain that does not run (said on stderr and logged); who runs
     is asked (stale.domain_runs) before the lock is taken, never under it."""
     from ..allocator import held, reserve
-    from ..lease_ops import now as lease_now
+    from ..leasing import now as lease_now
     from ..model import Request, check_name, check_uuid, refuse_hostdev_settings
     from .audit import record
 
