@@ -60,17 +60,22 @@ run_hook() {
 	exec 3>&1
 	{
 		if [ "${xml+set}" ]; then
-			errors=$(exec 2>&1; printf '%b' "$xml" | "$python" -I -c '@PROGRAM@' "$@" >&3)
+			errors=$(exec 2>&1; printf '%b' "$xml" | python_hook "$@" >&3)
 		else
-			errors=$(exec 2>&1; "$python" -I -c '@PROGRAM@' "$@" >&3)
+			errors=$(exec 2>&1; python_hook "$@" >&3)
 		fi
 		code=$?
 	} 2>/dev/null
 	case $code in
-	0) [ -z "$errors" ] || printf '%s\n' "$errors" >&2; exit 0 ;;
-	@REFUSED@ | @USAGE@) [ -z "$errors" ] || printf '%s\n' "$errors" >&2; exit $((code - @OFFSET@)) ;;
+	0 | @REFUSED@ | @USAGE@)
+		[ -z "$errors" ] || printf '%s\n' "$errors" >&2
+		[ "$code" -eq 0 ] && exit 0
+		exit $((code - @OFFSET@)) ;;
 	esac
 	cannot_run "$python exited with $code: ${errors%%"$newline"*}"
+}
+python_hook() {
+	"$python" -I -c '@PROGRAM@' "$@"
 }
 newline='
 '
