@@ -64,8 +64,10 @@ if TYPE_CHECKING:  # annotations only: typing is not loaded at run time (vfalloc
         def release(self) -> object: ...
 
 
-def open_lock_file(path: str) -> int:
-    """The lock file's descriptor (created 0600), refused unless it is a regular file."""
+def open_own_file(path: str) -> int:
+    """The descriptor of a file of vfalloc's own, opened read-write and created 0600 (a lock file;
+    the metrics refresher's mark), refused unless it is a regular file: never through a link, never
+    waiting in open(2) on a FIFO."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -78,7 +80,7 @@ def open_lock_file(path: str) -> int:
 
 def take_now(path: str) -> Held | None:
     """The lock if it is free now, else None; one flock(2)."""
-    fd = open_lock_file(path)
+    fd = open_own_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -95,7 +97,7 @@ def wait(path: str, timeout: float) -> Releasable:
     held. The file is checked again first: filelock opens it itself, following a link."""
     from filelock import FileLock, Timeout
 
-    os.close(open_lock_file(path))
+    os.close(open_own_file(path))
     # No mode=: filelock < 3.10 (Debian 12 ships 3.9) has none; the file exists, created 0600
     # above, and filelock's O_CREAT leaves an existing file's mode alone.
     lock = FileLock(path, timeout=timeout)

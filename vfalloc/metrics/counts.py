@@ -82,23 +82,16 @@ def read(run_dir: str, known: Collection[str]) -> Counts:
     if unusable:  # the hook keeps no counts there: they are unknown, not 0
         raise VfallocError(f"the hook's counts are not kept: {unusable}")
     try:
-        # O_NONBLOCK and O_NOFOLLOW: whatever was planted there is refused below, never waited for.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+        found = _bounded(path)
+    except OSError as exc:
+        fix = "remove it" if exc.errno == errno.ELOOP else "run as root"
+        raise VfallocError(f"cannot read the hook's counts {path} ({exc.strerror}); {fix}") from exc
+    if found is None:
         return {}
-    except OSError as exc:
-        raise VfallocError(f"cannot read the hook's counts {path} ({exc.strerror}); remove it") from exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise VfallocError(f"the hook's counts {path} are not a regular file; remove it")
-        size = st.st_size
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            raw = fh.read(MAX_BYTES + 1) if size <= MAX_BYTES else b""
-    except OSError as exc:
-        raise VfallocError(f"cannot read the hook's counts {path} ({exc.strerror}); run as root") from exc
-    finally:
-        os.close(fd)
+    st, raw = found
+    if not stat.S_ISREG(st.st_mode):
+        raise VfallocError(f"the hook's counts {path} are not a regular file; remove it")
+    size = st.st_size
     if size > MAX_BYTES or len(raw) > MAX_BYTES:
         raise VfallocError(f"the hook's counts {path} hold {max(size, len(raw))} bytes, more than counts "
                            f"ever take ({MAX_BYTES}); remove the file (the counters start again from 0, "
@@ -182,28 +175,42 @@ def _read_own(path: str) -> tuple[Counts, str | None]:
     (its counts are then {})."""
     damaged = "was damaged or not vfalloc's"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return {}, None
+        found = _bounded(path)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             os.unlink(path)  # a planted link: write_atomic's rename replaces it, never follows it
             return {}, damaged
         raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-            return {}, damaged
-        if st.st_size > MAX_BYTES:  # not read at all: its parse would cost seconds and gigabytes
-            return {}, f"held {st.st_size} bytes, more than counts ever take ({MAX_BYTES})"
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            raw = fh.read(MAX_BYTES + 1)
-    finally:
-        os.close(fd)
+    if found is None:
+        return {}, None
+    st, raw = found
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        return {}, damaged
+    if st.st_size > MAX_BYTES:  # not read at all: its parse would cost seconds and gigabytes
+        return {}, f"held {st.st_size} bytes, more than counts ever take ({MAX_BYTES})"
     if len(raw) > MAX_BYTES:  # it grew since fstat: not ours either
         return {}, damaged
     counts = _decode(raw)
     return ({}, damaged) if counts is None else (counts, None)
+
+
+def _bounded(path: str) -> tuple[os.stat_result, bytes] | None:
+    """The counts file's stat and, when it is a regular file of at most MAX_BYTES, its bytes (at
+    most MAX_BYTES + 1: one more means it grew past the bound); None when there is no file.
+    Opened O_NOFOLLOW | O_NONBLOCK: a link fails (ELOOP), and whatever else was planted there is
+    neither waited for nor read (b"")."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_BYTES:
+            return st, b""
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return st, fh.read(MAX_BYTES + 1)
+    finally:
+        os.close(fd)
 
 
 def _decode(raw: bytes) -> Counts | None:

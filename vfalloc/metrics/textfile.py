@@ -18,7 +18,6 @@ Must not: be imported by the hook before something changed or failed.
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from collections.abc import Mapping
 
@@ -84,13 +83,12 @@ def request_refresh(environ: Mapping[str, str]) -> str | None:
     if trouble:
         return f"cannot start the metrics refresh: the runtime directory is not used: {trouble}"
     try:
-        # O_NONBLOCK: a FIFO planted there fails the open (ENXIO) instead of holding the hook.
-        fd = os.open(f"{directory}/{PENDING}", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     0o600)
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
-        os.close(fd)
-        if not regular:
-            return f"cannot start the metrics refresh: {directory}/{PENDING} is not a regular file; remove it"
+        os.close(locking.open_own_file(f"{directory}/{PENDING}"))
+    except locking.NotRegularFile:
+        return f"cannot start the metrics refresh: {directory}/{PENDING} is not a regular file; remove it"
+    except OSError as exc:
+        return f"cannot start the metrics refresh: {exc.strerror}"
+    try:
         if _held(f"{directory}/{LOCK}"):
             return None  # the refresher that holds it looks for the mark once more before it ends
         detach.spawn([sys.executable, "-I", "-m", "vfalloc.metrics.textfile"], environ)
