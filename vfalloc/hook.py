@@ -40,6 +40,7 @@ from .model import Phase
 if TYPE_CHECKING:
     from .config import Settings
     from .context import Context
+    from .hookcalls import Rule
 
 # Tests and admins may point these at other programs; libvirt gives hooks a minimal environment,
 # so on a real host the defaults apply.
@@ -51,9 +52,9 @@ ENV_KEPT_XML = "VFALLOC_HOOK_XML"     # set by hook files earlier vfalloc versio
 class Call:
     """One run of the hook: libvirt's arguments and XML, and the settings once loaded."""
 
-    def __init__(self, domain: str, op: str, subop: str, extra: str, xml: bytes,
+    def __init__(self, domain: str, rule: Rule, extra: str, xml: bytes,
                  environ: Mapping[str, str], out: TextIO, err: TextIO) -> None:
-        self.domain, self.op, self.subop, self.extra = domain, op, subop, extra
+        self.domain, self.rule, self.extra = domain, rule, extra
         self.xml = xml
         self.environ = environ
         self.out, self.err = out, err
@@ -82,7 +83,7 @@ class Call:
 
     def info(self) -> domxml.DomainInfo:
         if not self.xml.strip():
-            raise DomainXMLError(self.domain, f"no domain XML on stdin for `{self.op} {self.subop}`",
+            raise DomainXMLError(self.domain, f"no domain XML on stdin for `{self.rule.op} {self.rule.subop}`",
                                  "the hook must be run by libvirt (or be given the XML on stdin)")
         try:
             return domxml.read_domain(self.xml)
@@ -116,7 +117,7 @@ def main(argv: Sequence[str], stdin: BinaryIO | None = None, out: TextIO | None 
     where = f"{domain} {op} {subop}"
     try:
         xml = stdin.read()
-        call = Call(domain, op, subop, extra, xml, environ, out, err)
+        call = Call(domain, rule, extra, xml, environ, out, err)
         if not domxml.mentions_vfalloc(xml) and not rule.every_domain:
             if not xml.strip() and rule.refuses:
                 call.info()  # raises: these operations need the XML
@@ -264,8 +265,9 @@ def _fdb_none(call: Call) -> None:
 
 
 def _fdb(call: Call, step: Callable) -> None:
-    # A domain without such an interface costs the FDB steps one byte search and no import.
-    if (call.op, call.subop) != ("reconnect", "begin") and not any(m in call.xml for m in BRIDGED_MARKS):
+    # A domain without such an interface costs the FDB steps one byte search and no import; the
+    # call that acts for every domain (`reconnect begin`) syncs the whole host.
+    if not call.rule.every_domain and not any(m in call.xml for m in BRIDGED_MARKS):
         return
     from .fdb import upkeep
 

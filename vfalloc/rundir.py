@@ -61,9 +61,7 @@ def ensure(path: str) -> str | None:
 
 
 def _make(path: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        make_dirs(parent, 0o755)
+    make_dirs(os.path.dirname(os.path.abspath(path)), 0o755)
     os.mkdir(path, 0o700)
     os.chmod(path, 0o700)  # the umask may have narrowed it; never widened: 0700 is the most
 
